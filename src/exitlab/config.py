@@ -1,0 +1,266 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted ``--set a.b=c`` overrides checked by type."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone, where the exits go, and which head they use."""
+
+    backbone: str = "resnet8"  # a name from `exitlab ls backbones`
+    exits: Union[list[int], str] = "every:1"  # block indices, "every:K" or "flops:N"  # noqa: UP007
+    head: str = "sdn"  # a name from `exitlab ls heads`
+    head_kwargs: dict = field(default_factory=dict)  # options of the head, e.g. {grid: 4} or {cascade: true}
+    backbone_kwargs: dict = field(default_factory=dict)  # options of the backbone, e.g. {width: 16}
+
+
+@dataclass
+class DataConfig:
+    """Dataset, split and batching."""
+
+    name: str = "fashion_mnist"  # fashion_mnist, mnist, cifar10, cifar100, imagefolder or synthetic
+    root: Union[str, None] = None  # directory holding the files; searched before the Debian path  # noqa: UP007
+    download: bool = True  # try the official source (checksum-verified) when the files are not found
+    img_size: int = 32  # image-folder images are resized to this; IDX/CIFAR keep their own size
+    val_fraction: float = 0.1  # stratified, seeded share of the training set held out for validation
+    batch_size: int = 128  # training batch size (global, across all ranks)
+    eval_batch_size: int = 1000  # batch size for validation and test passes
+    crop_padding: int = 2  # random-crop padding in pixels; 0 turns cropping off
+    flip: bool = True  # random horizontal flips
+    train_subset: int = 0  # use only the first N training samples after the split (0 = all)
+    synthetic: dict = field(default_factory=dict)  # options of the synthetic dataset (tests)
+
+
+@dataclass
+class PhaseConfig:
+    """How one phase trains. Every phase starts a fresh optimizer and schedule."""
+
+    epochs: int = 2  # epochs of this phase (the maximum, when patience > 0); overridden by `budget`
+    optimizer: str = "sgd"  # sgd or adamw
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # weight decay
+    schedule: str = "cosine"  # cosine (per step, to zero) or constant
+    patience: int = 0  # > 0: stop after this many epochs without a better validation score, restore the best
+    loss_weights: Union[str, list[float]] = "uniform"  # uniform, sdn, or one weight per trained exit  # noqa: UP007
+    grad_equilibrium: bool = False  # gradient equilibrium of Li et al. 2019 (phase 2)
+    distill: float = 0.0  # weight of self-distillation from the final exit into the ICs (phase 2 and 3)
+    distill_temperature: float = 3.0  # softmax temperature for self-distillation
+
+
+@dataclass
+class RunConfig:
+    """A training run: model, data, regime, per-phase options and the runtime."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    regime: Union[str, list[int]] = "mixed"  # joint, disjoint, mixed, or a list of phases like [1, 2, 3]  # noqa: UP007
+    budget: int = 0  # > 0: total epochs, split between the regime's phases (matched-budget comparisons)
+    phase1_share: float = 0.5  # with a budget: the share of it that phase 1 gets, when the regime has one
+    phase1: PhaseConfig = field(default_factory=PhaseConfig)  # backbone only
+    phase2: PhaseConfig = field(default_factory=PhaseConfig)  # backbone and all ICs
+    phase3: PhaseConfig = field(default_factory=PhaseConfig)  # ICs only, backbone frozen
+    seed: int = 0  # seeds the split, the initial weights, the batch order and augmentation
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: str = "none"  # none or bf16 (autocast)
+    channels_last: bool = False  # channels_last memory format for CNNs
+    compile: bool = False  # torch.compile the backbone
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    checkpoint_every: int = 1  # write a checkpoint every N epochs (and always at the end of each phase)
+    keep_checkpoints: int = 2  # how many periodic checkpoints to keep
+    progress: bool = True  # progress bars (shown only on a terminal)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range and name checks that need no data or model. Each error names the key and what is valid."""
+    from .phases import REGIMES
+
+    if isinstance(cfg.regime, str) and cfg.regime not in REGIMES:
+        raise ConfigError(f"regime: unknown regime {cfg.regime!r}; choose one of: {', '.join(REGIMES.names())}, "
+                          "or a list of phases such as [1, 2, 3]")
+    if isinstance(cfg.regime, list):
+        if not cfg.regime or any(p not in (1, 2, 3) for p in cfg.regime):
+            raise ConfigError(f"regime: phase list {cfg.regime} must be non-empty and use only phases 1, 2 and 3")
+    if cfg.budget < 0:
+        raise ConfigError(f"budget must be >= 0 epochs, got {cfg.budget}")
+    if not 0 < cfg.phase1_share < 1:
+        raise ConfigError(f"phase1_share must be in (0, 1), got {cfg.phase1_share}")
+    for k in ("phase1", "phase2", "phase3"):
+        _validate_phase(k, getattr(cfg, k))
+    if cfg.amp not in ("none", "bf16"):
+        raise ConfigError(f"amp: {cfg.amp!r} is not supported; choose none or bf16")
+    if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
+        raise ConfigError(f"device: {cfg.device!r}; choose auto, cpu, cuda or cuda:N")
+    for key, val, lo in (("checkpoint_every", cfg.checkpoint_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1),
+                         ("threads", cfg.threads, 0), ("data.batch_size", cfg.data.batch_size, 1),
+                         ("data.eval_batch_size", cfg.data.eval_batch_size, 1),
+                         ("data.crop_padding", cfg.data.crop_padding, 0), ("data.train_subset", cfg.data.train_subset, 0)):
+        if val < lo:
+            raise ConfigError(f"{key} must be >= {lo}, got {val}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+
+
+def _validate_phase(key: str, p: PhaseConfig) -> None:
+    if p.epochs < 0:
+        raise ConfigError(f"{key}.epochs must be >= 0, got {p.epochs}")
+    if p.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"{key}.optimizer: unknown optimizer {p.optimizer!r}; choose sgd or adamw")
+    if p.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"{key}.schedule: unknown schedule {p.schedule!r}; choose cosine or constant")
+    if not p.lr > 0:
+        raise ConfigError(f"{key}.lr must be > 0, got {p.lr}")
+    if p.weight_decay < 0 or p.momentum < 0 or p.patience < 0 or p.distill < 0 or p.distill_temperature <= 0:
+        raise ConfigError(f"{key}: weight_decay, momentum, patience and distill must be >= 0, "
+                          "distill_temperature > 0")
+    if isinstance(p.loss_weights, str) and p.loss_weights not in ("uniform", "sdn"):
+        raise ConfigError(f"{key}.loss_weights: unknown weighting {p.loss_weights!r}; choose uniform, sdn, "
+                          "or a list of one weight per trained exit")
+    if isinstance(p.loss_weights, list) and (not p.loss_weights or any(w < 0 for w in p.loss_weights)
+                                             or sum(p.loss_weights) <= 0):
+        raise ConfigError(f"{key}.loss_weights: {p.loss_weights} must be non-negative with a positive sum")
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _matches(value: Any, tp: Any) -> Any:
+    """Return ``value`` coerced to ``tp`` or raise TypeError. Ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _matches(value, arm)
+            except TypeError:
+                continue
+        raise TypeError
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise TypeError
+        return [_matches(v, item) for v in value]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    raise TypeError
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types by dotted name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names, key=str)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{prefix}{key}.")
+            continue
+        try:
+            kwargs[key] = _matches(value, tp)
+        except TypeError:
+            raise ConfigError(f"{prefix}{key}: expected {_type_name(tp)}, got {value!r}") from None
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` strings to a nested dict; values are parsed as YAML (``3``, ``[1, 2]``, ``true``)."""
+    out = _deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set phase2.lr=0.1")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; pass a YAML file such as configs/fashion_mnist.yaml")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p} is not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return from_dict(RunConfig, apply_overrides(data, overrides or []))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

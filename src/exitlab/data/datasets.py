@@ -1,0 +1,235 @@
+"""Dataset readers (no torchvision): IDX (MNIST, Fashion-MNIST), CIFAR pickle batches, image folders, synthetic.
+
+Each reader returns a :class:`Dataset` of uint8 images ``[N, C, H, W]`` and int64 labels, held in memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz")
+# Accepted checksums per file: md5 of the official .gz, and/or sha256 of the decompressed bytes (Debian recompresses).
+_CHECKSUMS = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                                       "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe",
+                                       "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79",
+                                      "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",
+                                      "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", None),
+        "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", None),
+        "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", None),
+        "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f9c0ccf", None),
+    },
+}
+_URLS = {
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+}
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", "c58f30108f718f92721af3b95e74349a",
+                {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                 "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+                 "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}),
+    "cifar100": ("cifar-100-python", "eb9058c3a382ffc7106e288d4ee5c7e4",
+                 {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"}),
+}
+
+
+@dataclass
+class Dataset:
+    """Images as uint8 ``[N, C, H, W]`` and labels as int64 ``[N]``, for the train and test splits."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _read_gz(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} is truncated or corrupt ({e}); delete it and reinstall or re-download the dataset")
+
+
+def _verify(name: str, path: Path, raw: bytes) -> None:
+    md5, sha = _CHECKSUMS[name][path.name]
+    if _md5(path) == md5 or (sha is not None and hashlib.sha256(raw).hexdigest() == sha):
+        return
+    raise DataError(f"{path} fails its checksum (not the official {name} file); delete it and reinstall or "
+                    "re-download the dataset")
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    if len(raw) < 8 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} holds {data.size} values but its header says {dims}: the file is truncated")
+    return data.reshape(dims)
+
+
+def _find_idx_dir(name: str, root: str | None, download: bool) -> Path:
+    candidates = [Path(root).expanduser()] if root else []
+    if name == "fashion_mnist":
+        candidates.append(DEBIAN_FASHION_MNIST)
+    candidates.append(_cache_dir() / name)
+    for c in candidates:
+        if all((c / f).exists() for f in _IDX_FILES):
+            return c
+    if download and _try_download_idx(name, _cache_dir() / name):
+        return _cache_dir() / name
+    looked = ", ".join(str(c) for c in candidates)
+    hint = " or `apt-get install dataset-fashion-mnist` (Debian/Ubuntu)" if name == "fashion_mnist" else ""
+    raise DataError(f"{name} not found (looked in {looked}, download {'failed' if download else 'disabled'}); "
+                    f"put the four *-ubyte.gz files in a directory and set data.root to it{hint}")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("EXITLAB_DATA", Path.home() / ".cache" / "exitlab"))
+
+
+def _fetch(url: str, dest: Path) -> bool:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=20) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    tmp.replace(dest)
+    return True
+
+
+def _try_download_idx(name: str, dest: Path) -> bool:
+    ok = all(_fetch(_URLS[name] + f, dest / f) for f in _IDX_FILES)
+    if ok:  # verify before anyone trusts the files
+        for f in _IDX_FILES:
+            _verify(name, dest / f, _read_gz(dest / f))
+    return ok
+
+
+def load_idx(name: str, root: str | None = None, download: bool = True) -> Dataset:
+    """MNIST or Fashion-MNIST from the gzipped IDX files, verified by checksum."""
+    d = _find_idx_dir(name, root, download)
+    arrays = []
+    for f in _IDX_FILES:
+        raw = _read_gz(d / f)
+        _verify(name, d / f, raw)
+        arrays.append(torch.from_numpy(_parse_idx(raw, d / f).copy()))
+    tx, ty, vx, vy = arrays
+    classes = FASHION_CLASSES if name == "fashion_mnist" else [str(i) for i in range(10)]
+    return Dataset(name, tx.unsqueeze(1), ty.long(), vx.unsqueeze(1), vy.long(), classes)
+
+
+def load_cifar(name: str, root: str | None = None, download: bool = True) -> Dataset:
+    """CIFAR-10/100 from the python pickle batches (the ``cifar-*-python`` folder or its .tar.gz)."""
+    folder, tgz_md5, files = _CIFAR[name]
+    bases = [Path(root).expanduser()] if root else []
+    bases.append(_cache_dir() / name)
+    d = next((b / folder for b in bases if (b / folder).is_dir()), None)
+    d = d or next((b for b in bases if all((b / f).exists() for f in files)), None)
+    if d is None:
+        d = _extract_cifar(name, bases, folder, tgz_md5, download)
+    for f, md5 in files.items():
+        if not (d / f).exists():
+            raise DataError(f"{d / f} is missing; restore the full {folder} folder")
+        if _md5(d / f) != md5:
+            raise DataError(f"{d / f} fails its checksum: truncated or altered; delete it and re-extract {folder}")
+    train = [f for f in files if f.startswith(("data_batch", "train"))]
+    test = [f for f in files if f not in train]
+    key = "labels" if name == "cifar10" else "fine_labels"
+    tx, ty = _cifar_batches(d, train, key)
+    vx, vy = _cifar_batches(d, test, key)
+    meta = d / ("batches.meta" if name == "cifar10" else "meta")
+    classes = [str(i) for i in range(10 if name == "cifar10" else 100)]
+    if meta.exists():
+        with open(meta, "rb") as f:
+            m = pickle.load(f, encoding="latin1")  # the official CIFAR format is a pickle; checksummed above
+        classes = m.get("label_names") or m.get("fine_label_names") or classes
+    return Dataset(name, tx, ty, vx, vy, list(classes))
+
+
+def _cifar_batches(d: Path, files: list[str], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for f in files:
+        with open(d / f, "rb") as fh:
+            b = pickle.load(fh, encoding="latin1")  # checksummed against the official md5 before loading
+        xs.append(np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(b[key], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _extract_cifar(name: str, bases: list[Path], folder: str, tgz_md5: str, download: bool) -> Path:
+    archive = next((b / Path(_URLS[name]).name for b in bases if (b / Path(_URLS[name]).name).exists()), None)
+    if archive is None and download:
+        archive = _cache_dir() / name / Path(_URLS[name]).name
+        if not _fetch(_URLS[name], archive):
+            archive = None
+    if archive is None:
+        raise DataError(f"{name} not found (looked in {', '.join(map(str, bases))}); download "
+                        f"{Path(_URLS[name]).name} from {_URLS[name]} and set data.root to its folder")
+    if _md5(archive) != tgz_md5:
+        raise DataError(f"{archive} fails its checksum: truncated or altered; delete it and download it again")
+    with tarfile.open(archive) as t:
+        t.extractall(archive.parent, filter="data")
+    return archive.parent / folder
+
+
+def synthetic(num_classes: int = 7, n_train: int = 700, n_test: int = 210, size: int = 16, channels: int = 3,
+              seed: int = 0) -> Dataset:
+    """Learnable class-conditional images for tests: each class is a fixed random pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(num_classes, channels, size, size, generator=g)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        x = protos[y] * 0.7 + torch.rand(n, channels, size, size, generator=g) * 0.3
+        return (x * 255).round().to(torch.uint8), y
+
+    tx, ty = draw(n_train)
+    vx, vy = draw(n_test)
+    return Dataset("synthetic", tx, ty, vx, vy, [f"c{i}" for i in range(num_classes)])

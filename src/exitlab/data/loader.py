@@ -1,0 +1,94 @@
+"""Data held as tensors on the training device: stratified split, batched augmentation, an epoch as a randperm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import ConfigError
+from .datasets import Dataset
+
+
+def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a seeded train/validation split that keeps each class's share."""
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = int(round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip on a whole batch ``[B, C, H, W]``; no per-image Python."""
+    B, C, H, W = x.shape
+    if pad > 0:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device).to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device).to(x.device)
+        rows = (oy[:, None] + torch.arange(H, device=x.device))[:, :, None]  # [B, H, 1]
+        cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, :]  # [B, 1, W]
+        b = torch.arange(B, device=x.device)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
+    if flip:
+        mask = (torch.rand(B, generator=g, device=g.device) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class TensorLoader:
+    """Batches from uint8 images on ``device``, normalised on the fly; shuffling and augmentation are seeded."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, mean: torch.Tensor, std: torch.Tensor,
+                 device: str | torch.device = "cpu", shuffle: bool = False, pad: int = 0, flip: bool = False,
+                 drop_last: bool = False, channels_last: bool = False):
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.x = x.to(device)
+        self.y = y.to(device)
+        self.batch_size = batch_size
+        self.mean = mean.to(device).view(1, -1, 1, 1)
+        self.std = std.to(device).view(1, -1, 1, 1)
+        self.shuffle, self.pad, self.flip, self.drop_last = shuffle, pad, flip, drop_last
+        self.channels_last = channels_last
+        self.seed = 0
+
+    def set_epoch_seed(self, seed: int) -> None:
+        """Fix the order and augmentation of the next pass (exact resume depends on it)."""
+        self.seed = seed
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed)
+        n = len(self.y)
+        order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            idx = order[sl] if order is not None else sl
+            xb = self.x[idx].float().div_(255)
+            if self.pad or self.flip:
+                xb = random_crop_flip(xb, self.pad, self.flip, g)
+            xb = (xb - self.mean) / self.std
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[idx]
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
+    xf = x.float().div(255)
+    return xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+
+
+def describe(ds: Dataset) -> dict:
+    return {"name": ds.name, "train": len(ds.train_y), "test": len(ds.test_y), "shape": list(ds.shape),
+            "num_classes": ds.num_classes}

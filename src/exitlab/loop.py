@@ -1,0 +1,154 @@
+"""The one training loop for a phase, the per-exit loss, and the all-exits evaluation pass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import TrainingError
+from .models.core import MultiExitModel
+from .phases import Phase, loss_weights
+
+
+def set_trainable(model: MultiExitModel, phase: Phase) -> list[nn.Parameter]:
+    """Freeze what the phase does not train and return the trainable parameters."""
+    train_backbone = phase.trains in ("backbone", "all")
+    train_heads = phase.trains in ("heads", "all")
+    for p in model.backbone.parameters():
+        p.requires_grad_(train_backbone)
+    for p in model.heads.parameters():
+        p.requires_grad_(train_heads)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_modes(model: MultiExitModel, phase: Phase) -> None:
+    """Train mode, except a frozen backbone stays in eval mode so its BatchNorm statistics do not move."""
+    model.train()
+    if phase.trains == "heads":
+        model.backbone.eval()
+
+
+def exit_losses(outs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every exit at once: ``[E]``."""
+    logits = torch.stack(outs).float()  # [E, B, C]
+    E, B, C = logits.shape
+    return F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none").view(E, B).mean(1)
+
+
+def distill_loss(outs: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """KL from the (detached) final exit to each IC, scaled by T^2 (Hinton et al.); ``[E-1]``."""
+    t = temperature
+    target = F.softmax(outs[-1].detach().float() / t, dim=-1)
+    ics = torch.stack(outs[:-1]).float() / t  # [E-1, B, C]
+    kl = (target * (target.clamp_min(1e-12).log() - F.log_softmax(ics, -1))).sum(-1).mean(-1)
+    return kl * t * t
+
+
+def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phase's objective and the per-exit losses it was built from.
+
+    ``net`` is what the phase runs (see :func:`phase_module`): the bare backbone in phase 1, so the heads are not
+    even evaluated, and the multi-exit model otherwise. Either may be wrapped in DDP.
+    """
+    opts = phase.options
+    if phase.kind == 1:
+        per_exit = exit_losses([net(x)], y)
+        return per_exit[0], per_exit
+    model = net
+    outs = model(x, grad_equilibrium=opts.grad_equilibrium) if phase.kind == 2 else model(x)
+    per_exit = exit_losses(outs, y)
+    trained = per_exit if phase.kind == 2 else per_exit[:-1]
+    w = loss_weights(opts.loss_weights, len(trained), f"phase{phase.kind}.loss_weights").to(trained.device)
+    loss = (w * trained).sum()
+    if opts.distill > 0 and len(outs) > 1:
+        loss = loss + opts.distill * distill_loss(outs, opts.distill_temperature).mean()
+    return loss, per_exit
+
+
+def phase_module(model: MultiExitModel, phase: Phase) -> nn.Module:
+    """The module a phase calls: the backbone alone in phase 1, the whole model in phases 2 and 3."""
+    return model.backbone if phase.kind == 1 else model
+
+
+def lr_at(phase: Phase, step: int, total: int) -> float:
+    """Learning rate after ``step`` of ``total`` steps: cosine to zero, or constant."""
+    base = phase.options.lr
+    if phase.options.schedule == "constant" or total <= 0:
+        return base
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def make_optimizer(params: list[nn.Parameter], phase: Phase) -> torch.optim.Optimizer:
+    o = phase.options
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    exit_losses: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
+                amp: str = "none", where: str = "", progress: Callable | None = None) -> tuple[EpochStats, int]:
+    """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit."""
+    stats = EpochStats()
+    sums: torch.Tensor | None = None
+    device_type = loader.x.device.type
+    for x, y in progress(loader) if progress else loader:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(phase, step, total_steps)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            loss, per_exit = phase_loss(model, phase, x, y)
+        if not torch.isfinite(loss):
+            bad = [i for i, v in enumerate(per_exit.tolist()) if not math.isfinite(v)]
+            raise TrainingError(f"non-finite loss at {where} step {step} (exit {bad[0] if bad else '?'} of the "
+                                f"phase's {len(per_exit)}); lower the learning rate or check the data. The last good "
+                                "checkpoint is kept")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        stats.steps += 1
+        stats.loss += loss.item()
+        sums = per_exit.detach() if sums is None else sums + per_exit.detach()
+    if stats.steps:
+        stats.loss /= stats.steps
+        stats.exit_losses = (sums / stats.steps).tolist()
+    return stats, step
+
+
+@torch.no_grad()
+def evaluate(model: MultiExitModel, loader, amp: str = "none") -> tuple[list[float], int]:
+    """Accuracy of every exit in one pass over ``loader``; returns (accuracies, sample count)."""
+    was = model.training
+    model.eval()
+    correct: torch.Tensor | None = None
+    n = 0
+    device_type = loader.x.device.type
+    for x, y in loader:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            outs = model(x)
+        hits = (torch.stack(outs).argmax(-1) == y).sum(1)  # [E]
+        correct = hits if correct is None else correct + hits
+        n += len(y)
+    model.train(was)
+    if correct is None:
+        return [], 0
+    return (correct.double() / max(n, 1)).tolist(), n
+
+
+def phase_score(phase: Phase, accs: list[float]) -> float:
+    """Early-stopping score: mean validation accuracy over the exits the phase trains."""
+    if phase.kind == 1:
+        return accs[-1]
+    trained = accs if phase.kind == 2 else accs[:-1]
+    return sum(trained) / len(trained)

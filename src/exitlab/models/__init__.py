@@ -1,0 +1,67 @@
+"""Backbones, heads and the multi-exit model."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .adapter import from_module
+from .core import BlocksBackbone, ExitPoint, MultiExitModel
+from .heads import HEADS, build_head
+from .placement import resolve_exits
+from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet
+from .vgg_mobilenet import VGG, MobileNetV2
+from .vit import ViT
+
+BACKBONES: Registry[Callable[..., BlocksBackbone]] = Registry("backbone")
+
+for _d in (8, 20, 32, 56, 110):
+    BACKBONES.register(f"resnet{_d}", functools.partial(cifar_resnet, _d))
+for _d in (18, 34, 50):
+    BACKBONES.register(f"resnet{_d}_cifar", functools.partial(imagenet_style_resnet, _d))
+BACKBONES.register("wrn28", functools.partial(WideResNet, 28))
+BACKBONES.register("vgg16_bn", VGG)
+BACKBONES.register("mobilenetv2", MobileNetV2)
+BACKBONES.register("vit_tiny", functools.partial(ViT, dim=192, depth=12, heads=3))
+BACKBONES.register("vit_small", functools.partial(ViT, dim=384, depth=12, heads=6))
+BACKBONES.register("vit", ViT)  # fully configurable: dim, depth, heads, patch_size
+
+_SIZED = {"vit", "vit_tiny", "vit_small"}  # builders that need the image size
+
+
+def build_backbone(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 32, **kwargs) -> BlocksBackbone:
+    """Build a registered backbone by name. ``kwargs`` are the backbone's own options (``width``, ``k``, ...)."""
+    builder = BACKBONES.get(name)
+    if name in _SIZED:
+        kwargs["img_size"] = img_size
+    try:
+        return builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model.backbone_kwargs: {e}; check the options of backbone {name!r}") from None
+    except ValueError as e:
+        raise ConfigError(f"model.backbone_kwargs: {e}") from None
+
+
+def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size: int = 32, exits="every:1",
+                head: str = "sdn", head_kwargs: dict | None = None, backbone_kwargs: dict | None = None
+                ) -> MultiExitModel:
+    """Build a backbone by name and attach ICs. ``exits``: block indices, ``"every:K"`` or ``"flops:N"``."""
+    net = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                         **dict(backbone_kwargs or {}))
+    blocks = resolve_exits(exits, net, (in_chans, img_size, img_size))
+    spec = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size, exits=blocks,
+                head=head, head_kwargs=dict(head_kwargs or {}), backbone_kwargs=dict(backbone_kwargs or {}))
+    return MultiExitModel(net, blocks, head, head_kwargs=head_kwargs, spec=spec)
+
+
+def model_from_spec(spec: dict) -> MultiExitModel:
+    """Rebuild a model from the ``spec`` saved with it."""
+    if "adapter" in spec:
+        raise ConfigError("this model wraps a user module; rebuild it with exitlab.from_module and load the weights")
+    return build_model(**spec)
+
+
+__all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "MultiExitModel", "build_backbone", "build_head",
+           "build_model", "from_module", "model_from_spec"]

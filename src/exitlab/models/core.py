@@ -1,0 +1,161 @@
+"""The multi-exit model: a backbone of ordered blocks, internal classifiers after chosen blocks, final exit last."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+# on_tap(block_index, feature) -> the feature to continue with (possibly fewer samples), or None to stop.
+TapFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class ExitPoint:
+    """Shape of one block's output: ``channels``, spatial ``reduction`` vs the input, and ``kind`` map or tokens."""
+
+    channels: int
+    reduction: int = 1
+    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first
+
+
+class Backbone(Protocol):
+    """What a backbone offers. Built-ins are ``stem`` + ``blocks`` + ``final``; adapters implement ``run`` themselves."""
+
+    feature_info: list[ExitPoint]  # one entry per block, in order
+    num_classes: int
+
+    def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None: ...
+
+
+class BlocksBackbone(nn.Module):
+    """Base for ordered-blocks backbones: ``stem``, ``blocks`` (an nn.ModuleList) and ``final`` (the classifier)."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    final: nn.Module
+    feature_info: list[ExitPoint]
+    num_classes: int
+
+    def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
+        """Run block by block, handing the output of every block in ``taps`` to ``on_tap``."""
+        h = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i in taps:
+                h = on_tap(i, h)
+                if h is None:
+                    return None
+        return self.final(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain backbone: the final classifier's logits."""
+        return self.run(x, set(), lambda i, h: h)
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+class MultiExitModel(nn.Module):
+    """A backbone with internal classifiers (ICs) after the blocks in ``exits``; the backbone's classifier is last.
+
+    ``forward`` returns a plain list of logits, one per exit, final exit last. ``forward_to(x, k)`` stops after
+    exit ``k``. Real early exit with per-sample compaction lives in :func:`exitlab.inference.early_exit`.
+    """
+
+    def __init__(self, backbone: nn.Module, exits: Sequence[int], head: str = "sdn", *,
+                 head_kwargs: dict | None = None, spec: dict | None = None):
+        super().__init__()
+        from .heads import build_head
+
+        n_blocks = len(backbone.feature_info)
+        exits = list(exits)
+        check_exits(exits, n_blocks)
+        self.backbone = backbone
+        self.exits = exits
+        self.head_name = head
+        self.head_kwargs = dict(head_kwargs or {})
+        self.heads = nn.ModuleList(
+            [build_head(head, backbone.feature_info[i], backbone.num_classes, **self.head_kwargs) for i in exits]
+        )
+        self.spec = dict(spec or {})  # how to rebuild this model (set by build_model); saved with checkpoints
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits) + 1
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    def forward(self, x: torch.Tensor, *, grad_equilibrium: bool = False) -> list[torch.Tensor]:
+        """Logits of every exit, final exit last. ``grad_equilibrium`` rescales gradients as in Li et al. 2019."""
+        return self.forward_to(x, self.num_exits - 1, grad_equilibrium=grad_equilibrium)
+
+    def forward_to(self, x: torch.Tensor, k: int, *, grad_equilibrium: bool = False) -> list[torch.Tensor]:
+        """Logits of exits ``0..k`` only; the backbone stops after the block that feeds exit ``k``."""
+        if not 0 <= k < self.num_exits:
+            raise IndexError(f"exit {k} out of range; this model has exits 0..{self.num_exits - 1}")
+        outs: list[torch.Tensor] = []
+        slot = {b: j for j, b in enumerate(self.exits)}
+        n = self.num_exits
+
+        def on_tap(block: int, h: torch.Tensor) -> torch.Tensor | None:
+            j = slot[block]
+            to_head, to_next = h, h
+            if grad_equilibrium:  # exit j shares the trunk with the n - j - 1 exits after it
+                to_head = _GradScale.apply(h, 1.0 / (n - j))
+                to_next = _GradScale.apply(h, (n - j - 1) / (n - j))
+            outs.append(self.heads[j](to_head, outs[-1] if outs else None))
+            return None if j == k else to_next
+
+        final = self.backbone.run(x, set(self.exits[: k + 1]), on_tap)
+        if final is not None:
+            outs.append(final)
+        return outs
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def describe(self) -> dict:
+        """A JSON-able summary: exits, their block indices and feature shapes."""
+        info = self.backbone.feature_info
+        return {
+            "exits": self.exits,
+            "num_exits": self.num_exits,
+            "head": self.head_name,
+            "blocks": len(info),
+            "exit_features": [asdict(info[i]) for i in self.exits],
+        }
+
+
+def check_exits(exits: Sequence[int], n_blocks: int) -> None:
+    """Exit indices must be sorted, unique, and name blocks before the last one (the last block feeds the final exit)."""
+    if any(not isinstance(e, int) or isinstance(e, bool) for e in exits):
+        raise ConfigError(f"model.exits must be integers, got {list(exits)}")
+    if list(exits) != sorted(set(exits)):
+        raise ConfigError(f"model.exits must be sorted and unique, got {list(exits)}; e.g. {sorted(set(exits))}")
+    bad = [e for e in exits if not 0 <= e < n_blocks - 1]
+    if bad:
+        raise ConfigError(
+            f"model.exits {bad} out of range: this backbone has blocks 0..{n_blocks - 1}, and ICs go after blocks "
+            f"0..{n_blocks - 2} (the last block feeds the final exit)"
+        )

@@ -1,0 +1,122 @@
+"""Internal-classifier heads. Each kind is one small class built from an :class:`ExitPoint`."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .core import ExitPoint
+
+HEADS: Registry[type[nn.Module]] = Registry("head")
+
+
+def _pool(x: torch.Tensor, point: ExitPoint) -> torch.Tensor:
+    """Global summary of a feature: mean over space for maps, mean over patch tokens for tokens."""
+    if point.kind == "map":
+        return x.mean(dim=(2, 3))  # [B, C]
+    return x[:, 1:].mean(dim=1) if x.shape[1] > 1 else x[:, 0]  # [B, D]
+
+
+class _Head(nn.Module):
+    """Shared cascade logic: with ``cascade`` the head also reads the previous exit's (detached) logits (ZTW)."""
+
+    def __init__(self, num_classes: int, cascade: bool):
+        super().__init__()
+        self.cascade = nn.Linear(num_classes, num_classes, bias=False) if cascade else None
+        if self.cascade is not None:
+            nn.init.zeros_(self.cascade.weight)
+
+    def _combine(self, logits: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        if self.cascade is None or prev is None:
+            return logits
+        return logits + self.cascade(prev.detach().to(logits.dtype))
+
+
+@HEADS.register("sdn")
+class SDNHead(_Head):
+    """SDN head: a learned mix of max and average pooling down to a ``grid`` x ``grid`` map, then a linear layer."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, grid: int = 4, cascade: bool = False):
+        super().__init__(num_classes, cascade)
+        if point.kind != "map":
+            raise ConfigError("head 'sdn' needs spatial feature maps; for token exits (ViT) use 'cls', 'pooled' or 'mlp2'")
+        self.grid = grid
+        self.alpha = nn.Parameter(torch.zeros(()))  # sigmoid(0) = 0.5: start as an even mix
+        self.fc = nn.Linear(point.channels * grid * grid, num_classes)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        g = min(self.grid, x.shape[-1], x.shape[-2])
+        a = torch.sigmoid(self.alpha)
+        pooled = a * F.adaptive_max_pool2d(x, g) + (1 - a) * F.adaptive_avg_pool2d(x, g)  # [B, C, g, g]
+        if g < self.grid:  # tiny maps: repeat up to the grid so the linear layer's shape holds
+            pooled = F.interpolate(pooled, size=self.grid, mode="nearest")
+        return self._combine(self.fc(pooled.flatten(1)), prev)
+
+
+@HEADS.register("pooled")
+class PooledHead(_Head):
+    """Global average pooling (or mean over patch tokens), then one linear layer."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, cascade: bool = False):
+        super().__init__(num_classes, cascade)
+        self.point = point
+        self.fc = nn.Linear(point.channels, num_classes)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self._combine(self.fc(_pool(x, self.point)), prev)
+
+
+class MLPHead(_Head):
+    """Pooled feature, then ``layers`` linear layers with ReLU between them (``layers=1`` is a linear probe)."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, layers: int = 2, hidden: int | None = None,
+                 cascade: bool = False):
+        super().__init__(num_classes, cascade)
+        if layers < 1:
+            raise ConfigError(f"model.head_kwargs.layers must be >= 1, got {layers}")
+        self.point = point
+        hidden = hidden or point.channels
+        dims = [point.channels] + [hidden] * (layers - 1) + [num_classes]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(nn.ReLU(inplace=True))
+        self.mlp = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self._combine(self.mlp(_pool(x, self.point)), prev)
+
+
+HEADS.register("mlp", MLPHead)
+for _n in (1, 2, 3):
+    HEADS.register(f"mlp{_n}", functools.partial(MLPHead, layers=_n))
+
+
+@HEADS.register("cls")
+class CLSHead(_Head):
+    """ViT head: LayerNorm then a linear layer on the CLS token (token 0)."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, cascade: bool = False):
+        super().__init__(num_classes, cascade)
+        if point.kind != "tokens":
+            raise ConfigError("head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs use 'sdn' or 'pooled'")
+        self.norm = nn.LayerNorm(point.channels)
+        self.fc = nn.Linear(point.channels, num_classes)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self._combine(self.fc(self.norm(x[:, 0])), prev)
+
+
+def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:
+    """Build the head ``name`` for a feature described by ``point``."""
+    cls = HEADS.get(name)
+    try:
+        return cls(point, num_classes, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model.head_kwargs: {e}; check the options of head {name!r}") from None

@@ -1,0 +1,144 @@
+"""Run directories: environment record, lock file, metrics log, and checkpoint discovery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, ExitlabError
+
+log = logging.getLogger("exitlab")
+
+
+def code_identity() -> dict:
+    """The git commit of the exitlab source tree and whether it has uncommitted changes (when it is a checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(dirty) if commit else None}
+
+
+def environment() -> dict:
+    import numpy
+
+    from . import __version__
+
+    return {
+        "exitlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "numpy": numpy.__version__, "platform": platform.platform(), "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(), "code": code_identity(),
+    }
+
+
+def signature(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunLock:
+    """A lock file holding the owner's pid. A lock whose process is gone (a crash) is taken over."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / ".lock"
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise ExitlabError(f"{self.path.parent} is in use by process {pid}; wait for it to finish or "
+                                       "choose another --out") from None
+                log.warning("removing stale lock %s (process %s is gone)", self.path, pid)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut off by a kill: everything after it is untrustworthy
+    return out
+
+
+def truncate_jsonl(path: Path, n: int) -> None:
+    """Keep the first ``n`` records (resume rewinds the log to the checkpoint it restarts from)."""
+    keep = read_jsonl(path)[:n]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files, oldest first (names sort by phase index, then epoch, with phase ends last)."""
+    d = directory / "checkpoints"
+    return sorted(d.glob("*.safetensors")) if d.is_dir() else []
+
+
+def newest_valid(directory: Path, loader) -> tuple[Path, object] | None:
+    """Load the newest checkpoint that verifies, falling back past corrupt ones (and saying so)."""
+    for path in reversed(checkpoints(directory)):
+        try:
+            return path, loader(path)
+        except CheckpointError as e:
+            log.warning("%s; falling back to the previous checkpoint", e)
+    return None
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before training if the output directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ExitlabError(f"output directory {directory} is not writable ({e.strerror or e}); choose another --out "
+                           "or free space") from None

@@ -1,0 +1,258 @@
+"""Train a multi-exit model under a regime, in a run directory that can be resumed exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import RunConfig, dump_config, to_dict
+from .data import TensorLoader, channel_stats, load_dataset, stratified_split
+from .errors import CheckpointError, ConfigError, ExitlabError
+from .loop import evaluate, make_optimizer, phase_module, phase_score, set_modes, set_trainable, train_epoch
+from .models import build_model
+from .models.core import MultiExitModel
+from .phases import Phase, plan_phases
+from .rundir import (
+    RunLock,
+    append_jsonl,
+    check_writable,
+    checkpoints,
+    environment,
+    newest_valid,
+    read_jsonl,
+    signature,
+    truncate_jsonl,
+)
+
+log = logging.getLogger("exitlab")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Data:
+    """Loaders over one dataset split three ways, plus what the model needs to know about the inputs."""
+
+    train: TensorLoader
+    val: TensorLoader
+    test: TensorLoader
+    classes: list[str]
+    shape: tuple[int, int, int]
+
+
+def prepare_data(cfg: RunConfig, device: torch.device) -> Data:
+    """Load the dataset, make the seeded stratified split, and hold every split as tensors on ``device``."""
+    d = cfg.data
+    ds = load_dataset(d.name, d.root, download=d.download, img_size=d.img_size, synthetic_kwargs=d.synthetic)
+    tr, va = stratified_split(ds.train_y, d.val_fraction, cfg.seed)
+    if d.train_subset:
+        tr = tr[: d.train_subset]
+    if len(tr) == 0 or len(va) == 0:
+        raise ConfigError("data: the train or validation split is empty; lower data.val_fraction or train_subset")
+    mean, std = channel_stats(ds.train_x[tr])
+    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last)
+    return Data(
+        train=TensorLoader(ds.train_x[tr], ds.train_y[tr], d.batch_size, shuffle=True, pad=d.crop_padding,
+                           flip=d.flip, drop_last=len(tr) > d.batch_size, **common),
+        val=TensorLoader(ds.train_x[va], ds.train_y[va], d.eval_batch_size, **common),
+        test=TensorLoader(ds.test_x, ds.test_y, d.eval_batch_size, **common),
+        classes=ds.classes,
+        shape=ds.shape,
+    )
+
+
+def make_model(cfg: RunConfig, data: Data) -> MultiExitModel:
+    m = cfg.model
+    torch.manual_seed(cfg.seed)
+    c, h, _ = data.shape
+    return build_model(m.backbone, num_classes=len(data.classes), in_chans=c, img_size=h, exits=m.exits,
+                       head=m.head, head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
+
+
+def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
+    """What determines a phase-1 result: runs with equal signatures can share one phase-1 checkpoint."""
+    keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
+    keep["data"].pop("eval_batch_size", None)
+    return signature({**keep, "epochs": phases[0].epochs})
+
+
+def run_signature(cfg: RunConfig) -> str:
+    d = to_dict(cfg)
+    for k in ("progress", "threads", "checkpoint_every", "keep_checkpoints", "device"):
+        d.pop(k)
+    return signature(d)
+
+
+class _Run:
+    """State of one training run. ``train()`` is the entry point; this class only keeps its pieces together."""
+
+    def __init__(self, cfg: RunConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.metrics = out / "metrics.jsonl"
+        self.device = resolve_device(cfg.device)
+        self.data = prepare_data(cfg, self.device)
+        self.model = make_model(cfg, self.data).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.phases = plan_phases(cfg)
+        self.sig = run_signature(cfg)
+        self.p1sig = phase1_signature(cfg, self.phases) if self.phases[0].kind == 1 else None
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, best_score: float, bad: int,
+             end: bool) -> Path:
+        phase = self.phases[pi]
+        name = f"{pi:02d}-{phase.name}-{'end' if end else f'e{epochs_done:03d}'}.safetensors"
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt_t, opt_info = ckpt.optimizer_tensors(opt) if opt is not None else ({}, None)
+        tensors.update(opt_t)
+        if best is not None:
+            tensors.update({f"best.{k}": v for k, v in best.items()})
+        meta = dict(phase_index=pi, phase=phase.kind, epochs_done=epochs_done, step=step, best_score=best_score,
+                    bad_epochs=bad, has_best=best is not None, optimizer=opt_info, run_signature=self.sig,
+                    phase1_signature=self.p1sig if pi == 0 else None, metrics_lines=len(read_jsonl(self.metrics)),
+                    end=end)
+        path = self.out / "checkpoints" / name
+        ckpt.save_tensors(path, tensors, meta)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        periodic = [p for p in checkpoints(self.out) if not p.stem.endswith("-end")]
+        for p in periodic[: -self.cfg.keep_checkpoints]:
+            p.unlink(missing_ok=True)
+
+    def restore(self, tensors: dict, meta: dict, source: Path) -> None:
+        if meta.get("run_signature") != self.sig:
+            raise CheckpointError(f"{source} was written by a run with a different config; resume with the same "
+                                  "config, or start a new --out")
+        ckpt.load_state(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
+
+    # ------------------------------------------------------------ phases
+    def run_phase(self, pi: int, resume: tuple[dict, dict] | None) -> None:
+        phase, cfg = self.phases[pi], self.cfg
+        params = set_trainable(self.model, phase)
+        opt = make_optimizer(params, phase)
+        net = phase_module(self.model, phase)
+        total = phase.epochs * len(self.data.train)
+        start, step, best, best_score, bad = 0, 0, None, -1.0, 0
+        if resume is not None:
+            tensors, meta = resume
+            ckpt.restore_optimizer(opt, tensors, meta["optimizer"])
+            start, step, best_score, bad = meta["epochs_done"], meta["step"], meta["best_score"], meta["bad_epochs"]
+            if meta["has_best"]:
+                best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
+        for epoch in range(start, phase.epochs):
+            if phase.options.patience and bad >= phase.options.patience:
+                break
+            seed = cfg.seed * 1_000_003 + pi * 10_007 + epoch  # order, augmentation and dropout per epoch
+            torch.manual_seed(seed)
+            self.data.train.set_epoch_seed(seed)
+            set_modes(self.model, phase)
+            t0 = time.perf_counter()
+            where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
+            stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
+                                      where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"))
+            accs, _ = evaluate(self.model, self.data.val, cfg.amp)
+            score = phase_score(phase, accs)
+            if phase.options.patience:
+                if score > best_score:
+                    best_score, bad = score, 0
+                    best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                else:
+                    bad += 1
+            append_jsonl(self.metrics, dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step,
+                                            train_loss=stats.loss, train_exit_losses=stats.exit_losses, val_acc=accs,
+                                            score=score, seconds=time.perf_counter() - t0))
+            log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
+            if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < phase.epochs:
+                self.save(pi, epoch + 1, step, opt, best, best_score, bad, end=False)
+        if best is not None:
+            self.model.load_state_dict(best)
+        self.save(pi, phase.epochs, step, None, None, best_score, bad, end=True)
+
+    def _bar(self, desc: str):
+        if not (self.cfg.progress and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> None:
+    if not resume and ((out / "run.json").exists() or checkpoints(out)):
+        raise ExitlabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    check_writable(out)
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from: str | Path | None = None
+          ) -> Path:
+    """Train ``cfg`` into run directory ``out`` and return it.
+
+    ``resume`` continues from the newest valid checkpoint in ``out`` (exactly: the weights equal an uninterrupted
+    run's on CPU). ``phase1_from`` starts from another run's phase-1 checkpoint instead of training phase 1, after
+    checking that its phase-1 settings are identical (this is how disjoint and mixed share phase 1).
+    """
+    out = Path(out)
+    _prepare_out(out, cfg, resume)
+    with RunLock(out):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        run = _Run(cfg, out)
+        (out / "config.yaml").write_text(dump_config(cfg))
+        (out / "env.json").write_text(json.dumps(environment(), indent=2))
+        status = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        if status.get("status") == "done":
+            log.info("%s is already finished; nothing to do", out)
+            return out
+        first, resume_state = _starting_point(run, resume, phase1_from, status)
+        status.update(status="running", regime=cfg.regime, phases=[dataclasses.asdict(p) for p in run.phases])
+        (out / "run.json").write_text(json.dumps(status, indent=2))
+        t0 = time.perf_counter()
+        for pi in range(first, len(run.phases)):
+            run.run_phase(pi, resume_state if pi == first else None)
+        extra = {"classes": run.data.classes, "dataset": cfg.data.name, "regime": cfg.regime}
+        ckpt.save_pretrained(run.model, out, extra=extra)
+        status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0)
+        (out / "run.json").write_text(json.dumps(status, indent=2))
+    return out
+
+
+def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple[int, tuple | None]:
+    """Which phase to start in, and the checkpoint state to resume it from."""
+    found = newest_valid(run.out, ckpt.load_tensors) if resume else None
+    if found is not None:
+        path, (tensors, meta) = found
+        run.restore(tensors, meta, path)
+        truncate_jsonl(run.metrics, meta["metrics_lines"])
+        log.info("resuming from %s", path)
+        pi = meta["phase_index"]
+        return (pi + 1, None) if meta["end"] else (pi, (tensors, meta))
+    if run.metrics.exists():
+        run.metrics.unlink()  # a run that never reached a checkpoint starts over
+    if phase1_from is None:
+        return 0, None
+    if run.phases[0].kind != 1:
+        raise ConfigError(f"regime {run.cfg.regime!r} has no phase 1 to share; drop phase1_from")
+    tensors, meta = ckpt.load_tensors(phase1_from)
+    if meta.get("phase1_signature") != run.p1sig or not meta.get("end"):
+        raise CheckpointError(f"{phase1_from} is not a finished phase 1 with this run's model, data, seed and "
+                              "phase-1 settings; train phase 1 here instead")
+    ckpt.load_state(run.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, Path(phase1_from))
+    status["phase1_from"] = str(Path(phase1_from).resolve())
+    run.save(0, run.phases[0].epochs, 0, None, None, meta["best_score"], 0, end=True)
+    return 1, None

@@ -1,0 +1,234 @@
+"""Exit policies: small objects that decide, exit by exit, which samples stop.
+
+The contract (stable; the ONNX router and the simulator both build on it)
+-----------------------------------------------------------------------
+A policy turns the logits of exit ``j`` into a **score** and a **prediction** per sample, possibly carrying a
+**state** from the exits before. The threshold enters only through :meth:`Policy.decide`:
+
+- ``exit_when == "above"``: a sample exits at ``j`` when ``score >= threshold``;
+- ``exit_when == "below"``: a sample exits at ``j`` when ``score <= threshold``;
+- every sample still running exits at the final exit, whatever its score.
+
+Because score, prediction and state never depend on the threshold, one pass over cached per-exit logits gives the
+scores of every sample at every exit, and any number of thresholds is then a comparison (see
+:mod:`exitlab.sweep`). Real early exit (:func:`exitlab.inference.early_exit`) calls the very same :meth:`step` on
+the samples still in the batch, so both make the same decisions.
+
+``State`` is a plain ``dict[str, Tensor]`` whose tensors have the batch as their first dimension; when samples
+leave, :meth:`Policy.compact` keeps the rows of those that go on (override it for any other layout). The state
+starts as ``{}`` at exit 0. Logits are ``[B, C]`` torch tensors; a numpy caller converts with ``torch.from_numpy``.
+
+Writing your own policy::
+
+    class Margin(Policy):
+        name = "margin"                       # register with POLICIES.register("margin", Margin) to use by name
+        def step(self, j, logits, state):
+            top2 = logits.softmax(-1).topk(2, dim=-1).values  # [B, 2]
+            return Step(top2[:, 0] - top2[:, 1], logits.argmax(-1), state)
+
+Policies serialise with :meth:`Policy.to_dict` and :func:`policy_from_dict` (JSON-able; used by export manifests).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .registry import Registry
+
+State = dict[str, torch.Tensor]  # every tensor [B, ...]: rows follow the samples
+
+
+class Step(NamedTuple):
+    """What a policy says about the samples at one exit."""
+
+    score: torch.Tensor  # [B] float; compared with the threshold by Policy.decide
+    pred: torch.Tensor  # [B] int64; the class predicted if the sample exits here
+    state: State  # carried to the next exit (rows = samples)
+
+
+class Policy:
+    """Base class of exit policies. Subclasses set ``name`` and ``exit_when`` and implement :meth:`step`.
+
+    ``threshold`` is optional: the simulator sweeps many thresholds, while real early exit and export use the
+    one stored here (or one passed explicitly).
+    """
+
+    name: ClassVar[str] = "policy"
+    exit_when: ClassVar[str] = "above"  # "above": exit when score >= threshold; "below": when score <= threshold
+    integer: ClassVar[bool] = False  # thresholds are whole numbers (patience)
+
+    def __init__(self, threshold: float | None = None):
+        self.threshold = threshold
+
+    # ---------------------------------------------------------------- the decision, exit by exit
+    def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
+        """Score and predict the samples at exit ``j`` from their logits ``[B, C]`` and the state so far."""
+        raise NotImplementedError
+
+    def decide(self, score: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the samples that exit. The threshold is cast to the score's dtype first, so a float32
+        score is compared with the same float32 threshold in simulation and in real early exit."""
+        t = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
+        return score >= t if self.exit_when == "above" else score <= t
+
+    def compact(self, state: State, keep: torch.Tensor) -> State:
+        """The state of the samples that go on: ``keep`` is a ``[B]`` bool mask or an index tensor."""
+        return {k: v[keep] for k, v in state.items()}
+
+    # ---------------------------------------------------------------- thresholds
+    def valid_range(self, num_exits: int, num_classes: int) -> tuple[float, float]:
+        """Inclusive range of meaningful thresholds for a model with this many exits and classes."""
+        return 0.0, 1.0
+
+    def default_thresholds(self, num_exits: int, num_classes: int, n: int = 100) -> torch.Tensor:
+        """``n`` thresholds evenly spaced over :meth:`valid_range` (every whole number for integer policies)."""
+        lo, hi = self.valid_range(num_exits, num_classes)
+        if self.integer:
+            return torch.arange(int(lo), int(hi) + 1, dtype=torch.float64)
+        return torch.linspace(lo, hi, n, dtype=torch.float64)
+
+    def check_thresholds(self, thresholds, num_exits: int, num_classes: int) -> torch.Tensor:
+        """Thresholds as a float64 tensor, or a ConfigError naming the policy's valid range."""
+        t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
+        lo, hi = self.valid_range(num_exits, num_classes)
+        bad = t[~((t >= lo) & (t <= hi))]  # also catches NaN
+        if len(bad):
+            raise ConfigError(f"policy {self.name!r}: threshold {bad[0].item():g} is outside its range "
+                              f"[{lo:g}, {hi:g}] for {num_exits} exits and {num_classes} classes")
+        if self.integer and not torch.equal(t, t.round()):
+            raise ConfigError(f"policy {self.name!r}: thresholds must be whole numbers, got {t.tolist()[:5]}")
+        return t
+
+    # ---------------------------------------------------------------- whole-split scores and serialisation
+    @torch.no_grad()
+    def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and predictions of every sample at every exit from stacked logits ``[E, N, C]``: ``[E, N]`` each.
+        Calls :meth:`step` exit by exit on all samples: exactly what real early exit computes per sample."""
+        state: State = {}
+        scores, preds = [], []
+        for j in range(logits.shape[0]):
+            score, pred, state = self.step(j, logits[j], state)
+            scores.append(score)
+            preds.append(pred)
+        return torch.stack(scores), torch.stack(preds)
+
+    def params(self) -> dict:
+        """JSON-able constructor arguments other than the threshold (override when a policy has any)."""
+        return {}
+
+    def to_dict(self) -> dict:
+        """``{"name", "threshold", **params}``; :func:`policy_from_dict` rebuilds the policy from it."""
+        return {"name": self.name, "threshold": self.threshold, **self.params()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(threshold={self.threshold})"
+
+
+class Confidence(Policy):
+    """SDN: exit when the maximum softmax probability reaches the threshold (range [0, 1])."""
+
+    name = "confidence"
+
+    def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
+        conf, pred = logits.float().softmax(-1).max(-1)  # [B], [B]
+        return Step(conf, pred, state)
+
+
+class Entropy(Policy):
+    """Exit when the entropy (nats) of the softmax falls to the threshold or below (range [0, ln C])."""
+
+    name = "entropy"
+    exit_when = "below"
+
+    def valid_range(self, num_exits: int, num_classes: int) -> tuple[float, float]:
+        return 0.0, math.log(num_classes)
+
+    def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
+        logp = F.log_softmax(logits.float(), -1)  # [B, C]
+        ent = -(logp.exp() * logp).sum(-1).clamp_min(0)  # [B]
+        return Step(ent, logits.argmax(-1), state)
+
+
+class Patience(Policy):
+    """PBEE: exit once ``t`` consecutive exits (this one included) predict the same class (range [1, E]).
+
+    The score is the length of the current run of agreeing predictions. ``t = 1`` exits at the first exit;
+    with ``t = E`` a run can only be complete at the final exit, so nothing leaves early. PABEE's "patience p"
+    counts agreements after the first prediction, so it equals ``t = p + 1`` here.
+    """
+
+    name = "patience"
+    integer = True
+
+    def valid_range(self, num_exits: int, num_classes: int) -> tuple[float, float]:
+        return 1.0, float(num_exits)
+
+    def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
+        pred = logits.argmax(-1)  # [B]
+        if j == 0 or "pred" not in state:
+            run = torch.ones_like(pred)
+        else:
+            run = torch.where(pred == state["pred"], state["run"] + 1, torch.ones_like(pred))
+        return Step(run.float(), pred, {"pred": pred, "run": run})
+
+
+class ZTW(Policy):
+    """Zero Time Waste: confidence of a geometric ensemble of the exits so far, with learned weights.
+
+    At exit ``m`` the prediction is ``softmax(sum_{i<=m} weight[m, i] * (log_softmax(z_i) + bias[m, i]))``;
+    ``weight`` is ``[E, E]`` (lower triangular), ``bias`` ``[E, E, C]``. Fit them with
+    :func:`exitlab.ztw.fit_ensemble` on the frozen model; the cascading head connection is the head option
+    ``cascade: true``. The state holds the running sums for every later exit: ``[B, E, C]``.
+    """
+
+    name = "ztw"
+
+    def __init__(self, weight, bias, threshold: float | None = None):
+        super().__init__(threshold)
+        self.weight = torch.as_tensor(weight, dtype=torch.float32)  # [E, E]
+        self.bias = torch.as_tensor(bias, dtype=torch.float32)  # [E, E, C]
+        E = self.weight.shape[0]
+        if self.weight.shape != (E, E) or self.bias.shape[:2] != (E, E):
+            raise ConfigError(f"ztw: weight must be [E, E] and bias [E, E, C], got {tuple(self.weight.shape)} and "
+                              f"{tuple(self.bias.shape)}")
+        self.weight = self.weight.tril()
+
+    def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
+        w = self.weight.to(logits.device)[:, j]  # [E]: exit j's weight in every ensemble
+        b = self.bias.to(logits.device)[:, j]  # [E, C]
+        logp = F.log_softmax(logits.float(), -1)  # [B, C]
+        term = w[None, :, None] * (logp[:, None, :] + b[None])  # [B, E, C]
+        acc = term if j == 0 or "acc" not in state else state["acc"] + term
+        q = F.log_softmax(acc[:, j], -1)  # [B, C]
+        conf, pred = q.exp().max(-1)
+        return Step(conf, pred, {"acc": acc})
+
+    def params(self) -> dict:
+        return {"weight": self.weight.tolist(), "bias": self.bias.tolist()}
+
+
+POLICIES: Registry[type[Policy]] = Registry("policy")
+for _cls in (Confidence, Entropy, Patience, ZTW):
+    POLICIES.register(_cls.name, _cls)
+
+
+def make_policy(name: str, **kwargs) -> Policy:
+    """Build a registered policy by name, e.g. ``make_policy("confidence", threshold=0.9)``."""
+    cls = POLICIES.get(name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"policy {name!r}: {e}") from None
+
+
+def policy_from_dict(d: dict) -> Policy:
+    """Rebuild a policy written by :meth:`Policy.to_dict`."""
+    if not isinstance(d, dict) or "name" not in d:
+        raise ConfigError(f"a policy must be a mapping with a 'name', got {d!r}")
+    kwargs = {k: v for k, v in d.items() if k != "name"}
+    return make_policy(d["name"], **kwargs)

@@ -1,0 +1,170 @@
+"""Simulated early exit from cached per-exit outputs: threshold sweeps, Pareto budgets, AUC, calibration.
+
+Everything here is vectorised tensor code over already-computed scores (see :meth:`exitlab.policies.Policy.scores`).
+
+How a sweep works. With scores ``s[j, n]`` (exit ``j``, sample ``n``) and a policy that exits when
+``s >= t``, sample ``n`` leaves at the first ``j`` with ``s[j, n] >= t``, or at the final exit. That equals the
+number of exits ``j < E-1`` whose running maximum ``max(s[0..j, n])`` is below ``t``, which
+``torch.searchsorted`` finds for all thresholds at once (``"below"`` policies negate score and threshold).
+
+How budgets are read off the curve. Each threshold gives one point (mean cost, accuracy). A point is on the
+**Pareto frontier** when no other point is at most as costly and strictly more accurate (or equally accurate and
+strictly cheaper). Between two neighbouring frontier points the accuracy at budget ``b`` is interpolated
+linearly: routing a share ``lambda`` of samples with one threshold and the rest with the other achieves exactly
+that mean cost and accuracy. Below the cheapest point a budget is unreachable (``None``); above the costliest
+frontier point the accuracy stays at its value. Budgets are fractions of the bare backbone's FLOPs.
+
+AUC is the mean of that budget curve over budgets uniform in [0, 1] (0 to 100% of the backbone's FLOPs),
+counting unreachable budgets as accuracy 0: the exact integral of the piecewise-linear frontier.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+BUDGETS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Sweep:
+    """Simulated early exit at each of ``T`` thresholds."""
+
+    thresholds: torch.Tensor  # [T] float64
+    accuracy: torch.Tensor  # [T] float64
+    cost: torch.Tensor  # [T] float64: mean FLOPs per sample
+    fraction: torch.Tensor  # [T] float64: cost / bare backbone FLOPs
+    exit_fractions: torch.Tensor  # [T, E] float64: share of samples leaving at each exit
+
+    def to_dict(self) -> dict:
+        return {"thresholds": self.thresholds.tolist(), "accuracy": self.accuracy.tolist(), "flops": self.cost.tolist(),
+                "fraction": self.fraction.tolist(), "exit_fractions": self.exit_fractions.tolist()}
+
+
+def exit_indices(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: str = "above") -> torch.Tensor:
+    """Exit taken by every sample at every threshold: ``[T, N]`` int64, from scores ``[E, N]``.
+
+    Thresholds are cast to the scores' dtype, as :meth:`Policy.decide` does, so the comparisons are identical.
+    """
+    E, N = scores.shape
+    t = torch.as_tensor(thresholds).to(scores.dtype).reshape(-1)  # [T]
+    if E == 1:
+        return torch.zeros(len(t), N, dtype=torch.long)
+    s = scores[:-1] if exit_when == "above" else -scores[:-1]  # [E-1, N]: the final exit always takes the rest
+    t = t if exit_when == "above" else -t
+    running = s.cummax(0).values.T.contiguous()  # [N, E-1], non-decreasing along exits
+    idx = torch.searchsorted(running, t.expand(N, -1).contiguous(), side="left")  # [N, T]: count of running < t
+    return idx.T
+
+
+def simulate(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, costs: torch.Tensor,
+             thresholds: torch.Tensor, exit_when: str = "above", *, backbone_flops: float = 1.0) -> Sweep:
+    """Accuracy, mean cost and exit distribution at every threshold.
+
+    ``scores``/``preds``: ``[E, N]``; ``labels``: ``[N]``; ``costs``: cumulative FLOPs per exit ``[E]``.
+    Exact integer counting, without materialising ``[T, N]``: a sample reaches exit ``k`` iff the running
+    maximum of its scores over exits ``0..k-1`` is below ``t``, so sorting each exit's running maxima once and
+    ``searchsorted``-ing the thresholds gives how many samples reach every exit, and a cumulative sum of
+    ``correct[k] - correct[k-1]`` in the same order gives how the number of correct predictions changes.
+    """
+    E, N = scores.shape
+    if N == 0:
+        raise ValueError("cannot simulate early exit on 0 samples")
+    t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
+    tt = t.to(scores.dtype) if exit_when == "above" else -t.to(scores.dtype)
+    s = scores if exit_when == "above" else -scores
+    running = s[:-1].cummax(0).values  # [E-1, N]
+    correct = (preds == labels[None]).long()  # [E, N]
+    reach = torch.full((len(t), E + 1), N, dtype=torch.long)  # reach[:, k]: samples that get to exit k
+    reach[:, E] = 0
+    hits = torch.full((len(t),), int(correct[0].sum()), dtype=torch.long)
+    for k in range(1, E):
+        r, order = running[k - 1].sort()
+        reach[:, k] = torch.searchsorted(r, tt, side="left")  # samples whose running max is below t
+        gain = torch.cat([torch.zeros(1, dtype=torch.long), (correct[k] - correct[k - 1])[order].cumsum(0)])
+        hits += gain[reach[:, k]]
+    share = (reach[:, :-1] - reach[:, 1:]).double() / N  # [T, E]: leave at exactly exit k
+    cost = share @ torch.as_tensor(costs, dtype=torch.float64)
+    return Sweep(t, hits.double() / N, cost, cost / backbone_flops, share)
+
+
+def pareto_frontier(cost: torch.Tensor, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-dominated points of a curve, by increasing cost (and strictly increasing accuracy)."""
+    cost = torch.as_tensor(cost, dtype=torch.float64)
+    acc = torch.as_tensor(acc, dtype=torch.float64)
+    order = torch.argsort(-acc, stable=True)
+    order = order[torch.argsort(cost[order], stable=True)]  # by cost, then best accuracy first
+    best = -math.inf
+    keep = []
+    for i in order.tolist():  # T is small (hundreds to thousands)
+        if acc[i] > best:
+            keep.append(i)
+            best = acc[i].item()
+    keep_t = torch.tensor(keep, dtype=torch.long)
+    return cost[keep_t], acc[keep_t]
+
+
+def accuracy_at(cost: torch.Tensor, acc: torch.Tensor, budget: float) -> float | None:
+    """Accuracy at mean cost ``budget``, interpolated on the Pareto frontier; None when below every point."""
+    c, a = pareto_frontier(cost, acc)
+    if len(c) == 0 or budget < c[0]:
+        return None
+    if budget >= c[-1]:
+        return a[-1].item()
+    i = int(torch.searchsorted(c, torch.tensor([budget], dtype=torch.float64), right=True))  # c[i-1] <= b < c[i]
+    c0, c1, a0, a1 = c[i - 1].item(), c[i].item(), a[i - 1].item(), a[i].item()
+    return a0 + (a1 - a0) * (budget - c0) / (c1 - c0)
+
+
+def budget_table(fraction: torch.Tensor, acc: torch.Tensor, budgets=BUDGETS) -> dict[str, float | None]:
+    """Accuracy at each budget (fractions of backbone FLOPs), keyed by percent: ``{"25": 0.81, ...}``."""
+    return {f"{round(b * 100):d}": accuracy_at(fraction, acc, b) for b in budgets}
+
+
+def auc(fraction: torch.Tensor, acc: torch.Tensor, upper: float = 1.0) -> float:
+    """Mean accuracy over budgets uniform in [0, ``upper``] on the frontier (0 where a budget is unreachable)."""
+    c, a = pareto_frontier(fraction, acc)
+    if len(c) == 0 or c[0] >= upper:
+        return 0.0
+    inside = c < upper
+    xs = torch.cat([c[inside], torch.tensor([upper], dtype=torch.float64)])
+    ys = torch.cat([a[inside], torch.tensor([accuracy_at(c, a, upper)], dtype=torch.float64)])
+    return torch.trapezoid(ys, xs).item() / upper
+
+
+def exit_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Top-1 accuracy of every exit from ``[E, N, C]`` logits."""
+    return (logits.argmax(-1) == labels[None]).double().mean(1).tolist()
+
+
+def ece(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> list[float]:
+    """Expected calibration error of every exit: ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over ``bins``
+    equal-width confidence bins (max softmax), from ``[E, N, C]`` logits."""
+    conf, pred = logits.double().softmax(-1).max(-1)  # [E, N]
+    hit = (pred == labels[None]).double()
+    E, N = conf.shape
+    b = (conf * bins).long().clamp_(0, bins - 1)  # bin of each sample; conf = 1 goes to the last bin
+    offset = torch.arange(E)[:, None] * bins
+    flat = (b + offset).reshape(-1)
+    sum_conf = torch.bincount(flat, conf.reshape(-1), minlength=E * bins).view(E, bins)
+    sum_hit = torch.bincount(flat, hit.reshape(-1), minlength=E * bins).view(E, bins)
+    return ((sum_hit - sum_conf).abs().sum(1) / N).tolist()  # |B|/N * |acc - conf| = |sum_hit - sum_conf| / N
+
+
+def select(sweep: Sweep, *, budget: float | None = None, accuracy: float | None = None) -> int | None:
+    """Index of the threshold to use: the most accurate within ``budget`` (fraction of backbone FLOPs; ties go
+    to the cheaper), or the cheapest reaching ``accuracy`` (ties go to the more accurate). None if none qualifies."""
+    if (budget is None) == (accuracy is None):
+        raise ValueError("give exactly one of budget or accuracy")
+    if budget is not None:
+        ok = sweep.fraction <= budget
+        key_primary, key_secondary = sweep.accuracy, -sweep.fraction
+    else:
+        ok = sweep.accuracy >= accuracy
+        key_primary, key_secondary = -sweep.fraction, sweep.accuracy
+    cands = torch.nonzero(ok).flatten().tolist()
+    if not cands:
+        return None
+    return max(cands, key=lambda i: (key_primary[i].item(), key_secondary[i].item()))

@@ -1,0 +1,112 @@
+"""Zero Time Waste's geometric ensemble: learned weights over the exits so far, fitted on a frozen model.
+
+ZTW (Wołczyk et al. 2021) has two parts. The cascading connection (each head also reads the previous head's
+logits) is a head option: ``model.head_kwargs={cascade: true}``. The ensemble is fitted here, in a short extra
+phase after training: the model is frozen, its per-exit logits on the training split are cached once, and only
+the ensemble's ``weight [E, E]`` and ``bias [E, E, C]`` are trained, by full-batch Adam on the summed negative
+log-likelihood of every exit's ensemble:
+
+    log q_m = log_softmax( sum_{i <= m} weight[m, i] * (log_softmax(z_i) + bias[m, i]) )
+
+It starts from ``weight = I`` and ``bias = 0``, i.e. each exit alone. The result is a :class:`exitlab.policies.ZTW`
+policy, which applies the same formula exit by exit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .checkpoint import atomic_write
+from .errors import ExitlabError
+from .policies import ZTW
+
+log = logging.getLogger("exitlab")
+ZTW_FILE = "ztw.safetensors"
+
+
+def ensemble_log_probs(logits: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of every exit's ensemble, ``[E, N, C]``, from logits ``[E, N, C]`` (training form)."""
+    w = weight.tril()  # [E, E]: ensemble m uses exits i <= m
+    logp = F.log_softmax(logits.float(), -1)  # [E, N, C]
+    acc = torch.einsum("mi,inc->mnc", w, logp) + torch.einsum("mi,mic->mc", w, bias)[:, None]  # [E, N, C]
+    return F.log_softmax(acc, -1)
+
+
+def fit_ensemble(logits: torch.Tensor, labels: torch.Tensor, *, steps: int = 200, lr: float = 0.05,
+                 max_samples: int = 20000, seed: int = 0) -> ZTW:
+    """Fit the ensemble weights on cached logits ``[E, N, C]`` and labels ``[N]``; returns a ZTW policy.
+
+    Uses at most ``max_samples`` samples (a seeded random subset) so the phase stays short on large splits.
+    """
+    E, N, C = logits.shape
+    if N == 0:
+        raise ExitlabError("cannot fit the ZTW ensemble on 0 samples")
+    if N > max_samples:
+        keep = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:max_samples]
+        logits, labels = logits[:, keep], labels[keep]
+    logits = logits.detach().float()
+    weight = torch.eye(E).requires_grad_(True)
+    bias = torch.zeros(E, E, C, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=lr)
+    target = labels.repeat(E)
+    for _ in range(steps):
+        logq = ensemble_log_probs(logits, weight, bias)  # [E, N', C]
+        loss = F.nll_loss(logq.reshape(-1, C), target) * E  # sum over exits of the mean NLL
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    log.info("ztw: ensemble fitted on %d samples, final summed NLL %.4f", len(labels), loss.item())
+    return ZTW(weight.detach().tril(), bias.detach())
+
+
+def save_ensemble(policy: ZTW, path: str | Path, *, model_digest: str = "") -> None:
+    """Write the ensemble's weight and bias (and the model it was fitted on) to a safetensors file."""
+    tensors = {"weight": policy.weight.contiguous(), "bias": policy.bias.contiguous()}
+    atomic_write(Path(path), lambda p: save_file(tensors, str(p), metadata={"model_sha256": model_digest}))
+
+
+def load_ensemble(path: str | Path, *, model_digest: str | None = None) -> ZTW | None:
+    """The ensemble saved at ``path``; None when absent or fitted on a different model than ``model_digest``."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if model_digest is not None and meta.get("model_sha256") != model_digest:
+            log.info("%s was fitted on another model; refitting", path)
+            return None
+        return ZTW(f.get_tensor("weight"), f.get_tensor("bias"))
+
+
+def ztw_for_run(run_dir: str | Path, *, steps: int = 200) -> ZTW:
+    """The run's ZTW policy: loaded from ``ztw.safetensors`` if it matches the model, else fitted on the cached
+    training-split logits of the frozen model (the short extra phase) and saved there."""
+    from .evaluate import cached_logits, model_digest
+
+    run_dir = Path(run_dir)
+    digest = model_digest(run_dir)
+    policy = load_ensemble(run_dir / ZTW_FILE, model_digest=digest)
+    if policy is None:
+        logits, labels = cached_logits(run_dir, "train")
+        cascade = _uses_cascade(run_dir)
+        if not cascade:
+            log.info("ztw: the heads are not cascading (model.head_kwargs.cascade is off); fitting the ensemble alone")
+        policy = fit_ensemble(logits, labels, steps=steps)
+        save_ensemble(policy, run_dir / ZTW_FILE, model_digest=digest)
+    return policy
+
+
+def _uses_cascade(run_dir: Path) -> bool:
+    import json
+
+    try:
+        spec = json.loads((run_dir / "model.json").read_text())["spec"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool((spec.get("head_kwargs") or {}).get("cascade"))

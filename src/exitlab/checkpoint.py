@@ -102,10 +102,23 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
-def save_pretrained(model, directory: str | Path, *, extra: dict | None = None) -> None:
-    """Write ``model.safetensors`` and ``model.json`` (how to rebuild the model, class names, policy) to a folder."""
+def save_pretrained(model, directory: str | Path, *, extra: dict | None = None, classes: list[str] | None = None,
+                    policy=None, normalize: dict | None = None) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (how to rebuild the model, class names, policy) to a folder.
+
+    ``classes``: class names in label order. ``policy``: an :class:`exitlab.policies.Policy` with its threshold, or
+    its ``to_dict()``. ``normalize``: ``{"mean": [...], "std": [...]}`` applied to [0, 1] pixels before the model.
+    ``extra``: any other JSON-able metadata. All of it lands in model.json, readable as ``model.info`` after loading.
+    """
     d = Path(directory)
     info = {"spec": model.spec, "exitlab_format": 1, **(extra or {})}
+    named = {"classes": list(classes) if classes is not None else None,
+             "policy": policy.to_dict() if hasattr(policy, "to_dict") else policy, "normalize": normalize}
+    info.update({k: v for k, v in named.items() if v is not None})
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"model.json metadata must be plain JSON (numbers, strings, lists, dicts): {e}") from None
     save_tensors(d / "model.safetensors", model.state_dict(), {"kind": "model"})
     atomic_write(d / "model.json", lambda p: p.write_text(json.dumps(info, indent=2, sort_keys=True)))
 
@@ -121,6 +134,8 @@ def from_pretrained(directory: str | Path, map_location: str = "cpu"):
         info = json.loads((d / "model.json").read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{d / 'model.json'} is not valid JSON ({e})") from None
+    if not isinstance(info, dict) or "spec" not in info:
+        raise CheckpointError(f"{d / 'model.json'} has no model spec; it was not written by save_pretrained")
     model = model_from_spec(info["spec"])
     tensors, _ = load_tensors(d / "model.safetensors")
     load_state(model, tensors, d / "model.safetensors")

@@ -1,0 +1,247 @@
+"""Shared pieces of the analyses: runs and their data, fixed sample sets, block activations, parameter groups.
+
+Every analysis evaluates the model in eval mode (BatchNorm running statistics, no dropout) unless it says otherwise,
+and restores the model's modes, ``requires_grad`` flags, parameters and buffers before it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ExitlabError
+from ..models.core import BlocksBackbone, MultiExitModel
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+# ---------------------------------------------------------------- runs and data
+
+
+@dataclass
+class Run:
+    """A finished run directory, its model (on CPU, eval mode) and its data splits."""
+
+    path: Path
+    model: MultiExitModel
+    cfg: object  # exitlab.config.RunConfig
+    data: object  # exitlab.train.Data
+
+    @property
+    def label(self) -> str:
+        """The regime when the run recorded one, else the directory name."""
+        regime = getattr(self.model, "info", {}).get("regime")
+        return str(regime) if isinstance(regime, str) else self.path.name
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a finished run directory: ``model.json``/``model.safetensors`` and the data its config names."""
+    from ..checkpoint import from_pretrained
+    from ..config import load_config
+    from ..train import prepare_data
+
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise ExitlabError(f"{path} is not a run directory (no config.yaml); pass directories written by exitlab train")
+    model = from_pretrained(path).eval()
+    cfg = load_config(path / "config.yaml")
+    data = prepare_data(cfg, torch.device("cpu"))
+    return Run(path, model, cfg, data)
+
+
+def split_loader(run: Run, split: str):
+    if split not in ("train", "val", "test"):
+        raise ExitlabError(f"split must be train, val or test, got {split!r}")
+    return getattr(run.data, split)
+
+
+def fixed_batches(loader, n: int, batch_size: int = 500, seed: int = 0, what: str = "this analysis") -> Batches:
+    """``n`` samples of a split, drawn once with ``seed``, normalised like training but never augmented."""
+    from ..data.loader import TensorLoader
+
+    total = len(loader.y)
+    if n > total:
+        raise ExitlabError(f"{what} asks for {n} samples but the split holds only {total}; lower --samples "
+                           f"to at most {total} or pick a larger --split")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(total, generator=g)[:n].sort().values.to(loader.y.device)
+    sub = TensorLoader(loader.x[idx], loader.y[idx], batch_size, mean=loader.mean.flatten(), std=loader.std.flatten(),
+                       device=loader.x.device, channels_last=loader.channels_last)
+    return list(sub)
+
+
+def cat_batches(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+# ---------------------------------------------------------------- state that analyses must give back
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, *, params: bool = False) -> Iterator[None]:
+    """Restore train/eval modes, ``requires_grad`` flags and buffers (and parameter values when ``params``)."""
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    values = {k: p.detach().clone() for k, p in model.named_parameters()} if params else {}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+            for k, p in model.named_parameters():
+                if k in values:
+                    p.copy_(values[k])
+        for p, f in flags.items():
+            p.requires_grad_(f)
+        for m, t in modes.items():
+            m.train(t)
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def num_blocks(model: MultiExitModel) -> int:
+    return len(model.backbone.feature_info)
+
+
+def check_blocks(model: MultiExitModel, blocks: list[int] | None) -> list[int]:
+    """The requested block indices (all blocks when None); an index the backbone lacks is an error."""
+    n = num_blocks(model)
+    if blocks is None:
+        return list(range(n))
+    bad = [b for b in blocks if not isinstance(b, int) or not 0 <= b < n]
+    if bad:
+        raise ExitlabError(f"block {bad[0]} does not exist: this backbone has blocks 0..{n - 1}; "
+                           f"pass --blocks with indices in that range")
+    return sorted(set(blocks))
+
+
+@torch.no_grad()
+def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
+    """Output of each block in ``blocks`` for input ``x`` (eval mode is the caller's job)."""
+    got: dict[int, torch.Tensor] = {}
+    last = max(blocks)
+
+    def on_tap(i: int, h: torch.Tensor) -> torch.Tensor | None:
+        if i in blocks:
+            got[i] = h.detach().clone()  # clone: later blocks may work in place on h
+        return None if i == last else h
+
+    out = model.backbone.run(x, set(blocks), on_tap)
+    for i in blocks:  # an adapter's last "block" is its output, which is not a tap point
+        if i not in got and out is not None:
+            got[i] = out.detach()
+    return got
+
+
+def block_features(model: MultiExitModel, batches: Batches, blocks: list[int], max_features: int | None = None,
+                   seed: int = 0) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+    """Flattened block outputs over all batches, ``{block: [N, D']}`` (float32, CPU), and each block's full ``D``.
+
+    When a block has more than ``max_features`` features, the same ``max_features`` columns, drawn uniformly at
+    random without replacement with ``seed``, are kept for every batch (so a large layer never sits in memory whole).
+    """
+    parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    cols: dict[int, torch.Tensor | None] = {}
+    dims: dict[int, int] = {}
+    for x, _ in batches:
+        for b, h in block_outputs(model, x, blocks).items():
+            flat = h.float().flatten(1).cpu()  # [B, D]
+            if b not in cols:
+                dims[b] = flat.shape[1]
+                keep = max_features is not None and flat.shape[1] > max_features
+                g = torch.Generator().manual_seed(seed + b)
+                cols[b] = torch.randperm(flat.shape[1], generator=g)[:max_features].sort().values if keep else None
+            parts[b].append(flat if cols[b] is None else flat[:, cols[b]])
+    return {b: torch.cat(v) for b, v in parts.items()}, dims
+
+
+def block_groups(model: MultiExitModel) -> list[tuple[str, list[nn.Parameter]]]:
+    """The backbone's parameters in depth order: ``stem``, ``block 0`` .. ``block n-1``, ``final``.
+
+    Built-in backbones name these parts directly. For adapters (``from_module``) a parameter belongs to the block
+    during which its module first runs, found by tracing one forward pass.
+    """
+    bb = model.backbone
+    if isinstance(bb, BlocksBackbone):
+        groups = [("stem", list(bb.stem.parameters()))]
+        groups += [(f"block {i}", list(b.parameters())) for i, b in enumerate(bb.blocks)]
+        return [*groups, ("final", list(bb.final.parameters()))]
+    return _traced_groups(model)
+
+
+def _traced_groups(model: MultiExitModel) -> list[tuple[str, list[nn.Parameter]]]:
+    bb = model.backbone
+    n = num_blocks(model)
+    segment = [0]
+    owner: dict[nn.Module, int] = {}
+
+    def pre_hook(mod: nn.Module, inp) -> None:
+        owner.setdefault(mod, segment[0])
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in bb.modules()
+               if any(True for _ in m.parameters(recurse=False))]
+
+    def on_tap(i: int, h: torch.Tensor) -> torch.Tensor:
+        segment[0] = i + 1
+        return h
+
+    shape = (2, model.spec.get("in_chans", 3), model.spec.get("img_size", 32), model.spec.get("img_size", 32))
+    x = next(iter(model.parameters())).new_zeros(shape)
+    try:
+        with preserved(model), torch.no_grad():
+            model.eval()
+            bb.run(x, set(range(n)), on_tap)
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[nn.Parameter]] = [[] for _ in range(n + 1)]
+    for m, s in owner.items():
+        groups[min(s, n)].extend(m.parameters(recurse=False))
+    return [(f"block {i}", g) for i, g in enumerate(groups[:n])] + [("final", groups[n])]
+
+
+def exit_names(model: MultiExitModel) -> list[str]:
+    return [f"IC{j} (block {b})" for j, b in enumerate(model.exits)] + ["final"]
+
+
+# ---------------------------------------------------------------- evaluation and output
+
+
+@torch.no_grad()
+def exit_metrics(model: MultiExitModel, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy of every exit over ``batches``: two ``[E]`` float64 tensors."""
+    loss_sum = acc_sum = None
+    n = 0
+    for x, y in batches:
+        logits = torch.stack(model(x)).float()  # [E, B, C]
+        E, B, C = logits.shape
+        ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none").view(E, B)
+        ls, hs = ce.double().sum(1), (logits.argmax(-1) == y).double().sum(1)
+        loss_sum = ls if loss_sum is None else loss_sum + ls
+        acc_sum = hs if acc_sum is None else acc_sum + hs
+        n += B
+    if not n:
+        raise ExitlabError("no samples to evaluate; raise --samples")
+    return loss_sum / n, acc_sum / n
+
+
+def finite(v: float) -> float | None:
+    """JSON has no NaN or infinity: such values are written as null."""
+    return v if math.isfinite(v) else None
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, allow_nan=False))
+    return path

@@ -1,0 +1,91 @@
+"""Numerical, effective and stable rank against constructed matrices with known spectra."""
+
+import pytest
+import torch
+
+from exitlab.analysis.rank import matrix_rank_stats, rank_profile, singular_values, spectrum_stats
+from exitlab.errors import ExitlabError
+from exitlab.models import build_model
+
+
+def _low_rank(n: int, d: int, svals: list[float], seed: int = 0) -> torch.Tensor:
+    """An n x d matrix with centred columns and exactly the singular values ``svals``."""
+    g = torch.Generator().manual_seed(seed)
+    r = len(svals)
+    u = torch.randn(n, r, generator=g, dtype=torch.float64)
+    u = torch.linalg.qr(u - u.mean(0))[0]  # orthonormal and orthogonal to the ones vector: centring keeps it
+    v = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0]
+    return (u * torch.tensor(svals, dtype=torch.float64)) @ v.T
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])
+def test_rank_of_low_rank_matrix_with_noise_below_tau(method):
+    a = _low_rank(200, 50, [10.0 - i for i in range(7)])
+    noise = 1e-5 * torch.randn(200, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # largest noise singular value ~ 1e-5 * (sqrt(200) + sqrt(50)) = 2e-4, far below tau * s_max = 1e-2
+    stats = matrix_rank_stats((a + noise).float(), tau=1e-3, method=method)
+    assert stats["rank"] == 7
+    assert not stats["saturated"]
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])
+def test_rank_of_low_rank_matrix_with_noise_above_tau_is_full(method):
+    a = _low_rank(200, 50, [10.0 - i for i in range(7)])
+    noise = 1e-2 * torch.randn(200, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # smallest noise singular value ~ 1e-2 * (sqrt(200) - sqrt(50)) = 0.07 > tau * s_max = 1e-2: every direction counts
+    stats = matrix_rank_stats((a + noise).float(), tau=1e-3, method=method)
+    assert stats["rank"] == 50 == stats["ceiling"]
+    assert stats["saturated"]
+
+
+def test_rank_counts_singular_values_straddling_the_threshold():
+    a = _low_rank(300, 80, [1.0, 0.5, 0.1, 2e-3, 1.2e-3, 8e-4, 5e-4])
+    assert matrix_rank_stats(a, tau=1e-3)["rank"] == 5  # 1.2e-3 > 1e-3 > 8e-4
+    assert matrix_rank_stats(a, tau=1e-2)["rank"] == 3
+
+
+def test_gram_and_svd_routes_agree_and_auto_picks_svd_for_tiny_tau():
+    a = torch.randn(120, 300, generator=torch.Generator().manual_seed(0)) * torch.logspace(0, -4, 300)
+    s_gram, m1 = singular_values(a, method="gram")
+    s_svd, m2 = singular_values(a, method="svd")
+    assert (m1, m2) == ("gram", "svd")
+    assert torch.allclose(s_gram, s_svd, rtol=1e-6, atol=1e-9 * float(s_svd[0]))
+    assert singular_values(a, tau=1e-7)[1] == "svd"
+    assert singular_values(a, tau=1e-3)[1] == "gram"
+
+
+def test_effective_and_stable_rank_known_values():
+    flat = spectrum_stats(torch.ones(6, dtype=torch.float64))
+    assert flat["effective_rank"] == pytest.approx(6.0)
+    assert flat["stable_rank"] == pytest.approx(6.0)
+    two = spectrum_stats(torch.tensor([2.0, 1.0], dtype=torch.float64))
+    assert two["stable_rank"] == pytest.approx(1.25)
+    p = torch.tensor([2 / 3, 1 / 3])
+    assert two["effective_rank"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())))
+
+
+def test_too_few_samples_is_an_error():
+    with pytest.raises(ExitlabError, match="at least 10 samples"):
+        matrix_rank_stats(torch.randn(5, 20))
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return build_model("resnet8", num_classes=7, in_chans=1, img_size=16, exits=[0, 1])
+
+
+def test_rank_profile_records_subsampling_and_ceiling():
+    model = _tiny_model()
+    batches = [(torch.randn(16, 1, 16, 16), torch.randint(0, 7, (16,))) for _ in range(2)]
+    prof = rank_profile(model, batches, max_features=100)
+    assert prof["blocks"] == [0, 1, 2]
+    assert prof["features"] == [16 * 16 * 16, 32 * 8 * 8, 64 * 4 * 4]
+    assert prof["features_used"] == [100, 100, 100]
+    assert prof["ceiling"] == [31, 31, 31]  # 32 samples, centred
+    assert all(r <= c for r, c in zip(prof["rank"], prof["ceiling"]))
+    assert model.training  # modes restored
+
+
+def test_rank_profile_rejects_a_missing_block():
+    with pytest.raises(ExitlabError, match="block 7 does not exist"):
+        rank_profile(_tiny_model(), [(torch.randn(12, 1, 16, 16), torch.zeros(12, dtype=torch.long))], blocks=[0, 7])

@@ -1,0 +1,229 @@
+"""Measured speed of real early exit, next to what FLOPs and segment times predict.
+
+Three speed-ups over the all-exits run (every sample through the whole backbone and every head), from one session
+with the variants interleaved repeat by repeat so machine noise hits all of them alike:
+
+- **FLOPs-predicted**: cost of the final exit / mean cost of the exits taken (:mod:`exitlab.costs`);
+- **segment-time ideal**: the all-exits run is timed segment by segment (blocks up to an exit plus its head, at
+  the full batch); the ideal time weights segment ``s`` by the share of samples that reach it;
+- **measured**: median time of the all-exits run / median time of :func:`exitlab.inference.early_exit`.
+
+On a CPU the first is not a ceiling: early stages cost more time per FLOP than late ones.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from .inference import early_exit
+from .policies import Policy
+
+
+def summary(times: list[float]) -> dict:
+    """Median and 95th percentile (nearest rank) of a list of seconds."""
+    s = sorted(times)
+    return {"median": statistics.median(s), "p95": s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))], "n": len(s)}
+
+
+def _clock(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def timed_all_exits(model, x: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
+    """Every exit's logits, and the seconds spent in each segment (blocks up to an exit, plus its head)."""
+    marks = [time.perf_counter()]
+    outs: list[torch.Tensor] = []
+    slot = {b: j for j, b in enumerate(model.exits)}
+
+    def on_tap(block: int, h: torch.Tensor) -> torch.Tensor:
+        outs.append(model.heads[slot[block]](h, outs[-1] if outs else None))
+        marks.append(time.perf_counter())
+        return h
+
+    outs.append(model.backbone.run(x, set(model.exits), on_tap))
+    marks.append(time.perf_counter())
+    return outs, [b - a for a, b in zip(marks, marks[1:])]
+
+
+@torch.no_grad()
+def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, costs: torch.Tensor, *,
+                     warmup: int = 1, repeats: int = 5) -> dict:
+    """The three speed-ups at batch ``len(x)``, plus times, exit shares and the logits check."""
+    costs = torch.as_tensor(costs, dtype=torch.float64)
+    for _ in range(warmup):
+        timed_all_exits(model, x)
+        early_exit(model, x, policy, threshold)
+        model.backbone(x)
+    t_all, t_early, t_bare, segs = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        outs, seg = timed_all_exits(model, x)
+        t_all.append(time.perf_counter() - t0)
+        segs.append(seg)
+        t0 = time.perf_counter()
+        res = early_exit(model, x, policy, threshold)
+        t_early.append(time.perf_counter() - t0)
+        t_bare.append(_clock(lambda: model.backbone(x)))
+    E = model.num_exits
+    seg_med = torch.tensor([statistics.median(s[k] for s in segs) for k in range(E)], dtype=torch.float64)
+    reach = torch.tensor([(res.exits >= k).double().mean().item() for k in range(E)], dtype=torch.float64)
+    ref = torch.stack(outs)[res.exits, torch.arange(len(x))]  # [B, C]: all-exits logits at the exit taken
+    all_med, early_med = statistics.median(t_all), statistics.median(t_early)
+    ideal = (seg_med.sum() / (seg_med * reach).sum()).item()
+    measured = all_med / early_med
+    return {
+        "batch": len(x), "threshold": threshold, "policy": policy.name,
+        "exit_shares": torch.bincount(res.exits, minlength=E).div(len(x)).tolist(), "reach": reach.tolist(),
+        "segment_seconds": seg_med.tolist(),
+        "all_exits": summary(t_all), "early_exit": summary(t_early), "bare_backbone": summary(t_bare),
+        "speedup_flops": (costs[-1] / costs[res.exits].mean()).item(), "speedup_segment_ideal": ideal,
+        "speedup_measured": measured, "measured_over_ideal": measured / ideal,
+        "logits_max_abs_diff": (res.logits - ref).abs().max().item(), "logits_equal": torch.equal(res.logits, ref),
+    }
+
+
+@torch.no_grad()
+def batch1_latency(model, xs: torch.Tensor, policy: Policy, threshold: float, no_exit_threshold: float, *,
+                   warmup: int = 5) -> dict:
+    """Per-sample latency at batch 1 over the samples ``xs``: bare backbone, all exits, early exit at
+    ``threshold``, and early exit at ``no_exit_threshold`` (the policy checked at every exit, nobody leaving)."""
+    runs = {
+        "bare_backbone": lambda x: model.backbone(x),
+        "all_exits": lambda x: model(x),
+        "early_exit": lambda x: early_exit(model, x, policy, threshold),
+        "no_exit": lambda x: early_exit(model, x, policy, no_exit_threshold),
+    }
+    for i in range(min(warmup, len(xs))):
+        for fn in runs.values():
+            fn(xs[i:i + 1])
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    left_early = 0
+    for i in range(len(xs)):
+        x = xs[i:i + 1]
+        for k, fn in runs.items():
+            times[k].append(_clock(lambda fn=fn, x=x: fn(x)))
+        left_early += int(early_exit(model, x, policy, no_exit_threshold).exits.item() < model.num_exits - 1)
+    out = {k: summary(v) for k, v in times.items()}
+    bare = out["bare_backbone"]["median"]
+    out["no_exit_overhead_vs_bare"] = out["no_exit"]["median"] / bare - 1
+    out["no_exit_overhead_vs_all_exits"] = out["no_exit"]["median"] / out["all_exits"]["median"] - 1
+    out["all_exits_overhead_vs_bare"] = out["all_exits"]["median"] / bare - 1
+    out["no_exit_samples_that_left_early"] = left_early
+    out["throughput_per_s"] = {k: 1.0 / v["median"] for k, v in out.items() if isinstance(v, dict)}
+    return out
+
+
+def strictest(policy: Policy, num_exits: int, num_classes: int) -> float:
+    """The threshold at which the fewest samples leave early (top of the range, or bottom for "below")."""
+    lo, hi = policy.valid_range(num_exits, num_classes)
+    return hi if policy.exit_when == "above" else lo
+
+
+def bench_run(run_dir, *, policy: str = "confidence", threshold: float | None = None, budget: float = 0.5,
+              split: str = "test", batch: int = 256, samples: int = 50, repeats: int = 5, warmup: int = 1,
+              write: bool = True) -> dict:
+    """Benchmark a run's model on its ``split``: batched speed-ups and batch-1 latency; saves ``bench.json``.
+
+    Without ``threshold``, the threshold is the one chosen on the validation split for ``budget`` (a fraction of
+    backbone FLOPs), as in ``eval.json``.
+    """
+    import json
+    from pathlib import Path
+
+    from . import load
+    from .costs import exit_costs
+    from .errors import ConfigError
+    from .evaluate import cached_logits, check_run_dir, run_config, split_loader
+    from .policies import POLICIES
+
+    POLICIES.get(policy)
+    for key, val in (("batch", batch), ("samples", samples), ("repeats", repeats)):
+        if val < 1:
+            raise ConfigError(f"--{key} must be >= 1, got {val}")
+    run_dir = check_run_dir(run_dir)
+    model = load(run_dir).eval()
+    pol = _run_policy(run_dir, policy)
+    E, C = model.num_exits, model.num_classes
+    if threshold is None:
+        threshold = _threshold_for_budget(pol, cached_logits(run_dir, "val", model=model), exit_costs(model), budget)
+    pol.check_thresholds([threshold], E, C)
+    from .train import prepare_data
+
+    loader = split_loader(prepare_data(run_config(run_dir), torch.device("cpu")), split)
+    x = _first_inputs(loader, max(batch, samples))
+    costs = exit_costs(model).flops
+    result = {
+        "run_dir": str(run_dir), "split": split, "threads": torch.get_num_threads(),
+        "batched": batched_speedups(model, x[:batch], pol, threshold, costs, warmup=warmup, repeats=repeats),
+        "batch1": batch1_latency(model, x[:samples], pol, threshold, strictest(pol, E, C)),
+    }
+    if write:
+        (Path(run_dir) / "bench.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _first_inputs(loader, n: int) -> torch.Tensor:
+    """The first ``n`` normalised inputs of a loader, as one tensor."""
+    xs, got = [], 0
+    for x, _ in loader:
+        xs.append(x)
+        got += len(x)
+        if got >= n:
+            break
+    return torch.cat(xs)[:n]
+
+
+def _run_policy(run_dir, name: str) -> Policy:
+    if name == "ztw":
+        from .ztw import ztw_for_run
+
+        return ztw_for_run(run_dir)
+    from .policies import make_policy
+
+    return make_policy(name)
+
+
+def _threshold_for_budget(policy: Policy, val, costs, budget: float) -> float:
+    from .errors import ExitlabError
+    from .sweep import select, simulate
+
+    logits, labels = val
+    E, _, C = logits.shape
+    scores, preds = policy.scores(logits)
+    sw = simulate(scores, preds, labels, costs.flops, policy.default_thresholds(E, C), policy.exit_when,
+                  backbone_flops=costs.backbone_flops)
+    i = select(sw, budget=budget)
+    if i is None:
+        raise ExitlabError(f"no {policy.name} threshold keeps the validation cost within {budget:.0%} of the "
+                           "backbone's FLOPs; raise --budget or pass --threshold")
+    return sw.thresholds[i].item()
+
+
+def format_bench(result: dict) -> str:
+    """The CLI's text for a :func:`bench_run` result."""
+    b, one = result["batched"], result["batch1"]
+    ms = 1e3
+    lines = [f"{result['run_dir']}: {b['policy']} at threshold {b['threshold']:.4g}, {result['threads']} thread(s)",
+             f"batch {b['batch']}: exit shares " + " ".join(f"{s:.2f}" for s in b["exit_shares"]),
+             f"  all exits   median {b['all_exits']['median'] * ms:8.2f} ms  p95 {b['all_exits']['p95'] * ms:8.2f} ms"
+             f"  ({b['batch'] / b['all_exits']['median']:.0f} samples/s)",
+             f"  early exit  median {b['early_exit']['median'] * ms:8.2f} ms  p95 {b['early_exit']['p95'] * ms:8.2f} ms"
+             f"  ({b['batch'] / b['early_exit']['median']:.0f} samples/s)",
+             f"  speed-up    FLOPs-predicted {b['speedup_flops']:.2f}x | segment-time ideal "
+             f"{b['speedup_segment_ideal']:.2f}x | measured {b['speedup_measured']:.2f}x "
+             f"({b['measured_over_ideal']:.0%} of ideal)",
+             f"  logits vs all-exits run: max |diff| {b['logits_max_abs_diff']:.2e}"
+             f" ({'identical' if b['logits_equal'] else 'not bit-identical'})",
+             f"batch 1 ({one['bare_backbone']['n']} samples), median / p95 ms:"]
+    for k in ("bare_backbone", "all_exits", "early_exit", "no_exit"):
+        lines.append(f"  {k:<14}{one[k]['median'] * ms:8.3f} / {one[k]['p95'] * ms:8.3f}")
+    lines.append(f"  no-exit overhead vs bare backbone {one['no_exit_overhead_vs_bare']:+.1%}, "
+                 f"vs all-exits forward {one['no_exit_overhead_vs_all_exits']:+.1%}")
+    return "\n".join(lines)

@@ -166,21 +166,23 @@ def block_features(model: MultiExitModel, batches: Batches, blocks: list[int], m
     return {b: torch.cat(v) for b, v in parts.items()}, dims
 
 
-def block_groups(model: MultiExitModel) -> list[tuple[str, list[nn.Parameter]]]:
+def block_groups(model: MultiExitModel, example: torch.Tensor | None = None) -> list[tuple[str, list[nn.Parameter]]]:
     """The backbone's parameters in depth order: ``stem``, ``block 0`` .. ``block n-1``, ``final``.
 
     Built-in backbones name these parts directly. For adapters (``from_module``) a parameter belongs to the block
-    during which its module first runs, found by tracing one forward pass.
+    during which its module first runs, found by tracing one forward pass on ``example`` (an input batch).
     """
     bb = model.backbone
     if isinstance(bb, BlocksBackbone):
         groups = [("stem", list(bb.stem.parameters()))]
         groups += [(f"block {i}", list(b.parameters())) for i, b in enumerate(bb.blocks)]
         return [*groups, ("final", list(bb.final.parameters()))]
-    return _traced_groups(model)
+    if example is None:
+        raise ExitlabError("grouping an adapter model's parameters by block needs an example input batch")
+    return _traced_groups(model, example[:2])
 
 
-def _traced_groups(model: MultiExitModel) -> list[tuple[str, list[nn.Parameter]]]:
+def _traced_groups(model: MultiExitModel, x: torch.Tensor) -> list[tuple[str, list[nn.Parameter]]]:
     bb = model.backbone
     n = num_blocks(model)
     segment = [0]
@@ -196,8 +198,6 @@ def _traced_groups(model: MultiExitModel) -> list[tuple[str, list[nn.Parameter]]
         segment[0] = i + 1
         return h
 
-    shape = (2, model.spec.get("in_chans", 3), model.spec.get("img_size", 32), model.spec.get("img_size", 32))
-    x = next(iter(model.parameters())).new_zeros(shape)
     try:
         with preserved(model), torch.no_grad():
             model.eval()
@@ -205,10 +205,11 @@ def _traced_groups(model: MultiExitModel) -> list[tuple[str, list[nn.Parameter]]
     finally:
         for h in handles:
             h.remove()
-    groups: list[list[nn.Parameter]] = [[] for _ in range(n + 1)]
+    taps = segment[0]  # blocks that are tap points; an adapter's last "block" is its output, not a tap
+    groups: list[list[nn.Parameter]] = [[] for _ in range(taps + 1)]
     for m, s in owner.items():
-        groups[min(s, n)].extend(m.parameters(recurse=False))
-    return [(f"block {i}", g) for i, g in enumerate(groups[:n])] + [("final", groups[n])]
+        groups[s].extend(m.parameters(recurse=False))
+    return [(f"block {i}", g) for i, g in enumerate(groups[:taps])] + [("final", groups[taps])]
 
 
 def exit_names(model: MultiExitModel) -> list[str]:

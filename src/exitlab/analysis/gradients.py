@@ -67,7 +67,9 @@ def gradient_contributions(model: MultiExitModel, batches: Batches, weights: tor
     w = torch.full((E,), 1.0 / E, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
     if w.shape != (E,):
         raise ExitlabError(f"weights must hold one loss weight per exit ({E}), got shape {tuple(w.shape)}")
-    groups = block_groups(model)
+    if not batches:
+        raise ExitlabError("gradient contributions need at least one batch")
+    groups = block_groups(model, batches[0][0])
     params = [p for _, g in groups for p in g]
     devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     with preserved(model), torch.random.fork_rng(devices=devices):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,13 +219,47 @@ def exit_names(model: MultiExitModel) -> list[str]:
 # ---------------------------------------------------------------- evaluation and output
 
 
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches: Batches) -> bool:
+    """Recompute every BatchNorm's running statistics as the plain average over ``batches`` (momentum ``None``).
+
+    Only the BatchNorm layers run in train mode, so dropout stays off. Leaves the model in eval mode. Returns
+    whether the model has BatchNorm at all.
+    """
+    bns = batchnorms(model)
+    if not bns:
+        return False
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+        m.train()
+    for x, _ in batches:
+        model(x)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+        m.eval()
+    return True
+
+
+
 @torch.no_grad()
 def exit_metrics(model: MultiExitModel, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and accuracy of every exit over ``batches``: two ``[E]`` float64 tensors."""
+    return logits_metrics((model(x), y) for x, y in batches)
+
+
+def logits_metrics(pairs: Iterable[tuple[list[torch.Tensor], torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy per exit from ``(per-exit logits, labels)`` batches."""
     loss_sum = acc_sum = None
     n = 0
-    for x, y in batches:
-        logits = torch.stack(model(x)).float()  # [E, B, C]
+    for outs, y in pairs:
+        logits = torch.stack(outs).float()  # [E, B, C]
         E, B, C = logits.shape
         ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none").view(E, B)
         ls, hs = ce.double().sum(1), (logits.argmax(-1) == y).double().sum(1)
@@ -234,7 +268,7 @@ def exit_metrics(model: MultiExitModel, batches: Batches) -> tuple[torch.Tensor,
         n += B
     if not n:
         raise ExitlabError("no samples to evaluate; raise --samples")
-    return loss_sum / n, acc_sum / n
+    return loss_sum.cpu() / n, acc_sum.cpu() / n
 
 
 def finite(v: float) -> float | None:

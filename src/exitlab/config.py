@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,6 +138,8 @@ def _validate_phase(key: str, p: PhaseConfig) -> None:
 
 # ---------------------------------------------------------------- loading and overrides
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
 
 def _matches(value: Any, tp: Any) -> Any:
     """Return ``value`` coerced to ``tp`` or raise TypeError. Ints are accepted where floats are expected."""
@@ -173,6 +176,8 @@ def _matches(value: Any, tp: Any) -> Any:
         raise TypeError
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
             return float(value)
         raise TypeError
     if tp is str:

@@ -83,10 +83,37 @@ def make_model(cfg: RunConfig, data: Data) -> MultiExitModel:
                        head=m.head, head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
 
 
+def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """The image shape a dataset yields, known without reading it."""
+    d = cfg.data
+    if d.name in ("fashion_mnist", "mnist"):
+        return (1, 28, 28)
+    if d.name == "synthetic":
+        size = d.synthetic.get("size", 16)
+        return (d.synthetic.get("channels", 3), size, size)
+    return (3, 32, 32) if d.name.startswith("cifar") else (3, d.img_size, d.img_size)
+
+
+def check_model(cfg: RunConfig) -> None:
+    """Build the model once on the side so bad names, kwargs and exit indices fail before any work starts."""
+    from .errors import ExitlabError
+
+    m = cfg.model
+    c, h, _ = input_shape(cfg)
+    try:
+        build_model(m.backbone, num_classes=10, in_chans=c, img_size=h, exits=m.exits, head=m.head,
+                    head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
+    except ExitlabError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"model: cannot build {m.backbone!r} with these settings ({e})") from None
+
+
 def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
     """What determines a phase-1 result: runs with equal signatures can share one phase-1 checkpoint."""
     keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
     keep["data"].pop("eval_batch_size", None)
+    keep["phase1"].pop("epochs")  # the planned epochs below count, whether they come from budget or phase1.epochs
     return signature({**keep, "epochs": phases[0].epochs})
 
 
@@ -104,11 +131,12 @@ class _Run:
         self.cfg, self.out = cfg, out
         self.metrics = out / "metrics.jsonl"
         self.device = resolve_device(cfg.device)
+        self.phases = plan_phases(cfg)
+        check_model(cfg)  # names and exit indices fail here, before any data is read
         self.data = prepare_data(cfg, self.device)
         self.model = make_model(cfg, self.data).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.phases = plan_phases(cfg)
         self.sig = run_signature(cfg)
         self.p1sig = phase1_signature(cfg, self.phases) if self.phases[0].kind == 1 else None
 
@@ -235,6 +263,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
 def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple[int, tuple | None]:
     """Which phase to start in, and the checkpoint state to resume it from."""
     found = newest_valid(run.out, ckpt.load_tensors) if resume else None
+    if resume and found is None and checkpoints(run.out):
+        raise CheckpointError(f"every checkpoint in {run.out / 'checkpoints'} is corrupt (see the warnings above); "
+                              "move them away to start this run over")
     if found is not None:
         path, (tensors, meta) = found
         run.restore(tensors, meta, path)

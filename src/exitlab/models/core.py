@@ -90,9 +90,13 @@ class MultiExitModel(nn.Module):
         self.exits = exits
         self.head_name = head
         self.head_kwargs = dict(head_kwargs or {})
-        self.heads = nn.ModuleList(
-            [build_head(head, backbone.feature_info[i], backbone.num_classes, **self.head_kwargs) for i in exits]
-        )
+        heads = []
+        for j, i in enumerate(exits):
+            kwargs = dict(self.head_kwargs)
+            if j == 0 and kwargs.get("cascade"):
+                kwargs["cascade"] = False  # the first IC has no earlier exit to read from
+            heads.append(build_head(head, backbone.feature_info[i], backbone.num_classes, **kwargs))
+        self.heads = nn.ModuleList(heads)
         self.spec = dict(spec or {})  # how to rebuild this model (set by build_model); saved with checkpoints
 
     @property

@@ -1,0 +1,135 @@
+"""Run a grid of trainings (regimes x seeds x variants) as parallel processes, sharing phase 1 where possible.
+
+Every run lives in a readable directory, ``<out>/seed<S>/<regime>[-<variant>]``; a shared phase 1 lives in
+``<out>/seed<S>/phase1[-<variant>]``. Finished runs are never redone and unfinished ones resume.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RunConfig, from_dict, to_dict
+from .errors import ConfigError, ExitlabError
+from .phases import phase_kinds, plan_phases
+from .rundir import read_jsonl
+
+
+@dataclass
+class Job:
+    """One training run of the grid."""
+
+    name: str  # e.g. "seed0/mixed"
+    cfg: RunConfig
+    out: Path
+    after: str | None = None  # the job whose phase-1 checkpoint this one starts from
+    epochs: int = 0  # total epochs, for progress
+    state: str = "waiting"
+    seen: int = field(default=0, repr=False)
+
+    @property
+    def phase1_checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "00-phase1-end.safetensors"
+
+
+def regime_label(regime: str | list[int]) -> str:
+    return regime if isinstance(regime, str) else "phases" + "".join(map(str, regime))
+
+
+def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, variant: str = "") -> list[Job]:
+    """Jobs for every regime and seed. Regimes that start with phase 1 followed by more phases share one phase-1
+    job per seed when their phase-1 epochs agree (they do under a matched budget with one ``phase1_share``)."""
+    if not seeds:
+        raise ConfigError("seeds: the seed list is empty; give at least one seed, e.g. seeds: [0]")
+    if not regimes:
+        raise ConfigError("regimes: the regime list is empty; e.g. regimes: [joint, disjoint, mixed]")
+    suffix = f"-{variant}" if variant else ""
+    jobs: list[Job] = []
+    for seed in seeds:
+        shared: dict[int, Job] = {}
+        for regime in regimes:
+            cfg = dataclasses.replace(base, regime=regime, seed=seed)
+            cfg = from_dict(RunConfig, to_dict(cfg))  # re-validate the combination
+            phases = plan_phases(cfg)
+            label = f"{regime_label(regime)}{suffix}"
+            job = Job(f"seed{seed}/{label}", cfg, out / f"seed{seed}" / label, epochs=sum(p.epochs for p in phases))
+            kinds = phase_kinds(regime)
+            if kinds[0] == 1 and len(kinds) > 1:
+                e1 = phases[0].epochs
+                if e1 not in shared:
+                    p1cfg = from_dict(RunConfig, {**to_dict(cfg), "regime": [1], "budget": 0,
+                                                  "phase1": {**to_dict(cfg)["phase1"], "epochs": e1}})
+                    name = f"phase1{suffix}" if len(shared) == 0 else f"phase1-e{e1}{suffix}"
+                    shared[e1] = Job(f"seed{seed}/{name}", p1cfg, out / f"seed{seed}" / name, epochs=e1)
+                    jobs.append(shared[e1])
+                job.after = shared[e1].name
+                job.epochs -= e1
+            jobs.append(job)
+    return jobs
+
+
+def _work(cfg_dict: dict, out: str, phase1_from: str | None, threads: int) -> str:
+    import torch
+
+    from .train import train
+
+    torch.set_num_threads(threads)
+    cfg = from_dict(RunConfig, cfg_dict)
+    train(cfg, Path(out), resume=True, phase1_from=phase1_from)
+    return out
+
+
+def run_grid(jobs: list[Job], workers: int = 2, threads: int = 1,
+             on_event: Callable[[str], None] = lambda s: None) -> float:
+    """Run ``jobs`` in up to ``workers`` processes of ``threads`` threads each, respecting phase-1 dependencies.
+
+    Returns the wall time in seconds. A job that fails stops the grid with its error; finished jobs stay done.
+    """
+    t0 = time.perf_counter()
+    by_name = {j.name: j for j in jobs}
+    for j in jobs:
+        if _finished(j):
+            j.state = "done"
+            on_event(f"{j.name}: already finished, reused")
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+        running: dict[cf.Future, Job] = {}
+        while any(j.state != "done" for j in jobs):
+            for j in jobs:
+                dep = by_name.get(j.after) if j.after else None
+                if j.state == "waiting" and (dep is None or dep.state == "done") and len(running) < workers:
+                    src = str(dep.phase1_checkpoint) if dep else None
+                    running[pool.submit(_work, to_dict(j.cfg), str(j.out), src, threads)] = j
+                    j.state = "running"
+                    on_event(f"{j.name}: started" + (f" from {dep.name}" if dep else ""))
+            if not running:
+                raise ExitlabError("grid is stuck: a job waits for a phase-1 run that is not in the grid")
+            done, _ = cf.wait(running, timeout=5, return_when=cf.FIRST_COMPLETED)
+            for job in running.values():
+                _report_progress(job, t0, on_event)
+            for fut in done:
+                job = running.pop(fut)
+                fut.result()  # re-raises the worker's error
+                job.state = "done"
+                on_event(f"{job.name}: done [{time.perf_counter() - t0:.0f}s]")
+    return time.perf_counter() - t0
+
+
+def _finished(job: Job) -> bool:
+    p = job.out / "run.json"
+    return p.exists() and json.loads(p.read_text()).get("status") == "done"
+
+
+def _report_progress(job: Job, t0: float, on_event: Callable[[str], None]) -> None:
+    records = read_jsonl(job.out / "metrics.jsonl")
+    for r in records[job.seen:]:
+        acc = " ".join(f"{a * 100:.1f}" for a in r["val_acc"])
+        on_event(f"{job.name}: phase {r['phase']} epoch {r['epoch']} done, val acc per exit {acc} "
+                 f"[{time.perf_counter() - t0:.0f}s]")
+    job.seen = len(records)

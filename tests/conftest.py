@@ -1,0 +1,39 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def tiny_overrides(**extra) -> list[str]:
+    """A run small enough for a test: synthetic 7-class 16x16 data, ResNet-8 with two ICs."""
+    base = {
+        "data.name": "synthetic", "data.synthetic": "{size: 16, n_train: 560, n_test: 140}", "data.batch_size": 64,
+        "data.eval_batch_size": 256, "model.backbone": "resnet8", "model.exits": "[0, 1]", "device": "cpu",
+        "threads": 1, "progress": "false", "phase1.epochs": 1, "phase2.epochs": 1, "phase3.epochs": 1,
+        "phase1.lr": 0.02, "phase2.lr": 0.02, "phase3.lr": 0.02,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_cfg():
+    from exitlab.config import load_config
+
+    def make(**extra):
+        return load_config(None, tiny_overrides(**extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def fashion_dir():
+    if not os.path.isdir(FASHION):
+        pytest.fail(f"Fashion-MNIST not found at {FASHION}: install it with `apt-get install dataset-fashion-mnist`")
+    return FASHION

@@ -1,0 +1,241 @@
+"""Export a multi-exit model to ONNX with the dynamo exporter: one graph per stage, or one all-exits graph.
+
+Data-dependent exits cannot live inside one exported graph, so the default ``staged`` layout writes one graph per
+segment between exits and leaves routing to :mod:`exitlab.export.runtime`. Needs ``pip install 'exitlab[export]'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ExitlabError
+from .manifest import LAYOUTS, MANIFEST_NAME, ExportError, GraphEntry, Manifest, file_sha256
+from .stages import AllExits, build_stages, example_inputs, stage_flops
+
+log = logging.getLogger("exitlab")
+
+TRACE_BATCH = 2  # example batch for tracing: not 0 or 1, which torch.export would specialise on
+CHECK_BATCH = 3  # a different batch for the post-export check, which proves the batch dimension is dynamic
+ATOL = 1e-4
+
+
+def require_export_deps() -> None:
+    """Raise a clear error when the ``[export]`` extra is missing or torch is too old for the dynamo exporter."""
+    missing = []
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ExitlabError(f"ONNX export needs {', '.join(missing)}; install them with pip install 'exitlab[export]'")
+    if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+        raise ExitlabError(f"ONNX export needs torch >= 2.6 (dynamo exporter), found {torch.__version__}")
+
+
+def _cache_torchlib() -> None:
+    """Build onnxscript's table of ATen translations once per process instead of once per graph (~1 s each).
+
+    The table is pure (a list of function descriptions, read only by the exporter); if onnxscript moves this
+    private function, export still works, just slower.
+    """
+    try:
+        from onnxscript._framework_apis import torch_2_5 as api
+    except ImportError:
+        return
+    fn = getattr(api, "get_torchlib_ops", None)
+    if fn is not None and not hasattr(fn, "cache_info"):
+        api.get_torchlib_ops = functools.cache(fn)
+
+
+def _window(i: int, size: int, out: int) -> tuple[int, int]:
+    """Adaptive pooling window ``i`` of ``out`` over ``size``: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return (i * size) // out, -((-(i + 1) * size) // out)
+
+
+def _adaptive_max_pool2d(x: torch.Tensor, output_size, *, with_indices: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``aten.adaptive_max_pool2d`` for any output size from static slices: ONNX has no adaptive max pooling, and
+    torch decomposes only the evenly divisible case. Max is separable, so values take oh + ow slices; exact
+    indices (oh * ow windows) are built only when the graph uses them, else a placeholder that is never read."""
+    H, W = x.shape[-2:]
+    oh, ow = output_size
+    if H % oh == 0 and W % ow == 0:
+        return torch.ops.aten.max_pool2d_with_indices(x, [H // oh, W // ow])
+    rows = torch.stack([x[..., slice(*_window(i, H, oh)), :].amax(-2) for i in range(oh)], -2)  # [..., oh, W]
+    values = torch.stack([rows[..., slice(*_window(j, W, ow))].amax(-1) for j in range(ow)], -1)  # [..., oh, ow]
+    if not with_indices:
+        return values, torch.zeros(values.shape, dtype=torch.long, device=x.device)
+    idx = []
+    for i in range(oh):
+        h0, h1 = _window(i, H, oh)
+        for j in range(ow):
+            w0, w1 = _window(j, W, ow)
+            a = x[..., h0:h1, w0:w1].flatten(-2).argmax(-1)  # [...]
+            idx.append((h0 + a // (w1 - w0)) * W + w0 + a % (w1 - w0))
+    return values, torch.stack(idx, -1).reshape(values.shape)
+
+
+def _decompose_pools(program):
+    """Apply :func:`_adaptive_max_pool2d` to the exported program, if it has any adaptive max pooling."""
+    op = torch.ops.aten.adaptive_max_pool2d.default
+    pools = [n for n in program.graph.nodes if n.target is op]
+    if not pools:
+        return program
+    with_indices = any(u.args[1] != 0 for n in pools for u in n.users)
+    return program.run_decompositions({op: functools.partial(_adaptive_max_pool2d, with_indices=with_indices)})
+
+
+def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                  output_names: list[str], opset: int | None) -> None:
+    _cache_torchlib()
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = tuple({0: batch} for _ in args)  # every input shares the one dynamic batch dimension
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            program = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+            program = _decompose_pools(program)
+            torch.onnx.export(program, args, str(path), dynamo=True, input_names=input_names,
+                              output_names=output_names, opset_version=opset, external_data=False, optimize=True,
+                              verbose=False)
+    except Exception as e:  # the exporter raises many types; name the graph and keep the cause
+        raise ExitlabError(f"ONNX export of {path.name} failed: {type(e).__name__}: {str(e)[:500]}") from e
+    finally:
+        quiet.setLevel(level)
+
+
+def _check_graph(path: Path, module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str]) -> None:
+    """Run the exported graph in onnxruntime on a fresh batch size and compare with PyTorch."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
+    with torch.no_grad():
+        want = module(*args)
+    want = want if isinstance(want, tuple) else (want,)
+    for i, (g, w) in enumerate(zip(got, want)):
+        same_shape = tuple(g.shape) == tuple(w.shape)
+        err = (torch.from_numpy(g) - w).abs().max().item() if same_shape and w.numel() else 0.0
+        tol = ATOL * max(1.0, w.abs().max().item() if w.numel() else 0.0)  # float32 noise grows with magnitude
+        if not same_shape or not err <= tol:
+            raise ExportError(f"{path.name}: output {i} differs from PyTorch (shape {g.shape} vs {tuple(w.shape)}, "
+                              f"max error {err:.2e} > {tol:.2e}); please report this with the model spec")
+
+
+def _entry(path: Path, names: list[str], outputs: list[str], args, exits: list[int], flops: int, cum: int,
+           blocks: list[int]) -> GraphEntry:
+    return GraphEntry(file=path.name, inputs=names, outputs=outputs, input_shapes=[list(a.shape[1:]) for a in args],
+                      exits=exits, flops=int(flops), cum_flops=int(cum), sha256=file_sha256(path), blocks=blocks)
+
+
+def _export_staged(model, out: Path, shape: tuple[int, ...], opset: int | None, verify: bool
+                   ) -> tuple[list[GraphEntry], list[int]]:
+    stages = build_stages(model)
+    flops = stage_flops(stages, shape)
+    cum = torch.tensor(flops).cumsum(0).tolist()
+    traced = example_inputs(stages, torch.randn(TRACE_BATCH, *shape))
+    checks = example_inputs(stages, torch.randn(CHECK_BATCH, *shape))
+    entries = []
+    for j, st in enumerate(stages):
+        path = out / f"stage_{j}.onnx"
+        _export_graph(st, traced[j], path, st.input_names, st.output_names, opset)
+        if verify:
+            _check_graph(path, st, checks[j], st.input_names)
+        entries.append(_entry(path, st.input_names, st.output_names, traced[j], [j], flops[j], cum[j],
+                              [st.start, st.end]))
+        log.info("exported stage %d of %d: blocks %d..%d, %d FLOPs per sample", j + 1, len(stages), st.start,
+                 st.end - 1, flops[j])
+    return entries, cum
+
+
+def _export_all(model, out: Path, shape: tuple[int, ...], opset: int | None, verify: bool
+                ) -> tuple[list[GraphEntry], list[int]]:
+    whole = AllExits(model).eval()
+    exit_costs = torch.tensor(stage_flops(build_stages(model), shape)).cumsum(0).tolist() \
+        if hasattr(model.backbone, "blocks") else []
+    from ..flops import count_flops
+
+    total = count_flops(lambda: whole(torch.zeros(1, *shape))).total
+    names, outputs = ["x"], [f"logits_{k}" for k in range(model.num_exits)]
+    path = out / "all_exits.onnx"
+    args = (torch.randn(TRACE_BATCH, *shape),)
+    _export_graph(whole, args, path, names, outputs, opset)
+    if verify:
+        _check_graph(path, whole, (torch.randn(CHECK_BATCH, *shape),), names)
+    entry = _entry(path, names, outputs, args, list(range(model.num_exits)), total, total, [])
+    return [entry], exit_costs or [total] * model.num_exits
+
+
+def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int, ...] | None = None,
+                layout: str = "staged", classes: list[str] | None = None, policy: dict | None = None,
+                normalize: dict | None = None, opset: int | None = None, verify: bool = True) -> Manifest:
+    """Export ``model`` into ``out_dir`` and write ``manifest.json`` last (its presence marks a complete export).
+
+    ``layout="staged"`` writes one graph per exit (``stage_j.onnx``: features and logits of exit j);
+    ``layout="all"`` writes one graph with every exit's logits. ``input_shape`` is one sample's shape (default:
+    from the model spec). With ``verify`` every graph is run in onnxruntime and compared with PyTorch.
+    """
+    require_export_deps()
+    if layout not in LAYOUTS:
+        raise ExitlabError(f"unknown export layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    spec = dict(getattr(model, "spec", {}) or {})
+    if input_shape is None:
+        if "img_size" not in spec:
+            raise ExitlabError("the model has no spec with the input size; pass input_shape=(C, H, W)")
+        input_shape = (spec.get("in_chans", 3), spec["img_size"], spec["img_size"])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # until the new one is written, the folder is not an export
+    was_training = model.training
+    model.eval()
+    try:
+        run = _export_staged if layout == "staged" else _export_all
+        entries, exit_flops = run(model, out, tuple(input_shape), opset, verify)
+    finally:
+        model.train(was_training)
+    man = Manifest(layout=layout, input_shape=list(input_shape), num_classes=model.num_classes,
+                   num_exits=model.num_exits, graphs=entries, exit_flops=[int(f) for f in exit_flops],
+                   classes=list(classes or []), normalize=normalize, policy=policy, model=spec, opset=opset)
+    (out / MANIFEST_NAME).write_text(man.to_json())
+    return man
+
+
+def run_normalization(run_dir: Path) -> dict | None:
+    """The input normalisation a run trained with: saved in model.json, or recomputed from the run's config."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    from ..config import load_config
+    from ..train import prepare_data
+
+    data = prepare_data(load_config(cfg_path), torch.device("cpu"))
+    return {"mean": data.train.mean.flatten().tolist(), "std": data.train.std.flatten().tolist()}
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout: str = "staged",
+               opset: int | None = None) -> Path:
+    """Export the model of a finished run (or a ``save_pretrained`` folder); default ``out_dir``: RUN_DIR/onnx."""
+    from ..checkpoint import from_pretrained
+
+    require_export_deps()
+    run = Path(run_dir)
+    model = from_pretrained(run)
+    info = getattr(model, "info", {}) or {}
+    normalize = info.get("normalize") or run_normalization(run)
+    if normalize is None:
+        log.warning("%s records no input normalisation; image uploads to `exitlab serve` will be fed as [0, 1] "
+                    "pixels", run)
+    out = Path(out_dir) if out_dir is not None else run / "onnx"
+    export_onnx(model, out, layout=layout, classes=info.get("classes"), policy=info.get("policy"),
+                normalize=normalize, opset=opset)
+    return out

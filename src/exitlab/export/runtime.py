@@ -1,0 +1,206 @@
+"""Run an exported model with onnxruntime: every exit, or real early exit with batched compaction.
+
+The router asks the same :class:`exitlab.policies.Policy` as the PyTorch path, exit by exit, on the samples still
+running: ``step`` scores them, ``decide`` compares with the threshold, ``compact`` drops the rows of those that left.
+Only the surviving samples' features go into the next stage's graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ExitlabError
+from ..policies import Policy, State, policy_from_dict
+from .manifest import ExportError, GraphEntry, Manifest, read_manifest
+
+log = logging.getLogger("exitlab")
+
+
+@dataclass
+class Prediction:
+    """Per-sample results of early exit. Arrays have the batch first, in the input order."""
+
+    pred: np.ndarray  # [B] int64: the class the policy predicts at the exit taken
+    exit: np.ndarray  # [B] int64: exit index, 0 .. num_exits - 1
+    score: np.ndarray  # [B] float32: the policy's score at the exit taken
+    confidence: np.ndarray  # [B] float32: maximum softmax probability of the exit's logits
+    logits: np.ndarray  # [B, C] float32: logits of the exit taken
+    flops: np.ndarray  # [B] int64: FLOPs spent on the sample (all graphs for the all-exits layout)
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own pybind error types for unreadable graphs
+        raise ExportError(f"onnxruntime cannot load {path} ({type(e).__name__}: {str(e)[:300]}); re-export") from e
+
+
+def _dims(shape) -> list:
+    return [d if isinstance(d, int) else None for d in shape]
+
+
+def _check_io(sess, g: GraphEntry, man: Manifest, name: str) -> None:
+    """The graph's declared inputs and outputs must be what the manifest says."""
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    if [i.name for i in ins] != g.inputs or [o.name for o in outs] != g.outputs:
+        raise ExportError(f"{name}: graph has inputs {[i.name for i in ins]} and outputs {[o.name for o in outs]}, "
+                          f"the manifest says {g.inputs} and {g.outputs}; the manifest does not match its graphs")
+    for i, want in zip(ins, g.input_shapes):
+        got = _dims(i.shape)
+        if got[1:] != list(want):
+            raise ExportError(f"{name}: input {i.name!r} has shape {got[1:]} per sample, the manifest says {want}; "
+                              "the manifest does not match its graphs")
+    for o in outs:
+        if o.name.startswith("logits") and _dims(o.shape)[-1:] != [man.num_classes]:
+            raise ExportError(f"{name}: output {o.name!r} has shape {o.shape}, expected {man.num_classes} classes "
+                              "as the manifest says; the manifest does not match its graphs")
+
+
+def _check_chain(man: Manifest, sessions) -> None:
+    """Stage j+1 must take what stage j gives; stage 0 takes the manifest's input shape."""
+    if list(man.graphs[0].input_shapes[0]) != list(man.input_shape):
+        raise ExportError(f"the first graph takes {man.graphs[0].input_shapes[0]}, the manifest's input is "
+                          f"{man.input_shape}; the manifest does not match its graphs")
+    for j in range(len(sessions) - 1):
+        feat = _dims(sessions[j].get_outputs()[0].shape)[1:]
+        nxt = list(man.graphs[j + 1].input_shapes[0])
+        if all(d is not None for d in feat) and feat != nxt:
+            raise ExportError(f"stage {j} returns features of shape {feat}, stage {j + 1} takes {nxt}; the export "
+                              "mixes graphs from different models")
+
+
+class OnnxModel:
+    """An export directory loaded into onnxruntime sessions, checked against its manifest.
+
+    ``policy``: a :class:`Policy` (with its threshold), or None for the one in the manifest. Without either, every
+    sample runs to the final exit.
+    """
+
+    def __init__(self, export_dir: str | Path, *, policy: Policy | None = None, threads: int = 1):
+        self.dir = Path(export_dir)
+        self.manifest = read_manifest(self.dir)
+        self.sessions = [_session(self.dir / g.file, threads) for g in self.manifest.graphs]
+        for g, s in zip(self.manifest.graphs, self.sessions):
+            _check_io(s, g, self.manifest, str(self.dir / g.file))
+        if self.manifest.layout == "staged":
+            _check_chain(self.manifest, self.sessions)
+        if policy is None and self.manifest.policy:
+            policy = policy_from_dict(self.manifest.policy)
+        if policy is not None:
+            if policy.threshold is None:
+                raise ExitlabError(f"policy {policy.name!r} has no threshold; give one to route samples between exits")
+            policy.check_thresholds([policy.threshold], self.manifest.num_exits, self.manifest.num_classes)
+        self.policy = policy
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest.input_shape)
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 1 + len(self.input_shape) or tuple(x.shape[1:]) != self.input_shape:
+            want = ", ".join(map(str, self.input_shape))
+            raise ExitlabError(f"input has shape {list(x.shape)}, expected [batch, {want}]")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def all_exits(self, x: np.ndarray) -> list[np.ndarray]:
+        """Logits of every exit for every sample (no early exit), final exit last: ``num_exits`` arrays ``[B, C]``."""
+        x = self._check_input(x)
+        if self.manifest.layout == "all":
+            return self.sessions[0].run(None, {"x": x})
+        outs, h, prev = [], x, None
+        for g, sess in zip(self.manifest.graphs, self.sessions):
+            feeds = {g.inputs[0]: h, **({"prev_logits": prev} if len(g.inputs) > 1 else {})}
+            res = sess.run(None, feeds)
+            if len(res) == 2:
+                h = res[0]
+            prev = res[-1]
+            outs.append(prev)
+        return outs
+
+    def predict(self, x: np.ndarray, policy: Policy | None = None) -> Prediction:
+        """Real early exit: each stage runs only on the samples that no earlier exit let go."""
+        x = self._check_input(x)
+        policy = policy or self.policy
+        if policy is not None:
+            if policy.threshold is None:
+                raise ExitlabError(f"policy {policy.name!r} has no threshold; give one to route samples")
+            policy.check_thresholds([policy.threshold], self.manifest.num_exits, self.manifest.num_classes)
+        if len(x) == 0:
+            return _empty(0, self.manifest.num_classes)
+        if self.manifest.layout == "all":
+            return self._simulate(x, policy)
+        return self._route(x, policy)
+
+    def _route(self, x: np.ndarray, policy: Policy | None) -> Prediction:
+        man, B = self.manifest, len(x)
+        res = _empty(B, man.num_classes)
+        alive = np.arange(B)  # original row of every sample still running
+        h, prev, state = x, None, {}
+        for j, (g, sess) in enumerate(zip(man.graphs, self.sessions)):
+            feeds = {g.inputs[0]: h, **({"prev_logits": prev} if len(g.inputs) > 1 else {})}
+            outs = sess.run(None, feeds)
+            logits = outs[-1]  # [b, C]
+            leave, score, pred, state = _decide(policy, j, logits, state, j == man.num_exits - 1)
+            _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.exit_flops[j])
+            if leave.all():
+                break
+            keep = ~leave
+            alive, h, prev = alive[keep], outs[0][keep], logits[keep]  # compaction: [b', ...]
+            state = policy.compact(state, torch.from_numpy(keep)) if policy is not None else state
+        return res
+
+    def _simulate(self, x: np.ndarray, policy: Policy | None) -> Prediction:
+        """All-exits graph: every exit is computed, then the policy picks per sample (same decisions, no savings)."""
+        man, B = self.manifest, len(x)
+        res = _empty(B, man.num_classes)
+        outs = self.sessions[0].run(None, {"x": x})
+        alive, state = np.arange(B), {}
+        for j, logits in enumerate(outs):
+            logits = logits[alive]
+            leave, score, pred, state = _decide(policy, j, logits, state, j == man.num_exits - 1)
+            _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.graphs[0].flops)
+            keep = ~leave
+            alive = alive[keep]
+            state = policy.compact(state, torch.from_numpy(keep)) if policy is not None else state
+            if len(alive) == 0:
+                break
+        return res
+
+
+def _empty(B: int, C: int) -> Prediction:
+    return Prediction(pred=np.zeros(B, np.int64), exit=np.full(B, -1, np.int64), score=np.zeros(B, np.float32),
+                      confidence=np.zeros(B, np.float32), logits=np.zeros((B, C), np.float32),
+                      flops=np.zeros(B, np.int64))
+
+
+def _decide(policy: Policy | None, j: int, logits: np.ndarray, state: State, last: bool):
+    """(leave mask, score, pred, state) for the samples at exit ``j``; at the final exit every sample leaves."""
+    t = torch.from_numpy(logits)
+    if policy is None:
+        score, pred = t.softmax(-1).max(-1)
+        leave = torch.full((len(t),), last)
+    else:
+        score, pred, state = policy.step(j, t, state)
+        leave = torch.ones(len(t), dtype=torch.bool) if last else policy.decide(score, policy.threshold)
+    return leave.numpy(), score.numpy(), pred.numpy(), state
+
+
+def _record(res: Prediction, rows: np.ndarray, j: int, logits: np.ndarray, score: np.ndarray, pred: np.ndarray,
+            flops: int) -> None:
+    res.exit[rows] = j
+    res.logits[rows] = logits
+    res.score[rows] = score
+    res.pred[rows] = pred
+    res.confidence[rows] = torch.from_numpy(logits).softmax(-1).max(-1).values.numpy() if len(rows) else 0
+    res.flops[rows] = flops

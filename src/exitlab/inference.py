@@ -33,26 +33,24 @@ class EarlyExitResult:
 
 
 class _Router:
-    """Per-call state of one early-exit pass: who is still running, and what the policy knows about them."""
+    """Per-call state of one early-exit pass: who is still running, and what the policy knows about them.
 
-    def __init__(self, model, policy: Policy, threshold: float, batch: int, device: torch.device):
+    Outcomes are collected as pieces (one per exit that someone leaves at) and put in input order once at the
+    end, so an exit that nobody leaves at costs no copies, and a batch that nobody leaves early costs none at all.
+    """
+
+    def __init__(self, model, policy: Policy, threshold: float):
         self.model, self.policy, self.threshold = model, policy, threshold
         self.slot = {b: j for j, b in enumerate(model.exits)}
-        self.alive = torch.arange(batch, device=device)  # [b]: input rows still running
+        self.alive: torch.Tensor | None = None  # [b]: input rows still running (None: all of them, in order)
         self.state: State = {}
         self.prev: torch.Tensor | None = None  # [b, C] previous exit's logits (cascading heads)
-        self.preds = torch.empty(batch, dtype=torch.long, device=device)
-        self.exits = torch.empty(batch, dtype=torch.long, device=device)
-        self.logits: torch.Tensor | None = None
+        self.pieces: list[tuple[int, torch.Tensor | None, torch.Tensor, torch.Tensor]] = []  # (exit, rows, pred, z)
 
-    def record(self, j: int, logits: torch.Tensor, pred: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """Store the outcome of the samples leaving at exit ``j`` (``rows`` of the running batch; None = all)."""
-        if self.logits is None:
-            self.logits = logits.new_empty(len(self.preds), logits.shape[-1])
-        idx = self.alive if rows is None else self.alive[rows]
-        self.preds[idx] = pred if rows is None else pred[rows]
-        self.exits[idx] = j
-        self.logits[idx] = logits if rows is None else logits[rows]
+    def _rows(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Input rows of the running samples selected by ``mask`` (all running samples when None)."""
+        alive = self.alive if self.alive is not None else torch.arange(len(h), device=h.device)
+        return alive if mask is None else alive[mask]
 
     def on_tap(self, block: int, h: torch.Tensor) -> torch.Tensor | None:
         j = self.slot[block]
@@ -64,19 +62,33 @@ class _Router:
             self.prev = logits
             return h
         if n_leave == len(leave):
-            self.record(j, logits, pred, None)
+            self.pieces.append((j, self.alive, pred, logits))
             return None  # everyone has left: stop the backbone
         keep = ~leave
-        self.record(j, logits, pred, leave)
-        self.alive = self.alive[keep]
+        self.pieces.append((j, self._rows(h, leave), pred[leave], logits[leave]))
+        self.alive = self._rows(h, keep)
         self.state = self.policy.compact(self.state, keep)
         self.prev = logits[keep]
         return h[keep]
 
     def finish(self, final_logits: torch.Tensor) -> None:
-        j = self.model.num_exits - 1
-        _, pred, _ = self.policy.step(j, final_logits, self.state)
-        self.record(j, final_logits, pred, None)
+        _, pred, _ = self.policy.step(self.model.num_exits - 1, final_logits, self.state)
+        self.pieces.append((self.model.num_exits - 1, self.alive, pred, final_logits))
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predictions, exit indices and logits in input order."""
+        if len(self.pieces) == 1 and self.pieces[0][1] is None:  # everyone left at the same exit, in order
+            j, _, pred, logits = self.pieces[0]
+            return pred, torch.full_like(pred, j), logits
+        rows = torch.cat([r for _, r, _, _ in self.pieces])  # [B]: a permutation of the input rows
+        preds = torch.empty_like(rows)
+        preds[rows] = torch.cat([p for _, _, p, _ in self.pieces])
+        exits = torch.empty_like(rows)
+        exits[rows] = torch.cat([torch.full_like(r, j) for j, r, _, _ in self.pieces])
+        z = torch.cat([z for _, _, _, z in self.pieces])
+        logits = torch.empty_like(z)
+        logits[rows] = z
+        return preds, exits, logits
 
 
 @torch.no_grad()
@@ -91,16 +103,18 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
     t = policy.threshold if threshold is None else threshold
     if t is None:
         raise ConfigError(f"policy {policy.name!r} has no threshold; pass threshold=... or set policy.threshold")
-    n_classes = model.num_classes
-    policy.check_thresholds([t], model.num_exits, n_classes)
-    router = _Router(model, policy, float(t), x.shape[0], x.device)
-    if x.shape[0] > 0:
+    t = policy.check_threshold(t, model.num_exits, model.num_classes)
+    router = _Router(model, policy, float(t))
+    if x.shape[0] == 0:
+        empty = torch.empty(0, dtype=torch.long, device=x.device)
+        preds, exits, logits = empty, empty, x.new_empty(0, model.num_classes)
+    else:
         final = model.backbone.run(x, set(model.exits), router.on_tap)
         if final is not None:
             router.finish(final)
-    logits = router.logits if router.logits is not None else x.new_empty(0, n_classes)
+        preds, exits, logits = router.result()
     flops = None
     if costs is not None:
         costs = torch.as_tensor(costs, dtype=torch.float64)
-        flops = costs[router.exits.cpu()]
-    return EarlyExitResult(router.preds, router.exits, logits, flops)
+        flops = costs[exits.cpu()]
+    return EarlyExitResult(preds, exits, logits, flops)

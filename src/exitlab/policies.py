@@ -71,10 +71,12 @@ class Policy:
         raise NotImplementedError
 
     def decide(self, score: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the samples that exit. The threshold is cast to the score's dtype first, so a float32
-        score is compared with the same float32 threshold in simulation and in real early exit."""
-        t = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
-        return score >= t if self.exit_when == "above" else score <= t
+        """Boolean mask of the samples that exit. The threshold is compared in the score's dtype (a Python number
+        is, by torch's promotion rules), so a float32 score meets the same float32 threshold in simulation and in
+        real early exit."""
+        if not isinstance(threshold, (int, float)):
+            threshold = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
+        return score >= threshold if self.exit_when == "above" else score <= threshold
 
     def compact(self, state: State, keep: torch.Tensor) -> State:
         """The state of the samples that go on: ``keep`` is a ``[B]`` bool mask or an index tensor."""
@@ -91,6 +93,14 @@ class Policy:
         if self.integer:
             return torch.arange(int(lo), int(hi) + 1, dtype=torch.float64)
         return torch.linspace(lo, hi, n, dtype=torch.float64)
+
+    def check_threshold(self, threshold: float, num_exits: int, num_classes: int) -> float:
+        """One threshold as a float, or a ConfigError naming the valid range (plain Python: cheap per call)."""
+        lo, hi = self.valid_range(num_exits, num_classes)
+        t = float(threshold)
+        if not lo <= t <= hi or (self.integer and t != round(t)):
+            self.check_thresholds([t], num_exits, num_classes)  # raises with the full message
+        return t
 
     def check_thresholds(self, thresholds, num_exits: int, num_classes: int) -> torch.Tensor:
         """Thresholds as a float64 tensor, or a ConfigError naming the policy's valid range."""
@@ -150,7 +160,7 @@ class Entropy(Policy):
 
     def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
         logp = F.log_softmax(logits.float(), -1)  # [B, C]
-        ent = -(logp.exp() * logp).sum(-1).clamp_min(0)  # [B]
+        ent = (-(logp.exp() * logp).sum(-1)).clamp_min(0)  # [B], >= 0 despite rounding
         return Step(ent, logits.argmax(-1), state)
 
 

@@ -96,14 +96,10 @@ def pareto_frontier(cost: torch.Tensor, acc: torch.Tensor) -> tuple[torch.Tensor
     acc = torch.as_tensor(acc, dtype=torch.float64)
     order = torch.argsort(-acc, stable=True)
     order = order[torch.argsort(cost[order], stable=True)]  # by cost, then best accuracy first
-    best = -math.inf
-    keep = []
-    for i in order.tolist():  # T is small (hundreds to thousands)
-        if acc[i] > best:
-            keep.append(i)
-            best = acc[i].item()
-    keep_t = torch.tensor(keep, dtype=torch.long)
-    return cost[keep_t], acc[keep_t]
+    a = acc[order]
+    best_before = torch.cat([torch.tensor([-math.inf], dtype=torch.float64), a.cummax(0).values[:-1]])
+    keep = order[a > best_before]  # strictly better than every cheaper (or equally cheap, listed earlier) point
+    return cost[keep], acc[keep]
 
 
 def accuracy_at(cost: torch.Tensor, acc: torch.Tensor, budget: float) -> float | None:

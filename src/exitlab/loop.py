@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import DistInfo, all_sum
 from .errors import TrainingError
 from .models.core import MultiExitModel
 from .phases import Phase, loss_weights
@@ -98,8 +99,12 @@ class EpochStats:
 
 
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
-                amp: str = "none", where: str = "", progress: Callable | None = None) -> tuple[EpochStats, int]:
-    """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit."""
+                amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = DistInfo()
+                ) -> tuple[EpochStats, int]:
+    """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
+
+    Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
+    """
     stats = EpochStats()
     sums: torch.Tensor | None = None
     device_type = loader.x.device.type
@@ -108,7 +113,9 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
             g["lr"] = lr_at(phase, step, total_steps)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             loss, per_exit = phase_loss(model, phase, x, y)
-        if not torch.isfinite(loss):
+        synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), info) / info.world
+        loss_value, per_exit = synced[0], synced[1:]
+        if not torch.isfinite(synced).all():
             bad = [i for i, v in enumerate(per_exit.tolist()) if not math.isfinite(v)]
             raise TrainingError(f"non-finite loss at {where} step {step} (exit {bad[0] if bad else '?'} of the "
                                 f"phase's {len(per_exit)}); lower the learning rate or check the data. The last good "
@@ -118,8 +125,8 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
         opt.step()
         step += 1
         stats.steps += 1
-        stats.loss += loss.item()
-        sums = per_exit.detach() if sums is None else sums + per_exit.detach()
+        stats.loss += float(loss_value)
+        sums = per_exit if sums is None else sums + per_exit
     if stats.steps:
         stats.loss /= stats.steps
         stats.exit_losses = (sums / stats.steps).tolist()
@@ -127,8 +134,11 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
 
 
 @torch.no_grad()
-def evaluate(model: MultiExitModel, loader, amp: str = "none") -> tuple[list[float], int]:
-    """Accuracy of every exit in one pass over ``loader``; returns (accuracies, sample count)."""
+def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = DistInfo()) -> tuple[list[float], int]:
+    """Accuracy of every exit in one pass over ``loader``; returns (accuracies, sample count).
+
+    Under DDP each rank evaluates its share of every batch and the counts are summed over ranks.
+    """
     was = model.training
     model.eval()
     correct: torch.Tensor | None = None
@@ -143,6 +153,8 @@ def evaluate(model: MultiExitModel, loader, amp: str = "none") -> tuple[list[flo
     model.train(was)
     if correct is None:
         return [], 0
+    correct = all_sum(correct, info)
+    n = int(all_sum(torch.tensor(n, device=correct.device), info))
     return (correct.double() / max(n, 1)).tolist(), n
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -15,6 +16,8 @@ import torch
 from . import checkpoint as ckpt
 from .config import RunConfig, dump_config, to_dict
 from .data import TensorLoader, channel_stats, load_dataset, stratified_split
+from .distributed import DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
+from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
 from .loop import evaluate, make_optimizer, phase_module, phase_score, set_modes, set_trainable, train_epoch
 from .models import build_model
@@ -54,9 +57,13 @@ class Data:
     shape: tuple[int, int, int]
 
 
-def prepare_data(cfg: RunConfig, device: torch.device) -> Data:
-    """Load the dataset, make the seeded stratified split, and hold every split as tensors on ``device``."""
+def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = DistInfo()) -> Data:
+    """Load the dataset, make the seeded stratified split, and hold every split as tensors on ``device``.
+
+    Under DDP every rank holds the whole dataset and takes its slice of each global batch.
+    """
     d = cfg.data
+    check_batch(d.batch_size, info)
     ds = load_dataset(d.name, d.root, download=d.download, img_size=d.img_size, synthetic_kwargs=d.synthetic)
     tr, va = stratified_split(ds.train_y, d.val_fraction, cfg.seed)
     if d.train_subset:
@@ -64,7 +71,7 @@ def prepare_data(cfg: RunConfig, device: torch.device) -> Data:
     if len(tr) == 0 or len(va) == 0:
         raise ConfigError("data: the train or validation split is empty; lower data.val_fraction or train_subset")
     mean, std = channel_stats(ds.train_x[tr])
-    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last)
+    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last, shard=(info.rank, info.world))
     return Data(
         train=TensorLoader(ds.train_x[tr], ds.train_y[tr], d.batch_size, shuffle=True, pad=d.crop_padding,
                            flip=d.flip, drop_last=len(tr) > d.batch_size, **common),
@@ -127,13 +134,13 @@ def run_signature(cfg: RunConfig) -> str:
 class _Run:
     """State of one training run. ``train()`` is the entry point; this class only keeps its pieces together."""
 
-    def __init__(self, cfg: RunConfig, out: Path):
-        self.cfg, self.out = cfg, out
+    def __init__(self, cfg: RunConfig, out: Path, info: DistInfo = DistInfo(), device: torch.device | None = None):
+        self.cfg, self.out, self.info = cfg, out, info
         self.metrics = out / "metrics.jsonl"
-        self.device = resolve_device(cfg.device)
+        self.device = device or resolve_device(cfg.device)
         self.phases = plan_phases(cfg)
         check_model(cfg)  # names and exit indices fail here, before any data is read
-        self.data = prepare_data(cfg, self.device)
+        self.data = prepare_data(cfg, self.device, info)
         self.model = make_model(cfg, self.data).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -143,8 +150,13 @@ class _Run:
     # ------------------------------------------------------------ checkpoints
     def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, best_score: float, bad: int,
              end: bool) -> Path:
+        """Rank 0 writes the checkpoint; the other ranks wait for it."""
         phase = self.phases[pi]
         name = f"{pi:02d}-{phase.name}-{'end' if end else f'e{epochs_done:03d}'}.safetensors"
+        path = self.out / "checkpoints" / name
+        if not self.info.is_main:
+            barrier(self.info)
+            return path
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt_t, opt_info = ckpt.optimizer_tensors(opt) if opt is not None else ({}, None)
         tensors.update(opt_t)
@@ -154,9 +166,9 @@ class _Run:
                     bad_epochs=bad, has_best=best is not None, optimizer=opt_info, run_signature=self.sig,
                     phase1_signature=self.p1sig if pi == 0 else None, metrics_lines=len(read_jsonl(self.metrics)),
                     end=end)
-        path = self.out / "checkpoints" / name
         ckpt.save_tensors(path, tensors, meta)
         self._prune()
+        barrier(self.info)
         return path
 
     def _prune(self) -> None:
@@ -175,7 +187,7 @@ class _Run:
         phase, cfg = self.phases[pi], self.cfg
         params = set_trainable(self.model, phase)
         opt = make_optimizer(params, phase)
-        net = phase_module(self.model, phase)
+        net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
         total = phase.epochs * len(self.data.train)
         start, step, best, best_score, bad = 0, 0, None, -1.0, 0
         if resume is not None:
@@ -194,8 +206,9 @@ class _Run:
             t0 = time.perf_counter()
             where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
             stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
-                                      where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"))
-            accs, _ = evaluate(self.model, self.data.val, cfg.amp)
+                                      where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"),
+                                      info=self.info)
+            accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
             score = phase_score(phase, accs)
             if phase.options.patience:
                 if score > best_score:
@@ -203,7 +216,7 @@ class _Run:
                     best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 else:
                     bad += 1
-            append_jsonl(self.metrics, dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step,
+            self.log(dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step,
                                             train_loss=stats.loss, train_exit_losses=stats.exit_losses, val_acc=accs,
                                             score=score, seconds=time.perf_counter() - t0))
             log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
@@ -213,18 +226,34 @@ class _Run:
             self.model.load_state_dict(best)
         self.save(pi, phase.epochs, step, None, None, best_score, bad, end=True)
 
+    def write_status(self, status: dict) -> None:
+        if self.info.is_main:
+            ckpt.atomic_write(self.out / "run.json", lambda p: p.write_text(json.dumps(status, indent=2)))
+
+    def log(self, record: dict) -> None:
+        if self.info.is_main:
+            append_jsonl(self.metrics, record)
+
     def _bar(self, desc: str):
-        if not (self.cfg.progress and sys.stderr.isatty()):
+        if not (self.cfg.progress and self.info.is_main and sys.stderr.isatty()):
             return None
         from tqdm import tqdm
 
         return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> None:
+def _preflight(out: Path, cfg: RunConfig, resume: bool) -> None:
     if not resume and ((out / "run.json").exists() or checkpoints(out)):
         raise ExitlabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    status = _status(out)
+    if status.get("run_signature") not in (None, run_signature(cfg)):
+        raise ExitlabError(f"{out} holds a run with a different config; resume it with its own config "
+                           f"({out / 'config.yaml'}), or choose another --out")
     check_writable(out)
+
+
+def _status(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from: str | Path | None = None
@@ -233,30 +262,45 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
 
     ``resume`` continues from the newest valid checkpoint in ``out`` (exactly: the weights equal an uninterrupted
     run's on CPU). ``phase1_from`` starts from another run's phase-1 checkpoint instead of training phase 1, after
-    checking that its phase-1 settings are identical (this is how disjoint and mixed share phase 1).
+    checking that its phase-1 settings are identical (this is how disjoint and mixed share phase 1). Under torchrun
+    every rank calls this; rank 0 alone writes to ``out``.
     """
     out = Path(out)
-    _prepare_out(out, cfg, resume)
-    with RunLock(out):
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        run = _Run(cfg, out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = env_info()
+    device = local_device(resolve_device(cfg.device), info)
+    info = dist_setup(device)
+    try:
+        agree(info, lambda: _preflight(out, cfg, resume))
+        with RunLock(out) if info.is_main else contextlib.nullcontext():
+            return _train(cfg, out, resume, phase1_from, info, device)
+    finally:
+        teardown(info)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo, device: torch.device) -> Path:
+    run = _Run(cfg, out, info, device)
+    status = _status(out)
+    if status.get("status") == "done":
+        log.info("%s is already finished; nothing to do", out)
+        return out
+    if info.is_main:
         (out / "config.yaml").write_text(dump_config(cfg))
-        (out / "env.json").write_text(json.dumps(environment(), indent=2))
-        status = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-        if status.get("status") == "done":
-            log.info("%s is already finished; nothing to do", out)
-            return out
-        first, resume_state = _starting_point(run, resume, phase1_from, status)
-        status.update(status="running", regime=cfg.regime, phases=[dataclasses.asdict(p) for p in run.phases])
-        (out / "run.json").write_text(json.dumps(status, indent=2))
-        t0 = time.perf_counter()
-        for pi in range(first, len(run.phases)):
-            run.run_phase(pi, resume_state if pi == first else None)
+        (out / "env.json").write_text(json.dumps({**environment(), "world_size": info.world}, indent=2))
+    first, resume_state = _starting_point(run, resume, phase1_from, status)
+    status.update(status="running", regime=cfg.regime, run_signature=run.sig,
+                  phases=[dataclasses.asdict(p) for p in run.phases])
+    run.write_status(status)
+    t0 = time.perf_counter()
+    for pi in range(first, len(run.phases)):
+        run.run_phase(pi, resume_state if pi == first else None)
+    if info.is_main:
         extra = {"classes": run.data.classes, "dataset": cfg.data.name, "regime": cfg.regime}
         ckpt.save_pretrained(run.model, out, extra=extra)
-        status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0)
-        (out / "run.json").write_text(json.dumps(status, indent=2))
+    status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0)
+    run.write_status(status)
+    barrier(info)
     return out
 
 
@@ -269,11 +313,12 @@ def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple
     if found is not None:
         path, (tensors, meta) = found
         run.restore(tensors, meta, path)
-        truncate_jsonl(run.metrics, meta["metrics_lines"])
+        if run.info.is_main:
+            truncate_jsonl(run.metrics, meta["metrics_lines"])
         log.info("resuming from %s", path)
         pi = meta["phase_index"]
         return (pi + 1, None) if meta["end"] else (pi, (tensors, meta))
-    if run.metrics.exists():
+    if run.metrics.exists() and run.info.is_main:
         run.metrics.unlink()  # a run that never reached a checkpoint starts over
     if phase1_from is None:
         return 0, None

@@ -47,7 +47,7 @@ class TensorLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, mean: torch.Tensor, std: torch.Tensor,
                  device: str | torch.device = "cpu", shuffle: bool = False, pad: int = 0, flip: bool = False,
-                 drop_last: bool = False, channels_last: bool = False):
+                 drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         self.x = x.to(device)
@@ -57,6 +57,7 @@ class TensorLoader:
         self.std = std.to(device).view(1, -1, 1, 1)
         self.shuffle, self.pad, self.flip, self.drop_last = shuffle, pad, flip, drop_last
         self.channels_last = channels_last
+        self.shard = shard  # (rank, world): each rank takes its slice of every global batch
         self.seed = 0
 
     def set_epoch_seed(self, seed: int) -> None:
@@ -77,10 +78,14 @@ class TensorLoader:
             xb = self.x[idx].float().div_(255)
             if self.pad or self.flip:
                 xb = random_crop_flip(xb, self.pad, self.flip, g)
-            xb = (xb - self.mean) / self.std
+            xb, yb = (xb - self.mean) / self.std, self.y[idx]
+            rank, world = self.shard
+            if world > 1:  # augment the global batch on every rank, then slice: identical to one process
+                chunk = -(-len(yb) // world)
+                xb, yb = xb[rank * chunk : (rank + 1) * chunk], yb[rank * chunk : (rank + 1) * chunk]
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, self.y[idx]
+            yield xb, yb
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

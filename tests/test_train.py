@@ -121,3 +121,15 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tiny_cfg, tmp_path, c
     with caplog.at_level("WARNING"):
         train(cfg, out, resume=True)
     assert "fails its checksum" in caplog.text and "falling back" in caplog.text
+
+
+def test_gradient_logging_is_opt_in_and_does_not_change_training(tiny_cfg, tmp_path):
+    plain = train(tiny_cfg(regime="mixed"), tmp_path / "plain")
+    logged = train(tiny_cfg(regime="mixed", grad_log_every=3), tmp_path / "logged")
+    assert not (plain / "gradients.jsonl").exists()
+    records = read_jsonl(logged / "gradients.jsonl")
+    assert [r["step"] for r in records] == [3, 6, 3, 6] and [r["phase"] for r in records] == [1, 1, 2, 2]
+    assert records[0]["weights"][-1] == 1.0 and sum(records[0]["weights"][:-1]) == 0  # phase 1: final exit only
+    a, _ = ckpt.load_tensors(plain / "model.safetensors")
+    b, _ = ckpt.load_tensors(logged / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

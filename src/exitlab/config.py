@@ -81,6 +81,8 @@ class RunConfig:
     checkpoint_every: int = 1  # write a checkpoint every N epochs (and always at the end of each phase)
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
     progress: bool = True  # progress bars (shown only on a terminal)
+    grad_log_every: int = 0  # > 0: log per-exit gradient contributions every N steps to gradients.jsonl
+    grad_log_samples: int = 256  # validation samples (fixed) used for that logging
 
     def __post_init__(self) -> None:
         validate(self)
@@ -107,7 +109,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device: {cfg.device!r}; choose auto, cpu, cuda or cuda:N")
     for key, val, lo in (("checkpoint_every", cfg.checkpoint_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1),
-                         ("threads", cfg.threads, 0), ("data.batch_size", cfg.data.batch_size, 1),
+                         ("threads", cfg.threads, 0), ("grad_log_every", cfg.grad_log_every, 0),
+                         ("grad_log_samples", cfg.grad_log_samples, 1), ("data.batch_size", cfg.data.batch_size, 1),
                          ("data.eval_batch_size", cfg.data.eval_batch_size, 1),
                          ("data.crop_padding", cfg.data.crop_padding, 0), ("data.train_subset", cfg.data.train_subset, 0)):
         if val < lo:

@@ -35,6 +35,9 @@ class DistInfo:
         return self.rank == 0
 
 
+SINGLE = DistInfo()  # a plain single-process run
+
+
 def env_info() -> DistInfo:
     """Read torchrun's variables; all or none must be set, and consistently."""
     present = [v for v in _VARS if v in os.environ]

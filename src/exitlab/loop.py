@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistInfo, all_sum
+from .distributed import SINGLE, DistInfo, all_sum
 from .errors import TrainingError
 from .models.core import MultiExitModel
 from .phases import Phase, loss_weights
@@ -99,8 +99,8 @@ class EpochStats:
 
 
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
-                amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = DistInfo()
-                ) -> tuple[EpochStats, int]:
+                amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
+                on_step: Callable[[int], None] | None = None) -> tuple[EpochStats, int]:
     """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
 
     Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
@@ -124,6 +124,8 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
         loss.backward()
         opt.step()
         step += 1
+        if on_step is not None:  # probe point: e.g. gradient-contribution logging
+            on_step(step)
         stats.steps += 1
         stats.loss += float(loss_value)
         sums = per_exit if sums is None else sums + per_exit
@@ -134,7 +136,7 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
 
 
 @torch.no_grad()
-def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = DistInfo()) -> tuple[list[float], int]:
+def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = SINGLE) -> tuple[list[float], int]:
     """Accuracy of every exit in one pass over ``loader``; returns (accuracies, sample count).
 
     Under DDP each rank evaluates its share of every batch and the counts are summed over ranks.

@@ -16,7 +16,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import RunConfig, dump_config, to_dict
 from .data import TensorLoader, channel_stats, load_dataset, stratified_split
-from .distributed import DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
+from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
 from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
 from .loop import evaluate, make_optimizer, phase_module, phase_score, set_modes, set_trainable, train_epoch
@@ -34,6 +34,7 @@ from .rundir import (
     signature,
     truncate_jsonl,
 )
+from .speed import maybe_compile
 
 log = logging.getLogger("exitlab")
 
@@ -57,7 +58,7 @@ class Data:
     shape: tuple[int, int, int]
 
 
-def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = DistInfo()) -> Data:
+def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE) -> Data:
     """Load the dataset, make the seeded stratified split, and hold every split as tensors on ``device``.
 
     Under DDP every rank holds the whole dataset and takes its slice of each global batch.
@@ -134,7 +135,7 @@ def run_signature(cfg: RunConfig) -> str:
 class _Run:
     """State of one training run. ``train()`` is the entry point; this class only keeps its pieces together."""
 
-    def __init__(self, cfg: RunConfig, out: Path, info: DistInfo = DistInfo(), device: torch.device | None = None):
+    def __init__(self, cfg: RunConfig, out: Path, info: DistInfo = SINGLE, device: torch.device | None = None):
         self.cfg, self.out, self.info = cfg, out, info
         self.metrics = out / "metrics.jsonl"
         self.device = device or resolve_device(cfg.device)
@@ -144,6 +145,7 @@ class _Run:
         self.model = make_model(cfg, self.data).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        maybe_compile(self.model, cfg.compile)
         self.sig = run_signature(cfg)
         self.p1sig = phase1_signature(cfg, self.phases) if self.phases[0].kind == 1 else None
 
@@ -207,7 +209,7 @@ class _Run:
             where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
             stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
                                       where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"),
-                                      info=self.info)
+                                      info=self.info, on_step=self._grad_probe(phase))
             accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
             score = phase_score(phase, accs)
             if phase.options.patience:
@@ -225,6 +227,31 @@ class _Run:
         if best is not None:
             self.model.load_state_dict(best)
         self.save(pi, phase.epochs, step, None, None, best_score, bad, end=True)
+
+    def _grad_probe(self, phase: Phase):
+        """Every ``grad_log_every`` steps, log per-exit gradient contributions on fixed validation samples."""
+        every = self.cfg.grad_log_every
+        if not every or not self.info.is_main:
+            return None
+        from .analysis.gradients import gradient_contributions
+        from .phases import loss_weights
+
+        n, E = self.cfg.grad_log_samples, self.model.num_exits
+        x, y = next(iter(self.data.val))
+        batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, min(n, len(y)), 128)]
+        w = torch.zeros(E)
+        if phase.kind == 1:
+            w[-1] = 1.0
+        else:
+            trained = E if phase.kind == 2 else E - 1
+            w[:trained] = loss_weights(phase.options.loss_weights, trained)
+
+        def probe(step: int) -> None:
+            if step % every == 0:
+                record = gradient_contributions(self.model, batches, w)
+                append_jsonl(self.out / "gradients.jsonl", {"phase": phase.kind, "step": step, **record})
+
+        return probe
 
     def write_status(self, status: dict) -> None:
         if self.info.is_main:

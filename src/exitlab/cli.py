@@ -65,6 +65,70 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.cli import Options, analyze, redraw_files
+
+    _set_threads(args.threads)
+    if args.kind == "plot":
+        for path in redraw_files(args.run_dirs):
+            print(f"wrote {path}")
+        return 0
+    names = {f for f in Options.__dataclass_fields__ if hasattr(args, f)}
+    opts = Options(**{k: getattr(args, k) for k in names})
+    if args.blocks:
+        try:
+            opts.blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
+        except ValueError:
+            raise ExitlabError(f"--blocks {args.blocks!r}: expected comma-separated indices, e.g. 0,3,6") from None
+    json_path, png_path = analyze(args.kind, args.run_dirs, opts, out=args.out)
+    print(f"wrote {json_path}\nwrote {png_path}")
+    return 0
+
+
+def _cli_policy(args: argparse.Namespace, run_dir: Path | None):
+    """A policy from --policy/--threshold (None without --policy; ztw is fitted on the run, so it needs a run)."""
+    if not args.policy:
+        if args.threshold is not None:
+            raise ExitlabError("--threshold needs --policy (confidence, entropy, patience or ztw)")
+        return None
+    from .policies import make_policy
+
+    if args.policy == "ztw":
+        if run_dir is None:
+            raise ExitlabError("--policy ztw is fitted on a run; record it at export time: exitlab export --policy ztw")
+        from .ztw import ztw_for_run
+
+        policy = ztw_for_run(run_dir)
+    else:
+        policy = make_policy(args.policy)
+    if args.threshold is None:
+        raise ExitlabError(f"--policy {args.policy} needs --threshold (see exitlab eval for fitted thresholds)")
+    policy.threshold = args.threshold
+    return policy
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    _set_threads(1)
+    run = Path(args.run_dir)
+    out = export_run(run, args.out, layout=args.layout, policy=_cli_policy(args, run), opset=args.opset)
+    print(f"wrote {out} (manifest: {out / 'manifest.json'})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import Limits, create_app
+
+    app = create_app(args.export_dir, policy=_cli_policy(args, None), threads=args.threads,
+                     limits=Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_batch=args.max_batch))
+    import uvicorn
+
+    print(f"serving {args.export_dir} on http://{args.host}:{args.port} (POST /predict, GET /health)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _set_threads(n: int) -> None:
     if n < 0:
         raise ExitlabError(f"--threads must be >= 0, got {n}")
@@ -129,12 +193,71 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
 
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="training-dynamics analyses of finished runs -> JSON + PNG (docs/analysis.md)")
+    p.add_argument("kind", choices=["gradients", "rank", "mi", "landscape", "connectivity", "plot"],
+                   help="the analysis; 'plot' redraws PNGs from analysis JSON files given instead of run dirs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories (2 or 3 for connectivity)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/analysis, or analysis/ beside several runs)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="evaluation split (default: per analysis)")
+    p.add_argument("--samples", type=int, help="fixed evaluation samples (default: 512 gradients, else 2000)")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="seeds sample choice, directions, subsampling (default: 0)")
+    p.add_argument("--blocks", help="rank/mi: comma-separated block indices (default: all)")
+    p.add_argument("--tau", type=float, default=1e-3, help="rank: count singular values > tau*s_max (default 1e-3)")
+    p.add_argument("--max-features", type=int, default=8192, help="rank/mi: columns kept per block (default 8192)")
+    p.add_argument("--bins", type=int, default=30, help="mi: bins per unit for binning (default 30)")
+    p.add_argument("--noise-ratio", type=float, default=0.1, help="mi: KDE noise / layer variance (default 0.1)")
+    p.add_argument("--noise-var", type=float, help="mi: fixed KDE noise variance instead of --noise-ratio")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="mi: skip the linear-probe bound")
+    p.add_argument("--mode", choices=["train", "eval"], default="train", help="gradients: BN mode (default train)")
+    p.add_argument("--steps", type=int, default=21, help="landscape: grid points per axis (default 21)")
+    p.add_argument("--span", type=float, default=1.0, help="landscape: coordinates in [-span, span] (default 1)")
+    p.add_argument("--params", choices=["all", "backbone", "heads"], default="all", help="landscape: what moves")
+    p.add_argument("--dims", type=int, choices=[1, 2], default=2, help="landscape: plane (2) or line (1)")
+    p.add_argument("--bn", choices=["fixed", "reestimate"], default="fixed", help="landscape: BN statistics")
+    p.add_argument("--points", type=int, default=11, help="connectivity: points per path (default 11)")
+    p.add_argument("--plane-steps", type=int, default=11, help="connectivity: plane grid per axis, 0 = none")
+    p.add_argument("--bezier", action="store_true", help="connectivity: also fit quadratic Bezier curves")
+    p.add_argument("--bezier-steps", type=int, default=200, help="connectivity: Bezier training steps")
+    p.add_argument("--bn-samples", type=int, default=2000, help="train samples for BN re-estimation (default 2000)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run to ONNX: one graph per stage plus manifest.json")
+    p.add_argument("run_dir", help="a finished run directory (or a save_pretrained folder)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/onnx)")
+    p.add_argument("--layout", default="staged", choices=["staged", "all"],
+                   help="staged: one graph per exit, for real early exit (default); all: one graph, every exit")
+    p.add_argument("--policy", help="exit policy to record (confidence, entropy, patience, ztw); default: the one "
+                   "saved with the model, if any")
+    p.add_argument("--threshold", type=float, help="the policy's threshold")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve an ONNX export over HTTP (POST /predict, GET /health)")
+    p.add_argument("export_dir", help="a directory written by exitlab export")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--policy", help="override the manifest's exit policy (confidence, entropy, patience)")
+    p.add_argument("--threshold", type=float, help="the policy's threshold")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB (default: 8)")
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch per request (default: 256)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per request (default: 1)")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "train": (_add_train, cmd_train),
     "demo": (_add_demo, cmd_demo),
     "ls": (_add_ls, cmd_ls),
     "eval": (_add_eval, cmd_eval),
     "bench": (_add_bench, cmd_bench),
+    "analyze": (_add_analyze, cmd_analyze),
+    "export": (_add_export, cmd_export),
+    "serve": (_add_serve, cmd_serve),
 }
 
 

@@ -170,14 +170,20 @@ def probe_lower_bound(z: torch.Tensor, y: torch.Tensor, num_classes: int, *,
 # ---------------------------------------------------------------- exits
 
 
-def prediction_mi(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """Exact plug-in ``I(Yhat; Y)`` and ``H(Yhat)`` (= ``I(X; Yhat)``) from paired predictions and labels, in bits."""
-    n = len(y)
+def plugin_bias_bound(n: int, num_classes: int) -> float:
+    """Approximate upward bias of plug-in MI on a K x K table, ``(K-1)^2 / (2 n ln 2)`` bits; refuses larger than
+    ``MAX_PLUGIN_BIAS``."""
     bias = (num_classes - 1) ** 2 / (2 * n * LN2) if n else math.inf
     if bias > MAX_PLUGIN_BIAS:
         need = math.ceil((num_classes - 1) ** 2 / (2 * MAX_PLUGIN_BIAS * LN2))
         raise ExitlabError(f"too few samples for the plug-in MI of {num_classes}-class predictions: {n} give a bias "
                            f"bound of {bias:.2f} bits (> {MAX_PLUGIN_BIAS}); use at least {need} samples")
+    return bias
+
+
+def prediction_mi(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
+    """Exact plug-in ``I(Yhat; Y)`` and ``H(Yhat)`` (= ``I(X; Yhat)``) from paired predictions and labels, in bits."""
+    bias = plugin_bias_bound(len(y), num_classes)
     return {"i_yhat_y": discrete_mi(pred, y), "h_yhat": entropy_bits(pred), "bias_bound": bias}
 
 
@@ -223,6 +229,7 @@ def mi_profile(model: MultiExitModel, batches: Batches, *, blocks: list[int] | N
     if n < MIN_SAMPLES:
         raise ExitlabError(f"mutual information estimates need at least {MIN_SAMPLES} samples, got {n}; "
                            "raise --samples")
+    plugin_bias_bound(n, model.num_classes)  # fail before the expensive part
     with preserved(model):
         model.eval()
         flat, pooled, preds, y = _collect(model, batches, blocks, max_features, seed)

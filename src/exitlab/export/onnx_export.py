@@ -222,20 +222,29 @@ def run_normalization(run_dir: Path) -> dict | None:
     return {"mean": data.train.mean.flatten().tolist(), "std": data.train.std.flatten().tolist()}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout: str = "staged",
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout: str = "staged", policy=None,
                opset: int | None = None) -> Path:
-    """Export the model of a finished run (or a ``save_pretrained`` folder); default ``out_dir``: RUN_DIR/onnx."""
+    """Export the model of a finished run (or a ``save_pretrained`` folder); default ``out_dir``: RUN_DIR/onnx.
+
+    ``policy`` (a :class:`exitlab.policies.Policy` with its threshold) is recorded in the manifest; by default the
+    policy saved with the model, if any. Class names and input normalisation come from the run as well.
+    """
     from ..checkpoint import from_pretrained
 
     require_export_deps()
     run = Path(run_dir)
     model = from_pretrained(run)
     info = getattr(model, "info", {}) or {}
+    if policy is not None:
+        if policy.threshold is None:
+            raise ExitlabError(f"policy {policy.name!r} needs a threshold to be exported; pass --threshold")
+        policy.check_thresholds([policy.threshold], model.num_exits, model.num_classes)
     normalize = info.get("normalize") or run_normalization(run)
     if normalize is None:
         log.warning("%s records no input normalisation; image uploads to `exitlab serve` will be fed as [0, 1] "
                     "pixels", run)
     out = Path(out_dir) if out_dir is not None else run / "onnx"
-    export_onnx(model, out, layout=layout, classes=info.get("classes"), policy=info.get("policy"),
-                normalize=normalize, opset=opset)
+    export_onnx(model, out, layout=layout, classes=info.get("classes"),
+                policy=policy.to_dict() if policy is not None else info.get("policy"), normalize=normalize,
+                opset=opset)
     return out

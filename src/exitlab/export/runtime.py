@@ -97,10 +97,7 @@ class OnnxModel:
             _check_chain(self.manifest, self.sessions)
         if policy is None and self.manifest.policy:
             policy = policy_from_dict(self.manifest.policy)
-        if policy is not None:
-            if policy.threshold is None:
-                raise ExitlabError(f"policy {policy.name!r} has no threshold; give one to route samples between exits")
-            policy.check_thresholds([policy.threshold], self.manifest.num_exits, self.manifest.num_classes)
+        self._threshold(policy)
         self.policy = policy
 
     @property
@@ -132,17 +129,22 @@ class OnnxModel:
         """Real early exit: each stage runs only on the samples that no earlier exit let go."""
         x = self._check_input(x)
         policy = policy or self.policy
-        if policy is not None:
-            if policy.threshold is None:
-                raise ExitlabError(f"policy {policy.name!r} has no threshold; give one to route samples")
-            policy.check_thresholds([policy.threshold], self.manifest.num_exits, self.manifest.num_classes)
+        t = self._threshold(policy)
         if len(x) == 0:
             return _empty(0, self.manifest.num_classes)
         if self.manifest.layout == "all":
-            return self._simulate(x, policy)
-        return self._route(x, policy)
+            return self._simulate(x, policy, t)
+        return self._route(x, policy, t)
 
-    def _route(self, x: np.ndarray, policy: Policy | None) -> Prediction:
+    def _threshold(self, policy: Policy | None) -> float | None:
+        """The policy's threshold as the float the PyTorch path compares with, checked against its range."""
+        if policy is None:
+            return None
+        if policy.threshold is None:
+            raise ExitlabError(f"policy {policy.name!r} has no threshold; give one to route samples between exits")
+        return policy.check_threshold(policy.threshold, self.manifest.num_exits, self.manifest.num_classes)
+
+    def _route(self, x: np.ndarray, policy: Policy | None, t: float | None) -> Prediction:
         man, B = self.manifest, len(x)
         res = _empty(B, man.num_classes)
         alive = np.arange(B)  # original row of every sample still running
@@ -151,7 +153,7 @@ class OnnxModel:
             feeds = {g.inputs[0]: h, **({"prev_logits": prev} if len(g.inputs) > 1 else {})}
             outs = sess.run(None, feeds)
             logits = outs[-1]  # [b, C]
-            leave, score, pred, state = _decide(policy, j, logits, state, j == man.num_exits - 1)
+            leave, score, pred, state = _decide(policy, t, j, logits, state, j == man.num_exits - 1)
             _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.exit_flops[j])
             if leave.all():
                 break
@@ -160,7 +162,7 @@ class OnnxModel:
             state = policy.compact(state, torch.from_numpy(keep)) if policy is not None else state
         return res
 
-    def _simulate(self, x: np.ndarray, policy: Policy | None) -> Prediction:
+    def _simulate(self, x: np.ndarray, policy: Policy | None, t: float | None) -> Prediction:
         """All-exits graph: every exit is computed, then the policy picks per sample (same decisions, no savings)."""
         man, B = self.manifest, len(x)
         res = _empty(B, man.num_classes)
@@ -168,7 +170,7 @@ class OnnxModel:
         alive, state = np.arange(B), {}
         for j, logits in enumerate(outs):
             logits = logits[alive]
-            leave, score, pred, state = _decide(policy, j, logits, state, j == man.num_exits - 1)
+            leave, score, pred, state = _decide(policy, t, j, logits, state, j == man.num_exits - 1)
             _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.graphs[0].flops)
             keep = ~leave
             alive = alive[keep]
@@ -184,15 +186,15 @@ def _empty(B: int, C: int) -> Prediction:
                       flops=np.zeros(B, np.int64))
 
 
-def _decide(policy: Policy | None, j: int, logits: np.ndarray, state: State, last: bool):
+def _decide(policy: Policy | None, t: float | None, j: int, logits: np.ndarray, state: State, last: bool):
     """(leave mask, score, pred, state) for the samples at exit ``j``; at the final exit every sample leaves."""
-    t = torch.from_numpy(logits)
+    z = torch.from_numpy(logits)  # [b, C]
     if policy is None:
-        score, pred = t.softmax(-1).max(-1)
-        leave = torch.full((len(t),), last)
+        score, pred = z.softmax(-1).max(-1)
+        leave = torch.full((len(z),), last)
     else:
-        score, pred, state = policy.step(j, t, state)
-        leave = torch.ones(len(t), dtype=torch.bool) if last else policy.decide(score, policy.threshold)
+        score, pred, state = policy.step(j, z, state)
+        leave = torch.ones(len(z), dtype=torch.bool) if last else policy.decide(score, t)
     return leave.numpy(), score.numpy(), pred.numpy(), state
 
 

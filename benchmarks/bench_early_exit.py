@@ -73,16 +73,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200, help="inputs timed at batch 1")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time or this thread's CPU time")
     ap.add_argument("--json", help="also write the full results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = calibrated_model(args)
     costs = exit_costs(model)
     x = torch.randn(args.batch, 3, args.img, args.img)
-    b = batched_speedups(model, x, Quota(), args.leave, costs.flops, warmup=args.warmup, repeats=args.repeats)
+    b = batched_speedups(model, x, Quota(), args.leave, costs.flops, warmup=args.warmup, repeats=args.repeats,
+                         clock=args.clock)
     xs = torch.randn(args.samples, 3, args.img, args.img)
-    one = batch1_latency(model, xs, make_policy("confidence"), 0.9, 1.0)
-    print(f"resnet{args.depth}, exits after blocks {model.exits}, head {args.head}, {args.threads} thread(s)")
+    one = batch1_latency(model, xs, make_policy("confidence"), 0.9, 1.0, clock=args.clock)
+    print(f"resnet{args.depth}, exits after blocks {model.exits}, head {args.head}, {args.threads} thread(s), "
+          f"{args.clock} clock")
     print(f"batch {args.batch}, {args.leave:.0%} of remaining leave per exit; exit shares "
           + " ".join(f"{s:.3f}" for s in b["exit_shares"]))
     print("  segment ms at full batch: " + " ".join(f"{s * 1e3:.1f}" for s in b["segment_seconds"]))

@@ -29,33 +29,41 @@ def summary(times: list[float]) -> dict:
     return {"median": statistics.median(s), "p95": s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))], "n": len(s)}
 
 
-def _clock(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # cpu: this thread's CPU time, robust to other load
+
+
+def _clock(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    t0 = clock()
     fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 @torch.no_grad()
-def timed_all_exits(model, x: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
+def timed_all_exits(model, x: torch.Tensor, clock: Callable[[], float] = time.perf_counter
+                    ) -> tuple[list[torch.Tensor], list[float]]:
     """Every exit's logits, and the seconds spent in each segment (blocks up to an exit, plus its head)."""
-    marks = [time.perf_counter()]
+    marks = [clock()]
     outs: list[torch.Tensor] = []
     slot = {b: j for j, b in enumerate(model.exits)}
 
     def on_tap(block: int, h: torch.Tensor) -> torch.Tensor:
         outs.append(model.heads[slot[block]](h, outs[-1] if outs else None))
-        marks.append(time.perf_counter())
+        marks.append(clock())
         return h
 
     outs.append(model.backbone.run(x, set(model.exits), on_tap))
-    marks.append(time.perf_counter())
+    marks.append(clock())
     return outs, [b - a for a, b in zip(marks, marks[1:])]
 
 
 @torch.no_grad()
 def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, costs: torch.Tensor, *,
-                     warmup: int = 1, repeats: int = 5) -> dict:
-    """The three speed-ups at batch ``len(x)``, plus times, exit shares and the logits check."""
+                     warmup: int = 1, repeats: int = 5, clock: str = "wall") -> dict:
+    """The three speed-ups at batch ``len(x)``, plus times, exit shares and the logits check.
+
+    ``clock``: "wall" (latency as a user sees it) or "cpu" (this thread's CPU time: with one torch thread, all the
+    compute, and insensitive to other processes competing for the core)."""
+    tick = CLOCKS[clock]
     costs = torch.as_tensor(costs, dtype=torch.float64)
     for _ in range(warmup):
         timed_all_exits(model, x)
@@ -63,14 +71,14 @@ def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, c
         model.backbone(x)
     t_all, t_early, t_bare, segs = [], [], [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        outs, seg = timed_all_exits(model, x)
-        t_all.append(time.perf_counter() - t0)
+        t0 = tick()
+        outs, seg = timed_all_exits(model, x, tick)
+        t_all.append(tick() - t0)
         segs.append(seg)
-        t0 = time.perf_counter()
+        t0 = tick()
         res = early_exit(model, x, policy, threshold)
-        t_early.append(time.perf_counter() - t0)
-        t_bare.append(_clock(lambda: model.backbone(x)))
+        t_early.append(tick() - t0)
+        t_bare.append(_clock(lambda: model.backbone(x), tick))
     E = model.num_exits
     seg_med = torch.tensor([statistics.median(s[k] for s in segs) for k in range(E)], dtype=torch.float64)
     reach = torch.tensor([(res.exits >= k).double().mean().item() for k in range(E)], dtype=torch.float64)
@@ -79,7 +87,7 @@ def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, c
     ideal = (seg_med.sum() / (seg_med * reach).sum()).item()
     measured = all_med / early_med
     return {
-        "batch": len(x), "threshold": threshold, "policy": policy.name,
+        "batch": len(x), "threshold": threshold, "policy": policy.name, "clock": clock,
         "exit_shares": torch.bincount(res.exits, minlength=E).div(len(x)).tolist(), "reach": reach.tolist(),
         "segment_seconds": seg_med.tolist(),
         "all_exits": summary(t_all), "early_exit": summary(t_early), "bare_backbone": summary(t_bare),
@@ -91,7 +99,7 @@ def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, c
 
 @torch.no_grad()
 def batch1_latency(model, xs: torch.Tensor, policy: Policy, threshold: float, no_exit_threshold: float, *,
-                   warmup: int = 5) -> dict:
+                   warmup: int = 5, clock: str = "wall") -> dict:
     """Per-sample latency at batch 1 over the samples ``xs``: bare backbone, all exits, early exit at
     ``threshold``, and early exit at ``no_exit_threshold`` (the policy checked at every exit, nobody leaving)."""
     runs = {
@@ -108,15 +116,16 @@ def batch1_latency(model, xs: torch.Tensor, policy: Policy, threshold: float, no
     for i in range(len(xs)):
         x = xs[i:i + 1]
         for k, fn in runs.items():
-            times[k].append(_clock(lambda fn=fn, x=x: fn(x)))
+            times[k].append(_clock(lambda fn=fn, x=x: fn(x), CLOCKS[clock]))
         left_early += int(early_exit(model, x, policy, no_exit_threshold).exits.item() < model.num_exits - 1)
-    out = {k: summary(v) for k, v in times.items()}
+    out: dict = {k: summary(v) for k, v in times.items()}
+    out["clock"] = clock
     bare = out["bare_backbone"]["median"]
     out["no_exit_overhead_vs_bare"] = out["no_exit"]["median"] / bare - 1
     out["no_exit_overhead_vs_all_exits"] = out["no_exit"]["median"] / out["all_exits"]["median"] - 1
     out["all_exits_overhead_vs_bare"] = out["all_exits"]["median"] / bare - 1
     out["no_exit_samples_that_left_early"] = left_early
-    out["throughput_per_s"] = {k: 1.0 / v["median"] for k, v in out.items() if isinstance(v, dict)}
+    out["throughput_per_s"] = {k: 1.0 / out[k]["median"] for k in runs}
     return out
 
 
@@ -128,7 +137,7 @@ def strictest(policy: Policy, num_exits: int, num_classes: int) -> float:
 
 def bench_run(run_dir, *, policy: str = "confidence", threshold: float | None = None, budget: float = 0.5,
               split: str = "test", batch: int = 256, samples: int = 50, repeats: int = 5, warmup: int = 1,
-              write: bool = True) -> dict:
+              clock: str = "wall", write: bool = True) -> dict:
     """Benchmark a run's model on its ``split``: batched speed-ups and batch-1 latency; saves ``bench.json``.
 
     Without ``threshold``, the threshold is the one chosen on the validation split for ``budget`` (a fraction of
@@ -144,6 +153,8 @@ def bench_run(run_dir, *, policy: str = "confidence", threshold: float | None = 
     from .policies import POLICIES
 
     POLICIES.get(policy)
+    if clock not in CLOCKS:
+        raise ConfigError(f"--clock {clock!r}: choose one of {', '.join(CLOCKS)}")
     for key, val in (("batch", batch), ("samples", samples), ("repeats", repeats)):
         if val < 1:
             raise ConfigError(f"--{key} must be >= 1, got {val}")
@@ -161,8 +172,9 @@ def bench_run(run_dir, *, policy: str = "confidence", threshold: float | None = 
     costs = exit_costs(model).flops
     result = {
         "run_dir": str(run_dir), "split": split, "threads": torch.get_num_threads(),
-        "batched": batched_speedups(model, x[:batch], pol, threshold, costs, warmup=warmup, repeats=repeats),
-        "batch1": batch1_latency(model, x[:samples], pol, threshold, strictest(pol, E, C)),
+        "batched": batched_speedups(model, x[:batch], pol, threshold, costs, warmup=warmup, repeats=repeats,
+                                    clock=clock),
+        "batch1": batch1_latency(model, x[:samples], pol, threshold, strictest(pol, E, C), clock=clock),
     }
     if write:
         (Path(run_dir) / "bench.json").write_text(json.dumps(result, indent=1))
@@ -210,7 +222,8 @@ def format_bench(result: dict) -> str:
     """The CLI's text for a :func:`bench_run` result."""
     b, one = result["batched"], result["batch1"]
     ms = 1e3
-    lines = [f"{result['run_dir']}: {b['policy']} at threshold {b['threshold']:.4g}, {result['threads']} thread(s)",
+    lines = [f"{result['run_dir']}: {b['policy']} at threshold {b['threshold']:.4g}, {result['threads']} thread(s), "
+             f"{b['clock']} clock",
              f"batch {b['batch']}: exit shares " + " ".join(f"{s:.2f}" for s in b["exit_shares"]),
              f"  all exits   median {b['all_exits']['median'] * ms:8.2f} ms  p95 {b['all_exits']['p95'] * ms:8.2f} ms"
              f"  ({b['batch'] / b['all_exits']['median']:.0f} samples/s)",

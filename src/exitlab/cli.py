@@ -59,7 +59,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     result = bench_run(args.run_dir, policy=args.policy, threshold=args.threshold, budget=args.budget,
                        split=args.split, batch=args.batch, samples=args.samples, repeats=args.repeats,
-                       warmup=args.warmup)
+                       warmup=args.warmup, clock=args.clock)
     print(format_bench(result))
     print(f"wrote {Path(args.run_dir) / 'bench.json'}")
     return 0
@@ -227,6 +227,8 @@ def _add_analyze(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run to ONNX: one graph per stage plus manifest.json")
     p.add_argument("run_dir", help="a finished run directory (or a save_pretrained folder)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall time, or this thread's CPU time (steadier on a shared machine; default: wall)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/onnx)")
     p.add_argument("--layout", default="staged", choices=["staged", "all"],

@@ -122,9 +122,10 @@ def _weights(model: MultiExitModel, weights) -> torch.Tensor:
     return w
 
 
-def _surface(model: MultiExitModel, batches: Batches, points: list[list[float]], *, params: str, seed: int,
+def surface_points(model: MultiExitModel, batches: Batches, points: list[list[float]], *, params: str, seed: int,
              weights, bn: str, bn_batches: Batches | None) -> tuple[list, list, dict]:
-    """Evaluate the model at ``origin + sum_i c_i d_i`` for every coefficient list in ``points``."""
+    """Losses and accuracies ``[E]`` at ``origin + sum_i c_i d_i`` for every coefficient list in ``points``, plus
+    metadata. The building block of :func:`landscape_2d` and :func:`landscape_1d` (and of partial grids)."""
     w = _weights(model, weights)
     chosen = select_params(model, params)
     n_dirs = len(points[0])
@@ -135,7 +136,7 @@ def _surface(model: MultiExitModel, batches: Batches, points: list[list[float]],
         origin = [p.detach().clone() for p in chosen]
         run = _evaluator(model, batches, params, bn, bn_batches)
         losses, accs = [], []
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i, coefs in enumerate(points):
             _move(chosen, origin, dirs, coefs)
             loss, acc = run()
@@ -144,10 +145,11 @@ def _surface(model: MultiExitModel, batches: Batches, points: list[list[float]],
             if (i + 1) % 50 == 0:
                 each = (time.perf_counter() - t0) / (i + 1)
                 log.info("landscape: %d/%d points, %.2f s each", i + 1, len(points), each)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     meta = {"params": params, "bn": bn, "seed": seed, "weights": w.tolist(), "exits": exit_names(model),
             "perturbed_parameters": sum(p.numel() for p, d in zip(chosen, dirs[0]) if d.abs().sum() > 0),
             "samples": sum(len(y) for _, y in batches), "seconds": seconds, "seconds_per_point": seconds / len(points),
+            "cpu_seconds_per_point": cpu / len(points),
             "directions": "filter-normalised Gaussian (Li et al. 2018); 1-D parameters not perturbed"}
     return losses, accs, meta
 
@@ -161,8 +163,8 @@ def landscape_2d(model: MultiExitModel, batches: Batches, *, steps: int = 21, sp
     """
     coords = grid_coords(steps, span)
     points = [[a, b] for b in coords for a in coords]
-    losses, accs, meta = _surface(model, batches, points, params=params, seed=seed, weights=weights, bn=bn,
-                                  bn_batches=bn_batches)
+    losses, accs, meta = surface_points(model, batches, points, params=params, seed=seed, weights=weights, bn=bn,
+                                        bn_batches=bn_batches)
     w = torch.tensor(meta["weights"], dtype=torch.float64)
     grid = lambda vals: torch.stack(vals).view(steps, steps, -1).permute(2, 0, 1)  # noqa: E731  [E, i(d2), j(d1)]
     loss, acc = grid(losses), grid(accs)
@@ -174,8 +176,8 @@ def landscape_1d(model: MultiExitModel, batches: Batches, *, steps: int = 41, sp
                  seed: int = 0, weights=None, bn: str = "fixed", bn_batches: Batches | None = None) -> dict:
     """Losses and accuracies of every exit, and the objective, along one filter-normalised random direction."""
     coords = grid_coords(steps, span)
-    losses, accs, meta = _surface(model, batches, [[a] for a in coords], params=params, seed=seed, weights=weights,
-                                  bn=bn, bn_batches=bn_batches)
+    losses, accs, meta = surface_points(model, batches, [[a] for a in coords], params=params, seed=seed,
+                                        weights=weights, bn=bn, bn_batches=bn_batches)
     w = torch.tensor(meta["weights"], dtype=torch.float64)
     loss, acc = torch.stack(losses).T, torch.stack(accs).T  # [E, steps]
     return {"analysis": "landscape", "dims": 1, "coords": coords, "span": span, "steps": steps, **meta,

@@ -162,6 +162,42 @@ def _add_demo(sub) -> None:
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out and resume unfinished ones")
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import load_compare_config, run_compare
+    from .compare.tables import markdown, paper_table
+
+    cc = load_compare_config(args.config, args.set)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.workers:
+        cc.workers = args.workers
+    summary = run_compare(cc, out, on_event=lambda s: print(f"  {s}", flush=True))
+    print(f"\n{markdown(*paper_table(summary))}")
+    print(f"tables: {out / 'tables'}  plots: {out / 'plots'}  "
+          f"({summary['timing']['total_seconds'] / 60:.1f} min); HTML: exitlab report {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .compare.report import build_report
+
+    print(build_report(args.dir))
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="train regimes x seeds x variants under a matched budget and compare them")
+    p.add_argument("config", help="comparison YAML, e.g. configs/fashion_mnist_compare.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. --set seeds=[0] --set base.budget=2 (repeatable)")
+    p.add_argument("--out", help="output directory (default: runs/<config name>); rerun to resume")
+    p.add_argument("--workers", type=int, help="parallel training processes (overrides the config)")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML report of a comparison directory")
+    p.add_argument("dir", help="a directory written by `exitlab compare`")
+
+
 def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list registered backbones, heads and regimes")
     p.add_argument("kind", nargs="?", choices=["backbones", "heads", "regimes"])
@@ -191,6 +227,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of each batched variant (default: 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up repeats (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall time, or this thread's CPU time (steadier on a shared machine; default: wall)")
 
 
 def _add_analyze(sub) -> None:
@@ -227,8 +265,6 @@ def _add_analyze(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run to ONNX: one graph per stage plus manifest.json")
     p.add_argument("run_dir", help="a finished run directory (or a save_pretrained folder)")
-    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                   help="wall time, or this thread's CPU time (steadier on a shared machine; default: wall)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/onnx)")
     p.add_argument("--layout", default="staged", choices=["staged", "all"],
@@ -255,6 +291,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "train": (_add_train, cmd_train),
     "demo": (_add_demo, cmd_demo),
     "ls": (_add_ls, cmd_ls),
+    "compare": (_add_compare, cmd_compare),
+    "report": (_add_report, cmd_report),
     "eval": (_add_eval, cmd_eval),
     "bench": (_add_bench, cmd_bench),
     "analyze": (_add_analyze, cmd_analyze),

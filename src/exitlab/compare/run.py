@@ -1,0 +1,141 @@
+"""``exitlab compare``: train the grid, evaluate every run, aggregate over seeds, write tables and plots."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from ..checkpoint import atomic_write
+from ..errors import ExitlabError
+from ..grid import Job, plan_grid, regime_label, run_grid
+from ..rundir import environment, read_jsonl, signature
+from .config import CompareConfig
+
+
+def plan(cc: CompareConfig, out: Path) -> list[Job]:
+    """Every training job of the comparison; variants get their own phase-1 runs (their settings may differ)."""
+    jobs: list[Job] = []
+    for variant in cc.variant_overrides():
+        cfg = dataclasses.replace(cc.run_config(variant), threads=cc.threads, progress=False)
+        jobs += plan_grid(cfg, cc.regimes, cc.seeds, out, variant)
+    return jobs
+
+
+def rows(cc: CompareConfig) -> list[tuple[str, str, str]]:
+    """(row label, regime label, variant) for every table row, in config order."""
+    out = []
+    for variant in cc.variant_overrides():
+        for r in cc.regimes:
+            label = regime_label(r)
+            out.append((f"{label} ({variant})" if variant else label, label, variant))
+    return out
+
+
+def run_dir(out: Path, seed: int, regime: str, variant: str) -> Path:
+    return out / f"seed{seed}" / (f"{regime}-{variant}" if variant else regime)
+
+
+def check_out(cc: CompareConfig, out: Path) -> None:
+    """Refuse an output directory that holds a comparison with a different config; never mix runs."""
+    saved = out / "compare.yaml"
+    if saved.exists():
+        try:
+            old = yaml.safe_load(saved.read_text())
+            from ..config import from_dict
+
+            old_sig = signature(from_dict(CompareConfig, old).signature_dict())
+        except (yaml.YAMLError, ExitlabError, TypeError):
+            old_sig = None
+        if old_sig != signature(cc.signature_dict()):
+            raise ExitlabError(f"{out} holds a comparison with a different config ({saved}); use another --out, or "
+                               "rerun with that config to resume it")
+    elif out.exists() and any(p.name.startswith("seed") for p in out.iterdir()):
+        raise ExitlabError(f"{out} holds runs but no compare.yaml; choose an empty or new --out")
+
+
+def run_compare(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = lambda s: None) -> dict:
+    """Train (resuming and reusing finished runs), evaluate, aggregate; returns the summary written to summary.json."""
+    check_out(cc, out)
+    jobs = plan(cc, out)  # every grid cell is validated before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "compare.yaml", lambda p: p.write_text(yaml.safe_dump(dataclasses.asdict(cc), sort_keys=False)))
+    on_event(f"{len(jobs)} training jobs ({len(cc.regimes)} regimes x {len(cc.seeds)} seeds"
+             f"{f' x {len(cc.variants)} variants' if cc.variants else ''}, phase 1 shared per seed)")
+    t0 = time.perf_counter()
+    train_seconds = run_grid(jobs, workers=cc.workers, threads=cc.threads, on_event=on_event)
+    on_event("evaluating every run")
+    dirs = [run_dir(out, s, r, v) for s in cc.seeds for _, r, v in rows(cc)]
+    evals = evaluate_all(dirs, cc.policy, cc.workers, cc.threads)
+    summary = aggregate(cc, out, evals)
+    summary["timing"] = {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - t0,
+                         "per_run_seconds": {str(d.relative_to(out)): _seconds(d) for d in dirs}}
+    summary["environment"] = environment()
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+    from .tables import write_tables
+
+    write_tables(summary, out / "tables")
+    from .plots import write_plots
+
+    write_plots(summary, out / "plots")
+    if cc.analyses:
+        from .analyses import run_analyses
+
+        run_analyses(cc, out, on_event)
+    return summary
+
+
+def _seconds(d: Path) -> float | None:
+    p = d / "run.json"
+    return json.loads(p.read_text()).get("seconds") if p.exists() else None
+
+
+def _eval(run: str, policy: str, threads: int) -> dict:
+    import torch
+
+    from ..evaluate import evaluate_run
+
+    torch.set_num_threads(threads)
+    return evaluate_run(run, policy=policy, split="test")
+
+
+def evaluate_all(dirs: list[Path], policy: str, workers: int, threads: int) -> dict[Path, dict]:
+    """``evaluate_run`` on every run, in parallel processes (cached logits make a rerun cheap)."""
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+        futures = {d: pool.submit(_eval, str(d), policy, threads) for d in dirs}
+        return {d: f.result() for d, f in futures.items()}
+
+
+def _curve(ev: dict, policy: str) -> dict:
+    c = ev["policies"][policy]
+    return {"fraction": c["fraction"], "accuracy": c["accuracy"]}
+
+
+def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
+    """Per row: the per-seed values of every reported number (tables take mean and std from these)."""
+    key = f"budget_{round(cc.distribution_budget * 100)}"
+    table = []
+    for label, regime, variant in rows(cc):
+        seeds = [evals[run_dir(out, s, regime, variant)] for s in cc.seeds]
+        table.append({
+            "row": label, "regime": regime, "variant": variant, "seeds": cc.seeds,
+            "budget": {b: [e["budget_table"][b] for e in seeds] for b in seeds[0]["budget_table"]},
+            "final": [e["final_accuracy"] for e in seeds],
+            "auc": [e["auc"] for e in seeds],
+            "exit_accuracy": [[x["accuracy"] for x in e["exits"]] for e in seeds],
+            "exit_fraction_flops": [x["fraction"] for x in seeds[0]["exits"]],
+            "curves": [_curve(e, cc.policy) for e in seeds],
+            "distribution": [(e["policies"][cc.policy]["selected"] or {}).get(key) for e in seeds],
+            "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],
+            "phase1_from": [json.loads((run_dir(out, s, regime, variant) / "run.json").read_text()).get("phase1_from")
+                            for s in cc.seeds],
+        })
+    return {"config": dataclasses.asdict(cc), "policy": cc.policy, "distribution_budget": cc.distribution_budget,
+            "rows": table, "samples": next(iter(evals.values()))["samples"]}

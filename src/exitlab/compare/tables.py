@@ -1,0 +1,85 @@
+"""Comparison tables (mean ± std over seeds) as Markdown, CSV and LaTeX."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+BUDGET_COLS = ("25", "50", "75", "100")
+
+
+def mean_std(values: list) -> tuple[float, float] | None:
+    """Mean and sample std (0 for one seed) in percent; None when any seed could not reach the budget."""
+    if not values or any(v is None for v in values):
+        return None
+    n = len(values)
+    m = sum(values) / n
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return 100 * m, 100 * s
+
+
+def _cell(values: list, latex: bool = False) -> str:
+    ms = mean_std(values)
+    if ms is None:
+        return "--" if latex else "n/a"
+    return f"{ms[0]:.2f} $\\pm$ {ms[1]:.2f}" if latex else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+
+
+def paper_table(summary: dict) -> tuple[list[str], list[list]]:
+    """Rows = regime (and variant); columns = accuracy at 25/50/75/100% of backbone FLOPs, final exit, AUC."""
+    header = ["regime"] + [f"acc@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC"]
+    body = [[r["row"], *[r["budget"].get(b, [None]) for b in BUDGET_COLS], r["final"], r["auc"]]
+            for r in summary["rows"]]
+    return header, body
+
+
+def exit_table(summary: dict) -> tuple[list[str], list[list]]:
+    """Per-exit test accuracy for each regime."""
+    n = len(summary["rows"][0]["exit_accuracy"][0])
+    fr = summary["rows"][0]["exit_fraction_flops"]
+    header = ["regime"] + [f"exit {k} ({100 * fr[k]:.0f}% FLOPs)" if k < n - 1 else f"final ({100 * fr[k]:.0f}%)"
+                           for k in range(n)]
+    body = [[r["row"], *[[seed[k] for seed in r["exit_accuracy"]] for k in range(n)]] for r in summary["rows"]]
+    return header, body
+
+
+def markdown(header: list[str], body: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([row[0], *map(_cell, row[1:])]) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def latex(header: list[str], body: list[list]) -> str:
+    esc = lambda s: s.replace("%", "\\%").replace("_", "\\_")  # noqa: E731
+    lines = ["\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule",
+             " & ".join(map(esc, header)) + " \\\\", "\\midrule"]
+    lines += [" & ".join([esc(row[0]), *(_cell(v, latex=True) for v in row[1:])]) + " \\\\" for row in body]
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
+
+
+def csv_text(header: list[str], body: list[list]) -> str:
+    """Mean and std in separate columns, in percent."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([header[0]] + [f"{h} {s}" for h in header[1:] for s in ("mean", "std")])
+    for row in body:
+        cells = []
+        for v in row[1:]:
+            ms = mean_std(v)
+            cells += ["", ""] if ms is None else [f"{ms[0]:.4f}", f"{ms[1]:.4f}"]
+        w.writerow([row[0], *cells])
+    return buf.getvalue()
+
+
+def write_tables(summary: dict, directory: Path) -> dict[str, str]:
+    """Write ``paper.{md,csv,tex}`` and ``exits.{md,csv,tex}``; returns the Markdown texts."""
+    directory.mkdir(parents=True, exist_ok=True)
+    texts = {}
+    for name, (header, body) in (("paper", paper_table(summary)), ("exits", exit_table(summary))):
+        texts[name] = markdown(header, body)
+        (directory / f"{name}.md").write_text(texts[name])
+        (directory / f"{name}.csv").write_text(csv_text(header, body))
+        (directory / f"{name}.tex").write_text(latex(header, body))
+    return texts

@@ -1,0 +1,117 @@
+"""`exitlab compare`: the 3-regime grid with a shared phase 1, tables that match the evaluations, resume after a
+kill without redoing finished runs, and clear errors for bad grids."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from exitlab.compare import load_compare_config, run_compare
+from exitlab.errors import ConfigError, ExitlabError
+
+TINY = {
+    "base": {"data": {"name": "synthetic", "synthetic": {"size": 16, "n_train": 560, "n_test": 140},
+                      "batch_size": 64, "eval_batch_size": 256},
+             "model": {"backbone": "resnet8", "exits": [0, 1]}, "budget": 2, "device": "cpu",
+             "phase1": {"lr": 0.02}, "phase2": {"lr": 0.02}, "phase3": {"lr": 0.02}},
+    "regimes": ["joint", "disjoint", "mixed"],
+    "seeds": [0],
+}
+
+
+def write_config(path, **changes):
+    path.write_text("# exitlab compare " + path.name + "\n" + yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("compare")
+    cc = load_compare_config(write_config(d / "tiny.yaml"))
+    summary = run_compare(cc, d / "out")
+    return d / "out", summary
+
+
+def test_grid_shares_phase1_and_tables_match_the_evaluations(compared):
+    out, summary = compared
+    assert [r["row"] for r in summary["rows"]] == ["joint", "disjoint", "mixed"]
+    shared = str((out / "seed0" / "phase1" / "checkpoints" / "00-phase1-end.safetensors").resolve())
+    by = {r["row"]: r for r in summary["rows"]}
+    assert by["disjoint"]["phase1_from"] == [shared] and by["mixed"]["phase1_from"] == [shared]
+    assert by["joint"]["phase1_from"] == [None]
+    md = (out / "tables" / "paper.md").read_text().splitlines()
+    assert md[0] == "| regime | acc@25% | acc@50% | acc@75% | acc@100% | final exit | AUC |"
+    for line, regime in zip(md[2:], ["joint", "disjoint", "mixed"]):
+        ev = json.loads((out / "seed0" / regime / "eval.json").read_text())
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == regime
+        assert cells[5] == f"{100 * ev['final_accuracy']:.2f} ± 0.00"
+        assert cells[6] == f"{100 * ev['auc']:.2f} ± 0.00"
+    for ext in ("md", "csv", "tex"):
+        assert (out / "tables" / f"exits.{ext}").read_text().count("mixed") == 1
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "accuracy_vs_flops.png", "exit_distribution.png", "training_curves.png"]
+
+
+def test_resume_after_a_kill_does_not_redo_finished_runs(tmp_path):
+    cfg = write_config(tmp_path / "tiny.yaml")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "exitlab", "compare", str(cfg), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = lambda r: (out / "seed0" / r / "run.json").exists() and json.loads(  # noqa: E731
+        (out / "seed0" / r / "run.json").read_text()).get("status") == "done"
+    deadline = time.time() + 240
+    while not done("phase1") and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert done("phase1"), "the shared phase 1 never finished"
+    assert not (out / "summary.json").exists(), "the comparison finished before it could be killed"
+    stamp = (out / "seed0" / "phase1" / "model.safetensors").stat().st_mtime_ns
+    events = []
+    run_compare(load_compare_config(cfg), out, on_event=events.append)
+    assert "seed0/phase1: already finished, reused" in events
+    assert (out / "seed0" / "phase1" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "summary.json").exists()
+    for r in ("joint", "disjoint", "mixed"):
+        assert done(r)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"regimes": ["joint", "mixd"]}, "regimes: unknown regime 'mixd'"),
+    ({"variants": ["sdn-wieghts"]}, "variants: unknown variant 'sdn-wieghts'; choose from"),
+    ({"variants": [{"mine": {"phase2.loss_wieghts": "sdn"}}]}, "variants: 'mine': phase2.loss_wieghts: unknown key"),
+    ({"seeds": []}, "seeds: the seed list is empty"),
+])
+def test_bad_grid_entries_fail_before_training(tmp_path, changes, message):
+    cfg = write_config(tmp_path / "bad.yaml", **changes)
+    with pytest.raises(ConfigError, match=message):
+        cc = load_compare_config(cfg)
+        run_compare(cc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_directory_with_another_config_is_refused(compared, tmp_path):
+    out, _ = compared
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    cc = load_compare_config(write_config(tmp_path / "other.yaml", seeds=[1]))
+    with pytest.raises(ExitlabError, match="holds a comparison with a different config"):
+        run_compare(cc, out)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == before
+
+
+def test_variants_get_their_own_runs(tmp_path):
+    cc = load_compare_config(write_config(tmp_path / "v.yaml", variants=["sdn-weights", {"wide": {"model.exits": [1]}}]))
+    from exitlab.compare.run import plan
+
+    names = [j.name for j in plan(cc, tmp_path / "out")]
+    assert "seed0/mixed-sdn-weights" in names and "seed0/phase1-wide" in names and "seed0/joint-wide" in names
+    jobs = {j.name: j for j in plan(cc, tmp_path / "out")}
+    assert jobs["seed0/mixed-sdn-weights"].cfg.phase2.loss_weights == "sdn"
+    assert jobs["seed0/joint-wide"].cfg.model.exits == [1]

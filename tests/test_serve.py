@@ -36,7 +36,8 @@ LIMITS = Limits(max_body_bytes=64 << 10, max_batch=16)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A two-exit ResNet-8 export whose confidence threshold sends about half of random inputs out early."""
+    """A two-exit ResNet-8 as one all-exits graph (the staged layout is tested in test_export*.py), with a
+    confidence threshold that sends about half of random inputs out early."""
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=7, in_chans=1, img_size=16, exits=[1], backbone_kwargs={"width": 4})
     model.eval()
@@ -44,7 +45,7 @@ def exported(tmp_path_factory):
         conf = model(torch.randn(256, *SHAPE))[0].softmax(-1).max(-1).values
     policy = make_policy("confidence", threshold=float(conf.median()))
     out = tmp_path_factory.mktemp("export")
-    export_onnx(model, out, classes=CLASSES, policy=policy.to_dict(), normalize=NORM)
+    export_onnx(model, out, layout="all", classes=CLASSES, policy=policy.to_dict(), normalize=NORM)
     return model, policy, out
 
 
@@ -98,12 +99,13 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
 
 
 def _expected(exported, x: np.ndarray) -> list[dict]:
-    """What the server must say: the PyTorch model's early exit, with the export's FLOPs and class names."""
+    """What the server must say: the PyTorch model's early exit decisions and class names; every sample costs the
+    whole all-exits graph."""
     model, policy, out = exported
     man = OnnxModel(out).manifest
     res = early_exit(model, torch.from_numpy(x), policy)
     conf = res.logits.softmax(-1).max(-1).values
-    return [{"class": CLASSES[int(p)], "class_index": int(p), "exit": int(e), "flops": man.exit_flops[int(e)],
+    return [{"class": CLASSES[int(p)], "class_index": int(p), "exit": int(e), "flops": man.graphs[0].flops,
              "confidence": float(c)} for p, e, c in zip(res.preds, res.exits, conf)]
 
 
@@ -120,6 +122,7 @@ def test_health(client, exported):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["num_exits"] == 2 and body["input_shape"] == list(SHAPE)
+    assert body["layout"] == "all"
     assert body["classes"] == CLASSES and body["policy"] == exported[1].to_dict()
 
 
@@ -156,7 +159,7 @@ def test_png_upload_and_raw_jpeg(client, exported):
     assert r.status_code == 200, r.text
     pred = r.json()["predictions"][0]
     _check(r.json(), _expected(exported, _normalise(decoded)))
-    assert 0 < pred["flops_fraction"] <= 1 and 0 < pred["confidence"] <= 1
+    assert pred["flops_fraction"] >= 1 and 0 < pred["confidence"] <= 1  # the all-exits graph runs every head
 
 
 def _chunks(data: bytes):
@@ -219,11 +222,11 @@ def test_unknown_route_is_json_404(client):
 def test_broken_export_fails_at_startup(exported, tmp_path):
     d = tmp_path / "broken"
     shutil.copytree(exported[2], d)
-    (d / "stage_1.onnx").write_bytes((d / "stage_1.onnx").read_bytes()[:100])
+    (d / "all_exits.onnx").write_bytes((d / "all_exits.onnx").read_bytes()[:100])
     with pytest.raises(ExportError, match="checksum"):
         create_app(d)
     raw = json.loads((d / "manifest.json").read_text())
-    shutil.copy(exported[2] / "stage_1.onnx", d / "stage_1.onnx")
+    shutil.copy(exported[2] / "all_exits.onnx", d / "all_exits.onnx")
     raw["input_shape"] = [3, 16, 16]
     (d / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ExportError, match="does not match its graphs"):

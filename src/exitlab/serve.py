@@ -165,31 +165,38 @@ def _json_response(status: int, message: str) -> tuple[dict, bytes]:
 
 
 class BodyLimit:
-    """ASGI middleware: read at most ``max_bytes`` of a request body, else answer 413 without reading the rest.
+    """ASGI middleware: keep at most ``max_bytes`` of a request body, else answer 413.
 
     Checks ``Content-Length`` first and counts the bytes actually received as well (chunked uploads have none).
+    An oversized body is read and dropped up to ``drain_bytes`` so that the client, still sending, gets the 413
+    instead of a reset connection; past that the connection is closed.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, drain_bytes: int = 64 << 20):
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, max(drain_bytes, max_bytes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await self._refuse(send, "request body" if length.isdigit() else "Content-Length")
+        if length is not None and not length.isdigit():
+            return await self._refuse(send, "Content-Length")
+        if length is not None and int(length) > self.drain_bytes:
+            return await self._refuse(send, "request body")
         chunks, size = [], 0
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 return None
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(send, "request body")
-            if not msg.get("more_body", False):
+            size += len(msg.get("body", b""))
+            if size <= self.max_bytes:
+                chunks.append(msg.get("body", b""))
+            else:
+                chunks.clear()  # over the limit: keep reading (up to drain_bytes), keep nothing
+            if not msg.get("more_body", False) or size > self.drain_bytes:
                 break
+        if size > self.max_bytes:
+            return await self._refuse(send, "request body")
         body, sent = b"".join(chunks), False
 
         async def replay():

@@ -7,6 +7,7 @@ segment between exits and leaves routing to :mod:`exitlab.export.runtime`. Needs
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import warnings
 from pathlib import Path
@@ -42,16 +43,18 @@ def require_export_deps() -> None:
 def _cache_torchlib() -> None:
     """Build onnxscript's table of ATen translations once per process instead of once per graph (~1 s each).
 
-    The table is pure (a list of function descriptions, read only by the exporter); if onnxscript moves this
-    private function, export still works, just slower.
+    The table is pure (a list of function descriptions that the exporter only reads). This reaches into torch's
+    private lazy import of onnxscript; if that moves, export still works, just slower.
     """
     try:
-        from onnxscript._framework_apis import torch_2_5 as api
-    except ImportError:
+        from torch.onnx._internal._lazy_import import onnxscript_apis
+
+        module = importlib.import_module(onnxscript_apis._name)
+    except (ImportError, AttributeError):
         return
-    fn = getattr(api, "get_torchlib_ops", None)
-    if fn is not None and not hasattr(fn, "cache_info"):
-        api.get_torchlib_ops = functools.cache(fn)
+    fn = getattr(module, "get_torchlib_ops", None)
+    if callable(fn) and not hasattr(fn, "cache_info"):
+        module.get_torchlib_ops = functools.cache(fn)
 
 
 def _window(i: int, size: int, out: int) -> tuple[int, int]:

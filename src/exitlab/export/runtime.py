@@ -68,11 +68,14 @@ def _check_io(sess, g: GraphEntry, man: Manifest, name: str) -> None:
 
 
 def _check_chain(man: Manifest, sessions) -> None:
-    """Stage j+1 must take what stage j gives; stage 0 takes the manifest's input shape."""
+    """The first graph takes the manifest's input shape; in the staged layout stage j+1 takes what stage j gives."""
     if list(man.graphs[0].input_shapes[0]) != list(man.input_shape):
         raise ExportError(f"the first graph takes {man.graphs[0].input_shapes[0]}, the manifest's input is "
                           f"{man.input_shape}; the manifest does not match its graphs")
-    for j in range(len(sessions) - 1):
+    if man.layout == "all" and len(sessions[0].get_outputs()) != man.num_exits:
+        raise ExportError(f"the all-exits graph has {len(sessions[0].get_outputs())} outputs for {man.num_exits} "
+                          "exits; the manifest does not match its graphs")
+    for j in range(len(sessions) - 1 if man.layout == "staged" else 0):
         feat = _dims(sessions[j].get_outputs()[0].shape)[1:]
         nxt = list(man.graphs[j + 1].input_shapes[0])
         if all(d is not None for d in feat) and feat != nxt:
@@ -93,8 +96,7 @@ class OnnxModel:
         self.sessions = [_session(self.dir / g.file, threads) for g in self.manifest.graphs]
         for g, s in zip(self.manifest.graphs, self.sessions):
             _check_io(s, g, self.manifest, str(self.dir / g.file))
-        if self.manifest.layout == "staged":
-            _check_chain(self.manifest, self.sessions)
+        _check_chain(self.manifest, self.sessions)
         if policy is None and self.manifest.policy:
             policy = policy_from_dict(self.manifest.policy)
         self._threshold(policy)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import SINGLE, DistInfo, all_sum
+from . import faults
 from .errors import TrainingError
 from .models.core import MultiExitModel
 from .phases import Phase, loss_weights
@@ -122,8 +123,14 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
                                 "checkpoint is kept")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_ok = _grads_finite(opt)
+        if not grad_ok:
+            raise TrainingError(f"non-finite gradient at {where} step {step} (the loss was finite: per-exit losses "
+                                f"{[round(v, 4) for v in per_exit.tolist()]}); lower the learning rate or enable "
+                                "gradient clipping. The last good checkpoint is kept")
         opt.step()
         step += 1
+        faults.point("step")
         if on_step is not None:  # probe point: e.g. gradient-contribution logging
             on_step(step)
         stats.steps += 1
@@ -133,6 +140,13 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
         stats.loss /= stats.steps
         stats.exit_losses = (sums / stats.steps).tolist()
     return stats, step
+
+
+def _grads_finite(opt: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
 
 @torch.no_grad()

@@ -90,10 +90,14 @@ def _alive(pid: int) -> bool:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ExitlabError(f"could not write {path}: {e.strerror or e}; free space or pick a writable --out "
+                           "(the last checkpoint is kept; rerun with --resume)") from None
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -120,6 +124,16 @@ def checkpoints(directory: Path) -> list[Path]:
     """Checkpoint files, oldest first (names sort by phase index, then epoch, with phase ends last)."""
     d = directory / "checkpoints"
     return sorted(d.glob("*.safetensors")) if d.is_dir() else []
+
+
+def remove_partial_writes(directory: Path) -> list[Path]:
+    """Delete temporary files left by writes that a crash interrupted (``.<name>.tmp-<pid>``)."""
+    gone = []
+    for d in (directory, directory / "checkpoints"):
+        for p in d.glob(".*.tmp-*") if d.is_dir() else []:
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def newest_valid(directory: Path, loader) -> tuple[Path, object] | None:

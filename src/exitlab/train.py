@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import faults
 from .config import RunConfig, dump_config, to_dict
 from .data import TensorLoader, channel_stats, load_dataset, stratified_split
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
@@ -31,6 +32,7 @@ from .rundir import (
     environment,
     newest_valid,
     read_jsonl,
+    remove_partial_writes,
     signature,
     truncate_jsonl,
 )
@@ -222,6 +224,7 @@ class _Run:
                                             train_loss=stats.loss, train_exit_losses=stats.exit_losses, val_acc=accs,
                                             score=score, seconds=time.perf_counter() - t0))
             log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
+            faults.point("epoch")
             if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < phase.epochs:
                 self.save(pi, epoch + 1, step, opt, best, best_score, bad, end=False)
         if best is not None:
@@ -322,6 +325,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
     t0 = time.perf_counter()
     for pi in range(first, len(run.phases)):
         run.run_phase(pi, resume_state if pi == first else None)
+        faults.point("phase")
     if info.is_main:
         extra = {"classes": run.data.classes, "dataset": cfg.data.name, "regime": cfg.regime}
         ckpt.save_pretrained(run.model, out, extra=extra)
@@ -333,6 +337,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
 
 def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple[int, tuple | None]:
     """Which phase to start in, and the checkpoint state to resume it from."""
+    if resume and run.info.is_main:
+        for p in remove_partial_writes(run.out):
+            log.warning("removed %s, left by an interrupted write", p)
     found = newest_valid(run.out, ckpt.load_tensors) if resume else None
     if resume and found is None and checkpoints(run.out):
         raise CheckpointError(f"every checkpoint in {run.out / 'checkpoints'} is corrupt (see the warnings above); "

@@ -6,7 +6,10 @@ with the variants interleaved repeat by repeat so machine noise hits all of them
 - **FLOPs-predicted**: cost of the final exit / mean cost of the exits taken (:mod:`exitlab.costs`);
 - **segment-time ideal**: the all-exits run is timed segment by segment (blocks up to an exit plus its head, at
   the full batch); the ideal time weights segment ``s`` by the share of samples that reach it;
-- **measured**: median time of the all-exits run / median time of :func:`exitlab.inference.early_exit`.
+- **measured**: time of the all-exits run / time of :func:`exitlab.inference.early_exit`.
+
+Each ratio is taken within one repeat (adjacent runs) and the median over repeats is reported; times are
+reported as median and p95. At batch 1 the overheads are likewise medians over inputs of per-input ratios.
 
 On a CPU the first is not a ceiling: early stages cost more time per FLOP than late ones.
 """
@@ -80,19 +83,21 @@ def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, c
         t_early.append(tick() - t0)
         t_bare.append(_clock(lambda: model.backbone(x), tick))
     E = model.num_exits
-    seg_med = torch.tensor([statistics.median(s[k] for s in segs) for k in range(E)], dtype=torch.float64)
+    seg = torch.tensor(segs, dtype=torch.float64)  # [R, E]
     reach = torch.tensor([(res.exits >= k).double().mean().item() for k in range(E)], dtype=torch.float64)
     ref = torch.stack(outs)[res.exits, torch.arange(len(x))]  # [B, C]: all-exits logits at the exit taken
-    all_med, early_med = statistics.median(t_all), statistics.median(t_early)
-    ideal = (seg_med.sum() / (seg_med * reach).sum()).item()
-    measured = all_med / early_med
+    ideal_time = seg @ reach  # [R]: each repeat's segments weighted by the share of samples reaching them
+    early = torch.tensor(t_early, dtype=torch.float64)
     return {
-        "batch": len(x), "threshold": threshold, "policy": policy.name, "clock": clock,
+        "batch": len(x), "threshold": threshold, "policy": policy.name, "clock": clock, "repeats": repeats,
         "exit_shares": torch.bincount(res.exits, minlength=E).div(len(x)).tolist(), "reach": reach.tolist(),
-        "segment_seconds": seg_med.tolist(),
+        "segment_seconds": seg.median(0).values.tolist(),
         "all_exits": summary(t_all), "early_exit": summary(t_early), "bare_backbone": summary(t_bare),
-        "speedup_flops": (costs[-1] / costs[res.exits].mean()).item(), "speedup_segment_ideal": ideal,
-        "speedup_measured": measured, "measured_over_ideal": measured / ideal,
+        "speedup_flops": (costs[-1] / costs[res.exits].mean()).item(),
+        # ratios are paired within a repeat (adjacent runs), then the median over repeats: robust to drifting load
+        "speedup_segment_ideal": (seg.sum(1) / ideal_time).median().item(),
+        "speedup_measured": (torch.tensor(t_all, dtype=torch.float64) / early).median().item(),
+        "measured_over_ideal": (ideal_time / early).median().item(),
         "logits_max_abs_diff": (res.logits - ref).abs().max().item(), "logits_equal": torch.equal(res.logits, ref),
     }
 
@@ -120,10 +125,11 @@ def batch1_latency(model, xs: torch.Tensor, policy: Policy, threshold: float, no
         left_early += int(early_exit(model, x, policy, no_exit_threshold).exits.item() < model.num_exits - 1)
     out: dict = {k: summary(v) for k, v in times.items()}
     out["clock"] = clock
-    bare = out["bare_backbone"]["median"]
-    out["no_exit_overhead_vs_bare"] = out["no_exit"]["median"] / bare - 1
-    out["no_exit_overhead_vs_all_exits"] = out["no_exit"]["median"] / out["all_exits"]["median"] - 1
-    out["all_exits_overhead_vs_bare"] = out["all_exits"]["median"] / bare - 1
+    ratio = {k: torch.tensor(v, dtype=torch.float64) / torch.tensor(times["bare_backbone"], dtype=torch.float64)
+             for k, v in times.items()}  # paired per input (adjacent runs), median over inputs
+    out["no_exit_overhead_vs_bare"] = ratio["no_exit"].median().item() - 1
+    out["no_exit_overhead_vs_all_exits"] = (ratio["no_exit"] / ratio["all_exits"]).median().item() - 1
+    out["all_exits_overhead_vs_bare"] = ratio["all_exits"].median().item() - 1
     out["no_exit_samples_that_left_early"] = left_early
     out["throughput_per_s"] = {k: 1.0 / out[k]["median"] for k in runs}
     return out

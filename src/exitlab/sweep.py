@@ -4,8 +4,10 @@ Everything here is vectorised tensor code over already-computed scores (see :met
 
 How a sweep works. With scores ``s[j, n]`` (exit ``j``, sample ``n``) and a policy that exits when
 ``s >= t``, sample ``n`` leaves at the first ``j`` with ``s[j, n] >= t``, or at the final exit. That equals the
-number of exits ``j < E-1`` whose running maximum ``max(s[0..j, n])`` is below ``t``, which
-``torch.searchsorted`` finds for all thresholds at once (``"below"`` policies negate score and threshold).
+number of exits ``j < E-1`` whose running maximum ``max(s[0..j, n])`` is below ``t`` (``"below"`` policies negate
+score and threshold). :func:`exit_indices` finds it per sample and threshold with ``torch.searchsorted``;
+:func:`simulate` only needs counts, so it sorts each exit's running maxima once and searches the thresholds in them,
+never building a ``[T, N]`` tensor.
 
 How budgets are read off the curve. Each threshold gives one point (mean cost, accuracy). A point is on the
 **Pareto frontier** when no other point is at most as costly and strictly more accurate (or equally accurate and

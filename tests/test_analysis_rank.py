@@ -86,6 +86,9 @@ def test_rank_profile_records_subsampling_and_ceiling():
     assert prof["ceiling"] == [31, 31, 31]  # 32 samples, centred
     assert all(r <= c for r, c in zip(prof["rank"], prof["ceiling"]))
     assert model.training  # modes restored
+    pooled = rank_profile(model, batches, pool=1)  # global average: one feature per channel
+    assert pooled["features"] == [16, 32, 64] and pooled["pool"] == 1
+    assert all(r <= c for r, c in zip(pooled["rank"], [16, 31, 31]))
 
 
 def test_rank_profile_rejects_a_missing_block():

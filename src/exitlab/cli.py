@@ -244,6 +244,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--blocks", help="rank/mi: comma-separated block indices (default: all)")
     p.add_argument("--tau", type=float, default=1e-3, help="rank: count singular values > tau*s_max (default 1e-3)")
     p.add_argument("--max-features", type=int, default=8192, help="rank/mi: columns kept per block (default 8192)")
+    p.add_argument("--pool", type=int, default=0, help="rank: average maps to POOLxPOOL first (default 0: flatten)")
     p.add_argument("--bins", type=int, default=30, help="mi: bins per unit for binning (default 30)")
     p.add_argument("--noise-ratio", type=float, default=0.1, help="mi: KDE noise / layer variance (default 0.1)")
     p.add_argument("--noise-var", type=float, help="mi: fixed KDE noise variance instead of --noise-ratio")

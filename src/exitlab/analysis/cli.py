@@ -35,6 +35,7 @@ class Options:
     blocks: list[int] | None = None
     tau: float = 1e-3
     max_features: int = 8192
+    pool: int = 0
     bins: int = 30
     noise_ratio: float = 0.1
     noise_var: float | None = None
@@ -88,7 +89,7 @@ def _one(run: Run, kind: str, opts: Options) -> dict:
         from .rank import rank_profile
 
         return rank_profile(model, batches, blocks=opts.blocks, tau=opts.tau, max_features=opts.max_features,
-                            seed=opts.seed)
+                            seed=opts.seed, pool=opts.pool)
     if kind == "mi":
         from .mi import mi_profile
 

@@ -144,19 +144,30 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
     return got
 
 
+def pool_feature(h: torch.Tensor, pool: int) -> torch.Tensor:
+    """``pool > 0``: average maps ``[B, C, H, W]`` down to ``pool x pool`` and token sequences ``[B, N, D]`` to their
+    mean token; ``pool = 0`` keeps the output as it is."""
+    if pool <= 0:
+        return h
+    if h.dim() == 4:
+        return F.adaptive_avg_pool2d(h.float(), pool)
+    return h.float().mean(1) if h.dim() == 3 else h
+
+
 def block_features(model: MultiExitModel, batches: Batches, blocks: list[int], max_features: int | None = None,
-                   seed: int = 0) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
+                   seed: int = 0, pool: int = 0) -> tuple[dict[int, torch.Tensor], dict[int, int]]:
     """Flattened block outputs over all batches, ``{block: [N, D']}`` (float32, CPU), and each block's full ``D``.
 
-    When a block has more than ``max_features`` features, the same ``max_features`` columns, drawn uniformly at
-    random without replacement with ``seed``, are kept for every batch (so a large layer never sits in memory whole).
+    ``pool`` averages spatially first (see :func:`pool_feature`). When a block has more than ``max_features``
+    features, the same ``max_features`` columns, drawn uniformly at random without replacement with ``seed``, are kept
+    for every batch (so a large layer never sits in memory whole).
     """
     parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
     cols: dict[int, torch.Tensor | None] = {}
     dims: dict[int, int] = {}
     for x, _ in batches:
         for b, h in block_outputs(model, x, blocks).items():
-            flat = h.float().flatten(1).cpu()  # [B, D]
+            flat = pool_feature(h, pool).float().flatten(1).cpu()  # [B, D]
             if b not in cols:
                 dims[b] = flat.shape[1]
                 keep = max_features is not None and flat.shape[1] > max_features

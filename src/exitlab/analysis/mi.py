@@ -11,8 +11,9 @@ The paper's estimator is not public, so several are provided, each named in the 
   ``I(X;T) <= -mean_i log mean_j exp(-|z_i - z_j|^2 / (2 s2))`` (KL) and ``>=`` the same with ``8 s2``
   (Bhattacharyya). ``I(T;Y) = H(T) - sum_c p_c H(T | Y=c)``: ``i_ty`` applies the KL estimate to both terms
   (Saxe et al.'s estimate, not itself a bound); ``i_ty_upper``/``i_ty_lower`` combine opposite bounds and are
-  true bounds. ``s2`` is ``noise_ratio`` times the layer's total variance (scale-free, default) or a fixed
-  ``noise_var`` (Saxe et al.'s choice).
+  true bounds (the upper one also capped at ``H(Y)``), but loose when the noisy samples overlap. ``s2`` is
+  ``noise_ratio`` times the layer's total variance (scale-free, default) or a fixed ``noise_var`` (Saxe et al.'s
+  choice).
 - ``probe``: a multinomial logistic regression trained on half the samples (4x4-average-pooled maps, or CLS token
   plus mean token); ``H(Y) - CE_heldout`` is a lower bound on ``I(Z;Y)`` because cross-entropy of any predictor is at
   least ``H(Y|Z)``.
@@ -105,8 +106,10 @@ def kde_estimates(z: torch.Tensor, y: torch.Tensor, noise_var: float) -> dict:
         sub = d2[idx][:, idx]
         cond_kl += p * _mixture_term(sub, kl)
         cond_bd += p * _mixture_term(sub, bd)
+    h_y = entropy_bits(y)  # I(T;Y) <= H(Y) as well
     return {"i_xt_upper": h_kl / LN2, "i_xt_lower": h_bd / LN2, "i_ty": (h_kl - cond_kl) / LN2,
-            "i_ty_upper": (h_kl - cond_bd) / LN2, "i_ty_lower": max(0.0, h_bd - cond_kl) / LN2, "noise_var": noise_var}
+            "i_ty_upper": min(h_y, (h_kl - cond_bd) / LN2), "i_ty_lower": max(0.0, h_bd - cond_kl) / LN2,
+            "noise_var": noise_var}
 
 
 def relative_noise_var(z: torch.Tensor, noise_ratio: float) -> float:

@@ -30,6 +30,7 @@ def draw_gradients(data: dict) -> Figure:
                                                       ("share_projection", "share by projection", "RdBu_r", (-1, 1))]):
             ax = axes[r][c]
             vals = np.array([[np.nan if v is None else v for v in row] for row in run[key]], dtype=float)
+            vals[np.array(run["norm"]) == 0] = np.nan  # the exit does not reach this part: blank, not 0
             im = ax.imshow(vals, cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
             for (i, j), v in np.ndenumerate(vals):
                 if np.isfinite(v):
@@ -39,8 +40,8 @@ def draw_gradients(data: dict) -> Figure:
             ax.set_yticks(range(len(run["exits"])), run["exits"], fontsize=7)
             ax.set_title(f"{run.get('label', '')}: {title}", fontsize=9)
             fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"Gradient contributions per exit and backbone part ({runs[0].get('samples', '?')} samples, "
-                 f"mode {runs[0].get('mode', '?')})", fontsize=10)
+    fig.suptitle(f"Each exit's share of the joint gradient per backbone part ({runs[0].get('samples', '?')} samples, "
+                 f"BN mode {runs[0].get('mode', '?')}; blank: exit does not reach the part)", fontsize=10)
     return fig
 
 
@@ -57,6 +58,7 @@ def draw_rank(data: dict) -> Figure:
     for run in runs:
         for ax, key in zip(axes, ("rank", "effective_rank", "stable_rank")):
             line, = ax.plot(run["blocks"], run[key], marker="o", label=run.get("label", ""))
+            ax.set_xticks(run["blocks"])
             if key == "rank":
                 ax.plot(run["blocks"], run["ceiling"], ls=":", color=line.get_color(), lw=1)
     for ax, title in zip(axes, (f"numerical rank (tau={runs[0]['tau']:g}; dotted: ceiling)", "effective rank",
@@ -65,7 +67,8 @@ def draw_rank(data: dict) -> Figure:
         ax.set_xlabel("block (grey: IC positions)")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Rank of block outputs ({runs[0]['samples']} samples, centred)", fontsize=10)
+    pooled = f", maps pooled to {runs[0]['pool']}x{runs[0]['pool']}" if runs[0].get("pool") else ", flattened"
+    fig.suptitle(f"Rank of block outputs ({runs[0]['samples']} samples, centred{pooled})", fontsize=10)
     return fig
 
 
@@ -82,20 +85,21 @@ def draw_mi(data: dict) -> Figure:
             plane.annotate(str(b), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
         ex = run["exits"]
         plane.scatter(ex["h_yhat"], ex["i_yhat_y"], marker="*", s=60, color=col, edgecolor="k", lw=0.4)
-        zy.plot(run["blocks"], kde["i_ty_upper"], ls="--", color=col, label=f"{label} KDE upper")
+        zy.plot(run["blocks"], kde["i_ty"], ls="--", color=col, label=f"{label} KDE")
         if run.get("probe"):
             zy.plot(run["blocks"], run["probe"]["i_zy_lower"], color=col, marker="o", label=f"{label} probe lower")
-        zy.plot(run["blocks"], run["binning"]["i_zy"], ls=":", color=col)
         xz.plot(run["blocks"], kde["i_xt_upper"], ls="--", color=col, label=f"{label} KDE upper")
         xz.plot(run["blocks"], kde["i_xt_lower"], color=col, marker="o", label=f"{label} KDE lower")
-        xz.plot(run["blocks"], run["binning"]["i_xz"], ls=":", color=col)
+        for ax, key in ((zy, "i_zy"), (xz, "i_xz")):
+            ax.plot(run["blocks"], run["binning"][key], ls=":", color=col, marker="x")
+            ax.set_xticks(run["blocks"])
     plane.set(xlabel="I(X;T) bits (KDE upper bound)", ylabel="I(T;Y) bits (KDE)")
     plane.set_title("information plane over depth (numbers: block; stars: exits' H(Yhat), I(Yhat;Y))", fontsize=8)
     plane.legend(fontsize=7)
     zy.axhline(runs[0]["h_y"], color="0.5", lw=0.8)
-    zy.set(xlabel="block", ylabel="bits", title="I(Z;Y): probe lower, KDE upper, binning dotted; grey H(Y)")
+    zy.set(xlabel="block", ylabel="bits", title="I(Z;Y): probe lower bound, KDE estimate, binning (x); grey H(Y)")
     xz.axhline(runs[0]["log2_n"], color="0.5", lw=0.8)
-    xz.set(xlabel="block", ylabel="bits", title="I(X;Z): KDE bounds, binning dotted; grey log2 N")
+    xz.set(xlabel="block", ylabel="bits", title="I(X;Z): KDE upper and lower bounds, binning (x); grey log2 N")
     for ax in (zy, xz):
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)

@@ -94,12 +94,14 @@ def matrix_rank_stats(a: torch.Tensor, *, tau: float = 1e-3, center: bool = True
 
 
 def rank_profile(model: MultiExitModel, batches: Batches, *, blocks: list[int] | None = None, tau: float = 1e-3,
-                 max_features: int | None = 8192, seed: int = 0, method: str = "auto") -> dict:
+                 max_features: int | None = 8192, seed: int = 0, method: str = "auto", pool: int = 0) -> dict:
     """Rank statistics of every block's output (or of ``blocks``) on ``batches``, in eval mode.
 
     Blocks wider than ``max_features`` keep ``max_features`` random columns (recorded in ``features_used`` and
     ``sampling``); a rank that reaches its ceiling ``min(N - 1, D_used)`` is flagged ``saturated`` (a lower bound:
-    more samples or features would be needed to see the true rank).
+    more samples or features would be needed to see the true rank). ``pool > 0`` first averages feature maps down
+    to ``pool x pool`` (tokens to their mean): with ``D`` far above ``N`` the flattened rank sits at its ceiling, and
+    pooling measures the dimension of the channel space instead.
     """
     blocks = check_blocks(model, blocks)
     n = sum(len(y) for _, y in batches)
@@ -107,15 +109,16 @@ def rank_profile(model: MultiExitModel, batches: Batches, *, blocks: list[int] |
         raise ExitlabError(f"a rank estimate needs at least {MIN_SAMPLES} samples, got {n}; raise --samples")
     with preserved(model), torch.no_grad():
         model.eval()
-        feats, dims = block_features(model, batches, blocks, max_features, seed)
+        feats, dims = block_features(model, batches, blocks, max_features, seed, pool)
     rows = []
     for b in blocks:
         t0 = time.perf_counter()
         stats = matrix_rank_stats(feats.pop(b), tau=tau, method=method)
         rows.append({"features": dims[b], "features_used": min(dims[b], max_features or dims[b]),
                      "seconds": time.perf_counter() - t0, **stats})
-    out = {"analysis": "rank", "tau": tau, "samples": n, "max_features": max_features,
-           "sampling": f"{n} fixed inputs; blocks wider than {max_features} features keep that many columns drawn "
+    out = {"analysis": "rank", "tau": tau, "samples": n, "max_features": max_features, "pool": pool,
+           "sampling": f"{n} fixed inputs; " + (f"maps average-pooled to {pool}x{pool}; " if pool else "") +
+                       f"blocks wider than {max_features} features keep that many columns drawn "
                        f"uniformly without replacement (seed {seed} + block index)",
            "exits": list(model.exits)}
     out["blocks"] = blocks

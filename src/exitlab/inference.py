@@ -9,6 +9,7 @@ on the same logits, so it makes the same decisions as :func:`exitlab.sweep.simul
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ import torch
 
 from .errors import ConfigError
 from .policies import Policy, State
+
+FAST_CHECK = True  # see _Router._nobody_leaves; a switch only so benchmarks can measure what it saves
 
 
 @dataclass
@@ -46,6 +49,17 @@ class _Router:
         self.state: State = {}
         self.prev: torch.Tensor | None = None  # [b, C] previous exit's logits (cascading heads)
         self.pieces: list[tuple[int, torch.Tensor | None, torch.Tensor, torch.Tensor]] = []  # (exit, rows, pred, z)
+        # Built-in decide on float32 scores: "does anyone leave?" is one reduction, compared on the host with the
+        # threshold rounded to float32 exactly as torch rounds it (both sides are exact float32 values).
+        self.quick = FAST_CHECK and type(policy).decide is Policy.decide
+        self.t32 = struct.unpack("f", struct.pack("f", threshold))[0]
+
+    def _nobody_leaves(self, score: torch.Tensor) -> bool:
+        if not self.quick or score.dtype != torch.float32:
+            return False
+        if self.policy.exit_when == "above":
+            return score.max().item() < self.t32  # NaN compares False: falls through to the full decision
+        return score.min().item() > self.t32
 
     def _rows(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Input rows of the running samples selected by ``mask`` (all running samples when None)."""
@@ -56,9 +70,12 @@ class _Router:
         j = self.slot[block]
         logits = self.model.heads[j](h, self.prev)  # [b, C]
         score, pred, self.state = self.policy.step(j, logits, self.state)
+        if self._nobody_leaves(score):  # the common case at batch 1: no mask, no copies at all
+            self.prev = logits
+            return h
         leave = self.policy.decide(score, self.threshold)  # [b] bool
         n_leave = int(leave.sum())  # one host sync per exit
-        if n_leave == 0:  # nobody leaves: no copies at all
+        if n_leave == 0:
             self.prev = logits
             return h
         if n_leave == len(leave):

@@ -60,6 +60,11 @@ def interleaved(variants: dict[str, Callable[[], int]], repeats: int, warmup: in
     return out
 
 
+def parse_exits(spec: str) -> str | list[int]:
+    """``every:K`` / ``flops:N`` as they are, ``1,3,5`` as a list of block indices."""
+    return spec if ":" in spec else [int(v) for v in spec.split(",")]
+
+
 def ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
     """Median over repeats of each variant's time divided by ``base``'s time in the same repeat."""
     return {n: statistics.median(a / b for a, b in zip(t, times[base])) for n, t in times.items()}
@@ -139,7 +144,8 @@ def nopool_variant(args: argparse.Namespace) -> Callable[[], int]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default="resnet56")
-    p.add_argument("--exits", default="every:3", help="exit spec; every:3 on resnet56 gives 8 ICs (default)")
+    p.add_argument("--exits", type=parse_exits, default="every:3",
+                   help="every:K, flops:N or 1,3,5; every:3 on resnet56 gives 8 ICs (default)")
     p.add_argument("--head", default="sdn")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--img-size", type=int, default=32)

@@ -16,7 +16,7 @@ from exitlab.errors import ConfigError
 from exitlab.loop import exit_losses, train_epoch
 from exitlab.models import build_model, from_module
 from exitlab.phases import Phase
-from exitlab.speed import compile_parts, is_compiled, maybe_compile
+from exitlab.speed import VARIANTS_PER_SHAPE, compile_parts, is_compiled, maybe_compile, recompiles_needed
 
 NUM_CLASSES = 7  # odd on purpose: shape bugs show up
 STEPS = 4  # SGD steps in the short-training comparisons
@@ -118,11 +118,25 @@ def test_channels_last_loader_yields_channels_last_batches():
 # ------------------------------------------------------------------ torch.compile
 
 
+def _limit_name() -> str:
+    cfg = torch._dynamo.config
+    return "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+
+
 @pytest.fixture
 def fresh_dynamo():
+    """A clean dynamo cache, and its recompile limit put back afterwards (maybe_compile raises it process-wide)."""
+    limit = getattr(torch._dynamo.config, _limit_name())
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+    setattr(torch._dynamo.config, _limit_name(), limit)
+
+
+def _resnet18_tiny() -> nn.Module:
+    torch.manual_seed(0)  # 8 basic blocks, each with its own input/output shape: one forward, 8 graph shapes
+    return build_model("resnet18_cifar", num_classes=NUM_CLASSES, img_size=8, exits=[1, 3, 5],
+                       backbone_kwargs={"width": 4})
 
 
 def test_compile_disabled_is_a_no_op():
@@ -142,6 +156,31 @@ def test_compile_rejects_adapter_backbones():
 def test_compile_heads_flag_compiles_heads_too():
     model = maybe_compile(_model(), True, heads=True, backend="eager")  # compilation itself waits for a forward
     assert all(is_compiled(m) for m in [*compile_parts(model), *model.heads])
+
+
+def test_compile_raises_the_recompile_limit_to_cover_every_block_shape(fresh_dynamo):
+    model = _resnet18_tiny()
+    assert recompiles_needed(model) == VARIANTS_PER_SHAPE * 8
+    setattr(torch._dynamo.config, _limit_name(), 8)  # torch's default
+    maybe_compile(model, True, backend="eager")
+    assert getattr(torch._dynamo.config, _limit_name()) == VARIANTS_PER_SHAPE * 8
+
+
+@pytest.mark.slow
+def test_compile_train_and_eval_graphs_are_all_compiled(fresh_dynamo):
+    """Train mode and no-grad eval need a graph per block shape each: 16 > torch's default limit of 8 graphs per
+    ``forward``. Without the raised limit the eval pass would fall back to eager for some blocks."""
+    from torch._dynamo.utils import counters
+
+    model = maybe_compile(_resnet18_tiny(), True, backend="eager")
+    x = torch.randn(4, 3, 8, 8)
+    start = counters["stats"]["unique_graphs"]
+    model(x)
+    train_graphs = counters["stats"]["unique_graphs"] - start
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert counters["stats"]["unique_graphs"] - start == 2 * train_graphs
 
 
 def _check_compiled_matches_eager(backend: str, rtol: float) -> None:

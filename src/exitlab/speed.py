@@ -10,7 +10,9 @@ final classifier -- in place. The loop, the taps and the state-dict keys stay ex
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 
+import torch
 from torch import nn
 
 from .errors import ConfigError
@@ -46,11 +48,44 @@ def maybe_compile(model: MultiExitModel, enabled: bool, *, heads: bool = False, 
     parts = compile_parts(model)
     if heads:
         parts += list(model.heads)
+    raise_recompile_limit(recompiles_needed(model, heads))
     for part in parts:
         part.compile(backend=backend, dynamic=dynamic)
     log.info("torch.compile(backend=%r): %d modules compiled in place%s", backend, len(parts),
              " (heads included)" if heads else "")
     return model
+
+
+# Graph variants one part can need: train mode with grad (phases 1-2), eval mode without grad (evaluation), eval mode
+# with grad but frozen parameters (phase 3); each first at a static batch size, then once more with a dynamic one.
+VARIANTS_PER_SHAPE = 8
+
+
+def recompiles_needed(model: MultiExitModel, heads: bool = False) -> int:
+    """Compiled graphs the busiest ``forward`` may need: distinct feature shapes among the parts that share it,
+    times :data:`VARIANTS_PER_SHAPE`.
+
+    Blocks of one class share one ``forward`` code object, and dynamo caches graphs per code object (8 by
+    default). A ResNet-18 has 7 block shapes, so train plus eval already exceed that limit; past it, dynamo falls
+    back to eager silently apart from a warning.
+    """
+    bb = model.backbone
+    shapes: dict[object, set] = defaultdict(set)
+    for i, block in enumerate(bb.blocks):
+        shapes[type(block).forward].add((bb.feature_info[i - 1] if i else "stem", bb.feature_info[i]))
+    if heads:
+        for j, head in enumerate(model.heads):
+            shapes[type(head).forward].add(bb.feature_info[model.exits[j]])
+    return VARIANTS_PER_SHAPE * max((len(v) for v in shapes.values()), default=1)
+
+
+def raise_recompile_limit(n: int) -> None:
+    """Raise dynamo's per-function graph limit to ``n`` (a process-wide setting; it is never lowered)."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    if getattr(cfg, name) < n:
+        log.info("raising torch._dynamo.config.%s from %d to %d for the per-block graphs", name, getattr(cfg, name), n)
+        setattr(cfg, name, n)
 
 
 def is_compiled(module: nn.Module) -> bool:

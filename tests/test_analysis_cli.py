@@ -32,15 +32,18 @@ def runs(tmp_path_factory):
     return [_fake_run(root / name, name, seed) for seed, name in enumerate(["joint", "mixed", "disjoint"])]
 
 
+SLOW = pytest.mark.slow  # matplotlib alone takes seconds per figure on this shared CPU
+
+
 @pytest.mark.parametrize("kind, extra", [
     ("gradients", ["--samples", "32"]),
     ("rank", ["--split", "train", "--samples", "64", "--max-features", "300"]),
-    ("mi", ["--split", "train", "--samples", "300", "--max-features", "300", "--no-probe"]),
-    pytest.param("mi", ["--split", "train", "--samples", "300", "--max-features", "300"], marks=pytest.mark.slow),
-    pytest.param("landscape", ["--samples", "64", "--steps", "3"], marks=pytest.mark.slow),  # ~10 s of matplotlib
-    pytest.param("landscape", ["--samples", "64", "--steps", "3", "--dims", "1"]),
+    pytest.param("mi", ["--split", "train", "--samples", "300", "--max-features", "300", "--no-probe"], marks=SLOW),
+    pytest.param("mi", ["--split", "train", "--samples", "300", "--max-features", "300"], marks=SLOW),
+    pytest.param("landscape", ["--samples", "64", "--steps", "3"], marks=SLOW),
+    pytest.param("landscape", ["--samples", "64", "--steps", "3", "--dims", "1"], marks=SLOW),
 ])
-def test_each_analysis_writes_json_and_a_png_that_redraws_from_the_json(runs, kind, extra, tmp_path, capsys):
+def test_each_analysis_writes_json_and_a_png_that_redraws_from_the_json(runs, kind, extra, tmp_path):
     out = tmp_path / "out"
     assert main(["analyze", kind, str(runs[0]), str(runs[1]), "--out", str(out), *extra]) == 0
     name = {"landscape": "landscape-all" + ("-1d" if "--dims" in extra else "")}.get(kind, kind)

@@ -122,7 +122,7 @@ def _landscape_row(fig, axes, run: dict) -> None:
         fig.colorbar(cs, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
     for name, z in surfaces:
         z = np.array(z, dtype=float)
-        axes[-1].plot(c, z[mid], label=name, lw=1.5 if name == "objective" else 1)
+        axes[-1].plot(c, z[mid], label=name, **({"color": "k", "lw": 1.8} if name == "objective" else {"lw": 1}))
     axes[-1].set_yscale("log")
     axes[-1].set_title("1-D slice along d1 (d2 = 0)", fontsize=8)
     axes[-1].legend(fontsize=6)
@@ -189,9 +189,16 @@ def draw(data: dict) -> Figure:
 
 
 def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a 256-colour PNG (a third of the size of a true-colour one, no visible difference here)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    img = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    img.convert("RGB").quantize(256).save(path, optimize=True)
     return path
 
 

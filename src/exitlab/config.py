@@ -112,7 +112,8 @@ def validate(cfg: RunConfig) -> None:
                          ("threads", cfg.threads, 0), ("grad_log_every", cfg.grad_log_every, 0),
                          ("grad_log_samples", cfg.grad_log_samples, 1), ("data.batch_size", cfg.data.batch_size, 1),
                          ("data.eval_batch_size", cfg.data.eval_batch_size, 1),
-                         ("data.crop_padding", cfg.data.crop_padding, 0), ("data.train_subset", cfg.data.train_subset, 0)):
+                         ("data.crop_padding", cfg.data.crop_padding, 0),
+                         ("data.train_subset", cfg.data.train_subset, 0)):
         if val < lo:
             raise ConfigError(f"{key} must be >= {lo}, got {val}")
     if not 0 <= cfg.data.val_fraction < 1:

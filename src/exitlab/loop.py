@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import SINGLE, DistInfo, all_sum
 from . import faults
+from .distributed import SINGLE, DistInfo, all_sum
 from .errors import TrainingError
 from .models.core import MultiExitModel
 from .phases import Phase, loss_weights

@@ -107,7 +107,8 @@ def test_output_directory_with_another_config_is_refused(compared, tmp_path):
 
 
 def test_variants_get_their_own_runs(tmp_path):
-    cc = load_compare_config(write_config(tmp_path / "v.yaml", variants=["sdn-weights", {"wide": {"model.exits": [1]}}]))
+    variants = ["sdn-weights", {"wide": {"model.exits": [1]}}]
+    cc = load_compare_config(write_config(tmp_path / "v.yaml", variants=variants))
     from exitlab.compare.run import plan
 
     names = [j.name for j in plan(cc, tmp_path / "out")]

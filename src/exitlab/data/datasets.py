@@ -89,7 +89,8 @@ def _read_gz(path: Path) -> bytes:
         with gzip.open(path, "rb") as f:
             return f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path} is truncated or corrupt ({e}); delete it and reinstall or re-download the dataset")
+        raise DataError(f"{path} is truncated or corrupt ({e}); delete it and reinstall or re-download the "
+                        "dataset") from None
 
 
 def _verify(name: str, path: Path, raw: bytes) -> None:

@@ -47,8 +47,8 @@ class HookedBackbone(nn.Module):
             self.run(torch.zeros(2, *input_shape), set(range(len(self.tap_names))), on_tap)
         self.train(was)
         if sorted(seen) != list(range(len(self.tap_names))):
-            raise ConfigError(f"exit_after: modules {[self.tap_names[i] for i in range(len(self.tap_names)) if i not in seen]}"
-                              " were never called in forward")
+            never = [name for i, name in enumerate(self.tap_names) if i not in seen]
+            raise ConfigError(f"exit_after: modules {never} were never called in forward")
         info = []
         for i in range(len(self.tap_names)):
             shape = seen[i]
@@ -62,15 +62,12 @@ class HookedBackbone(nn.Module):
         return info
 
     def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
+        """Run the user module with forward hooks on the tapped submodules; a hook may shrink or stop the pass."""
         modules = dict(self.module.named_modules())
         handles = []
-        order = iter(sorted(taps))
-        expected = [next(order, None)]
 
         def make_hook(i: int):
             def hook(mod, inp, out):
-                if i not in taps:
-                    return None
                 h = on_tap(i, out)
                 if h is None:
                     raise _Stop
@@ -78,14 +75,13 @@ class HookedBackbone(nn.Module):
 
             return hook
 
-        for i, name in enumerate(self.tap_names):
-            handles.append(modules[name].register_forward_hook(make_hook(i)))
+        for i in sorted(taps):
+            handles.append(modules[self.tap_names[i]].register_forward_hook(make_hook(i)))
         try:
             return self.module(x)
         except _Stop:
             return None
         finally:
-            del expected
             for h in handles:
                 h.remove()
 

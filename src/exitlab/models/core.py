@@ -25,7 +25,7 @@ class ExitPoint:
 
 
 class Backbone(Protocol):
-    """What a backbone offers. Built-ins are ``stem`` + ``blocks`` + ``final``; adapters implement ``run`` themselves."""
+    """What a backbone offers. Built-ins are ``stem`` + ``blocks`` + ``final``; adapters write their own ``run``."""
 
     feature_info: list[ExitPoint]  # one entry per block, in order
     num_classes: int
@@ -152,7 +152,7 @@ class MultiExitModel(nn.Module):
 
 
 def check_exits(exits: Sequence[int], n_blocks: int) -> None:
-    """Exit indices must be sorted, unique, and name blocks before the last one (the last block feeds the final exit)."""
+    """Exit indices must be sorted, unique, and name blocks before the last one (which feeds the final exit)."""
     if any(not isinstance(e, int) or isinstance(e, bool) for e in exits):
         raise ConfigError(f"model.exits must be integers, got {list(exits)}")
     if list(exits) != sorted(set(exits)):

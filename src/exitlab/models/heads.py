@@ -44,7 +44,8 @@ class SDNHead(_Head):
     def __init__(self, point: ExitPoint, num_classes: int, *, grid: int = 4, cascade: bool = False):
         super().__init__(num_classes, cascade)
         if point.kind != "map":
-            raise ConfigError("head 'sdn' needs spatial feature maps; for token exits (ViT) use 'cls', 'pooled' or 'mlp2'")
+            raise ConfigError("head 'sdn' needs spatial feature maps; for token exits (ViT) use 'cls', 'pooled' or "
+                              "'mlp2'")
         self.grid = grid
         self.alpha = nn.Parameter(torch.zeros(()))  # sigmoid(0) = 0.5: start as an even mix
         self.fc = nn.Linear(point.channels * grid * grid, num_classes)
@@ -105,7 +106,8 @@ class CLSHead(_Head):
     def __init__(self, point: ExitPoint, num_classes: int, *, cascade: bool = False):
         super().__init__(num_classes, cascade)
         if point.kind != "tokens":
-            raise ConfigError("head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs use 'sdn' or 'pooled'")
+            raise ConfigError("head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs use 'sdn' or "
+                              "'pooled'")
         self.norm = nn.LayerNorm(point.channels)
         self.fc = nn.Linear(point.channels, num_classes)
 

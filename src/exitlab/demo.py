@@ -45,17 +45,21 @@ def run_demo(out: Path, budget: int = 3, workers: int = 2, resume: bool = False,
         echo(f"  {j.name}: " + (f"{j.after} + " if j.after else "") + plan)
     t0 = time.perf_counter()
     run_grid(jobs, workers=workers, threads=1, on_event=lambda s: echo(f"  {s}"))
-    table = test_accuracy_table(out, seed)
+    table, fractions = test_accuracy_table(out, seed)
     seconds = time.perf_counter() - t0
-    (out / "demo.json").write_text(json.dumps({"budget": budget, "seconds": seconds, "test_acc": table}, indent=2))
-    echo(format_table(table, budget, seconds))
+    (out / "demo.json").write_text(json.dumps({"budget": budget, "seconds": seconds, "test_acc": table,
+                                               "flops_fraction": fractions}, indent=2))
+    echo(format_table(table, fractions, budget, seconds))
     return 0
 
 
-def test_accuracy_table(out: Path, seed: int) -> dict[str, list[float]]:
-    """Per-exit test accuracy of each regime's final model (the test split is touched only here)."""
+def test_accuracy_table(out: Path, seed: int) -> tuple[dict[str, list[float]], list[float]]:
+    """Per-exit test accuracy of each regime's final model (the test split is touched only here), and each exit's
+    measured cost as a fraction of the bare backbone's FLOPs."""
+    from .costs import exit_costs
+
     torch.set_num_threads(2)
-    table, data = {}, None
+    table, data, fractions = {}, None, []
     for regime in REGIMES:
         run = out / f"seed{seed}" / regime
         model = ckpt.from_pretrained(run)
@@ -64,15 +68,18 @@ def test_accuracy_table(out: Path, seed: int) -> dict[str, list[float]]:
 
             data = prepare_data(load_config(run / "config.yaml"), torch.device("cpu"))
         table[regime], _ = evaluate(model, data.test)
-    return table
+        fractions = [c.fraction for c in exit_costs(model).exits]
+    return table, fractions
 
 
-def format_table(table: dict[str, list[float]], budget: int, seconds: float) -> str:
+def format_table(table: dict[str, list[float]], fractions: list[float], budget: int, seconds: float) -> str:
     n = len(next(iter(table.values())))
     lines = ["", f"Test accuracy per exit (%), Fashion-MNIST test set (10,000 images), {budget} epochs per regime:",
-             f"{'exit':<8}" + "".join(f"{r:>10}" for r in table)]
+             f"{'exit':<8}{'FLOPs':>8}" + "".join(f"{r:>10}" for r in table)]
     for k in range(n):
         name = "final" if k == n - 1 else f"IC {k}"
-        lines.append(f"{name:<8}" + "".join(f"{table[r][k] * 100:>10.2f}" for r in table))
+        lines.append(f"{name:<8}{fractions[k] * 100:>7.0f}%" + "".join(f"{table[r][k] * 100:>10.2f}" for r in table))
+    lines.append("FLOPs: measured cost of leaving at that exit (backbone so far plus every IC on the way), as a share "
+                 "of the bare backbone's FLOPs.")
     lines.append(f"wall time: {seconds / 60:.1f} min ({seconds:.0f} s)")
     return "\n".join(lines)

@@ -98,3 +98,22 @@ def test_batched_crop_is_a_window_of_the_padded_image_and_flip_mirrors():
     flipped = random_crop_flip(x, pad=0, flip=True, g=torch.Generator().manual_seed(1))
     for b in range(2):
         assert torch.equal(flipped[b], x[b]) or torch.equal(flipped[b], x[b].flip(-1))
+
+
+def test_image_folder_decodes_in_parallel_workers(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import exitlab.data.imagefolder as imf
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(5):
+                Image.new("RGB", (12, 12), (40 * i, 10 if c == "a" else 200, 0)).save(tmp_path / split / c / f"{i}.png")
+    serial = load_dataset("imagefolder", str(tmp_path), img_size=8)
+    monkeypatch.setattr(imf, "decode_workers", lambda n: 2)
+    parallel = load_dataset("imagefolder", str(tmp_path), img_size=8)
+    assert torch.equal(serial.train_x, parallel.train_x) and torch.equal(serial.test_y, parallel.test_y)
+    (tmp_path / "val" / "b" / "bad.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"val/b/bad.png is not a readable image .*; remove or replace it$"):
+        load_dataset("imagefolder", str(tmp_path), img_size=8)

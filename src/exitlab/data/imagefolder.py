@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,46 @@ def _images(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.suffix in _EXTS)
 
 
-def _decode(paths: list[Path], size: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
+class _Images(torch.utils.data.Dataset):
+    """Decodes one image file to ``[size, size, 3]`` uint8 (run inside DataLoader workers)."""
 
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, p in enumerate(paths):
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib
+
+        p = self.paths[i]
         try:
             with Image.open(p) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+                return torch.from_numpy(np.array(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)))
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{p} is not a readable image ({e}); remove or replace it") from None
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def decode_workers(n_images: int) -> int:
+    """DataLoader workers for decoding: one per CPU core (at most 16), none for small folders."""
+    return 0 if n_images < 2048 else min(16, os.cpu_count() or 1)
+
+
+def _decode(paths: list[Path], size: int) -> torch.Tensor:
+    """Decode every image once, in parallel DataLoader workers sized to the machine; ``[N, 3, size, size]`` uint8."""
+    loader = torch.utils.data.DataLoader(_Images(paths, size), batch_size=256, num_workers=decode_workers(len(paths)))
+    out = torch.empty(len(paths), size, size, 3, dtype=torch.uint8)
+    i = 0
+    try:
+        for batch in loader:
+            out[i : i + len(batch)] = batch
+            i += len(batch)
+    except (RuntimeError, DataError) as e:  # a worker's DataError arrives with the worker's traceback in its text
+        lines = [x for x in str(e).splitlines() if "is not a readable image" in x and "raise" not in x]
+        if lines:
+            raise DataError(lines[-1].split("DataError: ")[-1]) from None
+        raise
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def _split(root: Path, split: str, classes: list[str]) -> tuple[list[Path], list[int]]:

@@ -87,3 +87,17 @@ def test_bad_input_gives_clear_errors(runs, tmp_path, capsys):
     assert "2 or 3 runs" in capsys.readouterr().err
     assert main(["analyze", "plot", str(runs[0] / "config.yaml")]) == 2
     assert "not an analysis JSON" in capsys.readouterr().err
+
+
+def test_training_gradient_log_is_drawn(tmp_path):
+    from exitlab.analysis.gradients import gradient_contributions
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=7, in_chans=1, img_size=16, exits=[0, 1])
+    batches = [(torch.randn(8, 1, 16, 16), torch.randint(0, 7, (8,)))]
+    log = tmp_path / "gradients.jsonl"
+    lines = [json.dumps({"phase": ph, "step": st, **gradient_contributions(model, batches)}) for ph, st in
+             ((1, 3), (2, 3), (2, 6))]
+    log.write_text("\n".join(lines) + "\n")
+    assert main(["analyze", "plot", str(log)]) == 0
+    assert (tmp_path / "gradients.png").stat().st_size > 5_000

@@ -172,11 +172,20 @@ def analyze(kind: str, run_dirs: list[str | Path], opts: Options | None = None, 
 
 
 def redraw_files(paths: list[str | Path]) -> list[Path]:
-    """Redraw the PNG next to each analysis JSON file."""
-    from .plots import DRAW, redraw
+    """Redraw the PNG next to each analysis JSON file (or training-time ``gradients.jsonl`` log)."""
+    from .plots import DRAW, draw_gradient_log, redraw, save
 
     done = []
     for p in map(Path, paths):
+        if p.suffix == ".jsonl":  # the training-time gradient log
+            try:
+                records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            except (OSError, json.JSONDecodeError) as e:
+                raise ExitlabError(f"{p} is not a gradient log ({e})") from None
+            if not records or any(r.get("analysis") != "gradients" for r in records):
+                raise ExitlabError(f"{p} is not a gradient log (gradients.jsonl from grad_log_every)")
+            done.append(save(draw_gradient_log(records), p.with_suffix(".png")))
+            continue
         try:
             kind = json.loads(p.read_text()).get("analysis")
         except (OSError, json.JSONDecodeError, AttributeError) as e:

@@ -45,6 +45,28 @@ def draw_gradients(data: dict) -> Figure:
     return fig
 
 
+def draw_gradient_log(records: list[dict]) -> Figure:
+    """The ICs' combined share of each backbone part's joint gradient over training, from ``gradients.jsonl``
+    (written when the config sets ``grad_log_every``); one line per part, phases separated by grey lines."""
+    fig = Figure(figsize=(11, 3.6), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    blocks = records[0]["blocks"]
+    x = np.arange(len(records))
+    for ax, key, title in ((axes[0], "share_norm", "by norm"), (axes[1], "share_projection", "by projection")):
+        for j, name in enumerate(blocks):
+            ic = [sum(r[key][k][j] or 0.0 for k in range(len(r["exits"]) - 1)) for r in records]  # all but final
+            ax.plot(x, ic, marker="o", ms=3, label=name)
+        for i in range(1, len(records)):
+            if records[i].get("phase") != records[i - 1].get("phase"):
+                ax.axvline(i - 0.5, color="0.6", lw=1)
+        ax.set_xticks(x, [f"p{r.get('phase', '?')}:{r.get('step', i)}" for i, r in enumerate(records)], fontsize=6,
+                      rotation=90)
+        ax.set(xlabel="phase:step", ylabel="ICs' share", title=f"ICs' share of the joint gradient, {title}")
+        ax.title.set_fontsize(9)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
 def _mark_exits(ax, exits: list[int]) -> None:
     for e in exits:
         ax.axvline(e, color="0.85", lw=0.8, zorder=0)

@@ -327,8 +327,10 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
         run.run_phase(pi, resume_state if pi == first else None)
         faults.point("phase")
     if info.is_main:
-        extra = {"classes": run.data.classes, "dataset": cfg.data.name, "regime": cfg.regime}
-        ckpt.save_pretrained(run.model, out, extra=extra)
+        tl = run.data.train
+        normalize = {"mean": tl.mean.flatten().tolist(), "std": tl.std.flatten().tolist()}
+        ckpt.save_pretrained(run.model, out, extra={"dataset": cfg.data.name, "regime": cfg.regime},
+                             classes=run.data.classes, normalize=normalize)
     status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0)
     run.write_status(status)
     barrier(info)

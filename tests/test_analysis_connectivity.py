@@ -40,6 +40,10 @@ def test_linear_path_endpoints_are_the_models_own_losses_and_accuracies():
     obj = torch.tensor(out["objective"], dtype=torch.float64)
     assert out["objective"][0] == pytest.approx(float(loss[:, 0].mean()))  # uniform weights by default
     assert out["barrier"]["objective"] == pytest.approx(float(obj.max() - (obj[0] + obj[-1]) / 2))
+    t = torch.tensor(out["t"], dtype=torch.float64)
+    line = (1 - t) * obj[0] + t * obj[-1]
+    assert out["above_line"]["objective"] == pytest.approx(float((obj - line).max()))
+    assert out["above_line"]["objective"] >= 0  # the endpoints themselves are on the line
     assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())  # the inputs are not modified
     json.dumps(out, allow_nan=False)
 

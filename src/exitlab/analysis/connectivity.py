@@ -4,8 +4,10 @@ Along a path every point's BatchNorm running statistics are re-estimated from ``
 evaluated (interpolated statistics are meaningless inside a path). The endpoints are the trained models exactly as
 they are, own running statistics included, so the path starts and ends at the models' own losses and accuracies;
 ``endpoints_reestimated`` additionally reports the endpoints with re-estimated statistics, to show how much the
-re-estimation alone moves the numbers. Barrier height = the largest loss on the path minus the mean of the two
-endpoint losses (Garipov et al. 2018; Frankle et al. 2020), per exit and for the objective ``sum_k w_k L_k``.
+re-estimation alone moves the numbers. Barrier height (``barrier``) = the largest loss on the path minus the mean of
+the two endpoint losses, per exit and for the objective ``sum_k w_k L_k``. Because a path whose loss merely falls
+from one endpoint to the other also scores half the endpoint difference on that measure, ``above_line`` adds Frankle
+et al. (2020)'s version: the largest excess of the loss over the straight line between the endpoint losses.
 
 The plane through three models has its origin at the first, its first axis towards the second and its second axis
 towards the third, orthogonalised (Gram-Schmidt); coordinates are in parameter-space units.
@@ -73,14 +75,22 @@ def _weights(n: int, weights) -> torch.Tensor:
     return w
 
 
+def _above_line(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``max_t v(t) - ((1 - t) v(0) + t v(1))`` along the last dimension (Frankle et al. 2020's barrier)."""
+    line = v[..., :1] * (1 - t) + v[..., -1:] * t
+    return (v - line).max(-1).values
+
+
 def _path_summary(ts: list[float], losses: list, accs: list, objs: list[float]) -> dict:
     loss = torch.stack(losses, 1)  # [E, T]
     acc = torch.stack(accs, 1)
     obj = torch.tensor(objs, dtype=torch.float64)
+    t = torch.tensor(ts, dtype=torch.float64)
     return {"t": ts, "loss": loss.tolist(), "accuracy": acc.tolist(), "objective": obj.tolist(),
             "barrier": {"loss": (loss.max(1).values - (loss[:, 0] + loss[:, -1]) / 2).tolist(),
                         "objective": float(obj.max() - (obj[0] + obj[-1]) / 2),
-                        "accuracy_drop": ((acc[:, 0] + acc[:, -1]) / 2 - acc.min(1).values).tolist()}}
+                        "accuracy_drop": ((acc[:, 0] + acc[:, -1]) / 2 - acc.min(1).values).tolist()},
+            "above_line": {"loss": _above_line(loss, t).tolist(), "objective": float(_above_line(obj, t))}}
 
 
 def _walk(work: MultiExitModel, ends: list[dict], coefs_of, ts: list[float], batches: Batches, bn_batches: Batches,

@@ -178,7 +178,9 @@ def draw_connectivity(data: dict) -> Figure:
     fig = Figure(figsize=(14 if has_plane else 10, 3.8), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3 if has_plane else 2)
     for p in data["paths"]:
-        label = f"{p['from']} -> {p['to']} ({p['kind']}, barrier {p['barrier']['objective']:.2f})"
+        label = (f"{p['from']} -> {p['to']} ({p['kind']}; barrier {p['barrier']['objective']:.3f}, above line "
+                 f"{p['above_line']['objective']:.3f})" if "above_line" in p else
+                 f"{p['from']} -> {p['to']} ({p['kind']}; barrier {p['barrier']['objective']:.3f})")
         line, = axes[0].plot(p["t"], p["objective"], marker="o", ms=3, label=label,
                              ls="-" if p["kind"] == "linear" else "--")
         axes[1].plot(p["t"], p["accuracy"][-1], color=line.get_color(), ls=line.get_linestyle(), label="final exit")

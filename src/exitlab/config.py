@@ -253,21 +253,25 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
+def read_yaml(path: str | Path, example: str) -> dict:
+    """A YAML file's top-level mapping, or a ConfigError naming the file and the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass a YAML file such as {example}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
-    data: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found; pass a YAML file such as configs/fashion_mnist.yaml")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p} is not a UTF-8 text file") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    data = read_yaml(path, "configs/fashion_mnist.yaml") if path is not None else {}
     return from_dict(RunConfig, apply_overrides(data, overrides or []))
 
 

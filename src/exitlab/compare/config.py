@@ -9,7 +9,7 @@ from typing import Union
 
 import yaml
 
-from ..config import RunConfig, apply_overrides, from_dict, to_dict
+from ..config import RunConfig, apply_overrides, from_dict, read_yaml, to_dict
 from ..errors import ConfigError
 from ..phases import REGIMES
 
@@ -103,15 +103,5 @@ class CompareConfig:
 
 def load_compare_config(path: str | Path | None, overrides: list[str] | None = None) -> CompareConfig:
     """Load a comparison YAML; ``--set`` overrides address it by dotted name (``base.budget=6``, ``seeds=[0,1]``)."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found; e.g. configs/fashion_mnist_compare.yaml")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    data = read_yaml(path, "configs/fashion_mnist_compare.yaml") if path is not None else {}
     return from_dict(CompareConfig, apply_overrides(data, overrides or []))

@@ -141,6 +141,28 @@ def nopool_variant(args: argparse.Namespace) -> Callable[[], int]:
     return run
 
 
+def _op_times(run: Callable[[], int], steps: int = 2) -> dict[str, float]:
+    """Self CPU seconds per operator over ``steps`` calls of ``run``, after one warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    return {r.key: r.self_cpu_time_total / 1e6 / steps for r in prof.key_averages()}
+
+
+def profile_joint(variants: dict[str, Callable[[], int]]) -> None:
+    """Where the joint step's extra time goes: operator self times of the joint step minus the backbone step's."""
+    base, joint = _op_times(variants["backbone"]), _op_times(variants["joint"])
+    total_b, total_j = sum(base.values()), sum(joint.values())
+    print(f"\nprofile, per step: backbone {total_b:.3f} s, joint {total_j:.3f} s (+{total_j / total_b - 1:.1%})")
+    print(f"{'operator':<48}{'backbone s':>11}{'joint s':>9}{'extra, % of backbone step':>27}")
+    delta = {k: joint.get(k, 0.0) - base.get(k, 0.0) for k in set(base) | set(joint)}
+    for k in sorted(delta, key=lambda k: -abs(delta[k]))[:14]:
+        print(f"{k[:47]:<48}{base.get(k, 0.0):>11.3f}{joint.get(k, 0.0):>9.3f}{delta[k] / total_b:>26.1%}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default="resnet56")
@@ -155,10 +177,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--prototypes", action="store_true", help="also time the prototype head fixes")
+    p.add_argument("--profile", action="store_true", help="print the operator profile of the joint step and exit")
     p.add_argument("--json", help="write the raw times and ratios here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = make_variants(args)
+    if args.profile:
+        profile_joint(variants)
+        return {}
     if args.prototypes:
         variants["joint-nopool"] = nopool_variant(args)
     clocks = interleaved(variants, args.repeats)

@@ -153,11 +153,6 @@ def test_compile_rejects_adapter_backbones():
         maybe_compile(model, True)
 
 
-def test_compile_heads_flag_compiles_heads_too():
-    model = maybe_compile(_model(), True, heads=True, backend="eager")  # compilation itself waits for a forward
-    assert all(is_compiled(m) for m in [*compile_parts(model), *model.heads])
-
-
 def test_compile_raises_the_recompile_limit_to_cover_every_block_shape(fresh_dynamo):
     model = _resnet18_tiny()
     assert recompiles_needed(model) == VARIANTS_PER_SHAPE * 8

@@ -239,7 +239,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--out", help="output folder (default: RUN_DIR/analysis, or analysis/ beside several runs)")
     p.add_argument("--split", choices=["train", "val", "test"], help="evaluation split (default: per analysis)")
     p.add_argument("--samples", type=int, help="fixed evaluation samples (default: 512 gradients, else 2000)")
-    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default: 500)")
+    p.add_argument("--batch-size", type=int, default=250, help="evaluation batch size (default: 250)")
     p.add_argument("--seed", type=int, default=0, help="seeds sample choice, directions, subsampling (default: 0)")
     p.add_argument("--blocks", help="rank/mi: comma-separated block indices (default: all)")
     p.add_argument("--tau", type=float, default=1e-3, help="rank: count singular values > tau*s_max (default 1e-3)")

@@ -30,7 +30,7 @@ class Options:
 
     split: str | None = None
     samples: int | None = None
-    batch_size: int = 500
+    batch_size: int = 250
     seed: int = 0
     blocks: list[int] | None = None
     tau: float = 1e-3

@@ -173,33 +173,32 @@ def draw_landscape(data: dict) -> Figure:
 
 
 def draw_connectivity(data: dict) -> Figure:
-    """Objective and accuracy along every path, and the objective on the plane through three models."""
+    """Objective and final-exit accuracy along every path, and the objective on the plane through three models."""
     has_plane = "plane" in data
-    fig = Figure(figsize=(14 if has_plane else 10, 3.8), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(14 if has_plane else 10, 4.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3 if has_plane else 2)
     for p in data["paths"]:
-        label = (f"{p['from']} -> {p['to']} ({p['kind']}; barrier {p['barrier']['objective']:.3f}, above line "
-                 f"{p['above_line']['objective']:.3f})" if "above_line" in p else
-                 f"{p['from']} -> {p['to']} ({p['kind']}; barrier {p['barrier']['objective']:.3f})")
-        line, = axes[0].plot(p["t"], p["objective"], marker="o", ms=3, label=label,
-                             ls="-" if p["kind"] == "linear" else "--")
-        axes[1].plot(p["t"], p["accuracy"][-1], color=line.get_color(), ls=line.get_linestyle(), label="final exit")
-        axes[1].plot(p["t"], np.mean(p["accuracy"], axis=0), color=line.get_color(), ls=":", lw=1)
-    axes[0].set(xlabel="t", ylabel="objective (weighted exit losses)", yscale="log")
-    axes[0].set_title("loss along the path (interior: BN re-estimated)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].set(xlabel="t", ylabel="accuracy")
-    axes[1].set_title("final-exit accuracy (dotted: mean over exits)", fontsize=9)
+        extra = f", above line {p['above_line']['objective']:.3f}" if "above_line" in p else ""
+        label = f"{p['from']} - {p['to']} {p['kind']} (barrier {p['barrier']['objective']:.3f}{extra})"
+        ls = "-" if p["kind"] == "linear" else "--"
+        line, = axes[0].plot(p["t"], p["objective"], marker="o", ms=3, ls=ls, label=label)
+        axes[1].plot(p["t"], p["accuracy"][-1], color=line.get_color(), ls=ls, marker="o", ms=3)
+    axes[0].set(xlabel="t", ylabel="objective (weighted exit losses)")
+    axes[0].set_title("objective along each path (interior points: BN re-estimated)", fontsize=9)
+    axes[1].set(xlabel="t", ylabel="final-exit accuracy")
+    axes[1].set_title("final-exit accuracy along each path", fontsize=9)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     if has_plane:
         pl = data["plane"]
-        z = np.log(np.maximum(np.array(pl["objective"], dtype=float), 1e-6))
-        cs = axes[2].contourf(pl["x"], pl["y"], z, levels=20, cmap="viridis")
+        cs = axes[2].contourf(pl["x"], pl["y"], np.array(pl["objective"], dtype=float), levels=20, cmap="viridis")
         fig.colorbar(cs, ax=axes[2], shrink=0.8)
         for (x, y), name in zip(pl["positions"], data["runs"]):
             axes[2].plot(x, y, "r*", ms=10)
             axes[2].annotate(name, (x, y), color="w", fontsize=8, xytext=(4, 4), textcoords="offset points")
-        axes[2].set_title("log objective on the plane through the three models", fontsize=9)
-    fig.suptitle(f"Mode connectivity ({data['samples']} samples, BN from {data['bn_samples']})", fontsize=10)
+        axes[2].set_aspect("equal")
+        axes[2].set_title("objective on the plane through the three models", fontsize=9)
+    fig.suptitle(f"Mode connectivity ({data['samples']} samples, BN statistics from {data['bn_samples']})",
+                 fontsize=10)
     return fig
 
 

@@ -4,7 +4,7 @@
 may shrink the batch (early-exit compaction) or stop the pass. Compiling the whole model would break the graph at
 every tap anyway, so :func:`maybe_compile` compiles the pieces between taps instead -- the stem, each block and the
 final classifier -- in place. The loop, the taps and the state-dict keys stay exactly as they were, so checkpoints,
-``forward_to`` and real early exit keep working on a compiled model.
+smaller batches and ``forward_to`` keep working on a compiled model.
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ VARIANTS_PER_SHAPE = 8
 
 
 def recompiles_needed(model: MultiExitModel) -> int:
-    """Compiled graphs the busiest ``forward`` may need: distinct feature shapes among the parts that share it,
-    times :data:`VARIANTS_PER_SHAPE`.
+    """Compiled graphs the busiest ``forward`` may need: (input, output) feature shapes among the blocks that share
+    it, times :data:`VARIANTS_PER_SHAPE`. An upper bound: the block fed by the stem counts as a shape of its own.
 
     Blocks of one class share one ``forward`` code object, and dynamo caches graphs per code object (8 by
-    default). A ResNet-18 has 7 block shapes, so train plus eval already exceed that limit; past it, dynamo falls
-    back to eager silently apart from a warning.
+    default). A ResNet-18's 8 basic blocks have 7 distinct shapes, so train plus eval (14 graphs) already exceed that
+    limit; past it, dynamo falls back to eager silently apart from a warning.
     """
     bb = model.backbone
     shapes: dict[object, set] = defaultdict(set)
@@ -79,7 +79,7 @@ def recompiles_needed(model: MultiExitModel) -> int:
 def raise_recompile_limit(n: int) -> None:
     """Raise dynamo's per-function graph limit to ``n`` (a process-wide setting; it is never lowered)."""
     cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # older torch: cache_size_limit
     if getattr(cfg, name) < n:
         log.info("raising torch._dynamo.config.%s from %d to %d for the per-block graphs", name, getattr(cfg, name), n)
         setattr(cfg, name, n)

@@ -37,3 +37,15 @@ def test_disjoint_and_mixed_share_one_phase1(tiny_cfg, tmp_path):
     run_grid(plan_grid(cfg, ["joint", "disjoint", "mixed"], [0], tmp_path), workers=2, on_event=events.append)
     assert sum("already finished" in e for e in events) == 4
     assert {p: p.stat().st_mtime_ns for p in seed.rglob("model.safetensors")} == before
+
+
+def test_a_finished_run_with_another_config_is_never_reused(tiny_cfg, tmp_path):
+    import pytest
+
+    from exitlab.errors import ExitlabError
+
+    jobs = plan_grid(tiny_cfg(budget=2), ["joint"], [0], tmp_path)
+    (tmp_path / "seed0" / "joint").mkdir(parents=True)
+    (tmp_path / "seed0" / "joint" / "run.json").write_text(json.dumps({"status": "done", "run_signature": "other"}))
+    with pytest.raises(ExitlabError, match="holds a finished run with a different config"):
+        run_grid(jobs, workers=1)

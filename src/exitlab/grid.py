@@ -122,8 +122,19 @@ def run_grid(jobs: list[Job], workers: int = 2, threads: int = 1,
 
 
 def _finished(job: Job) -> bool:
+    """Whether the job's run is done; a finished run with a different config is an error, never reused."""
+    from .train import run_signature
+
     p = job.out / "run.json"
-    return p.exists() and json.loads(p.read_text()).get("status") == "done"
+    if not p.exists():
+        return False
+    status = json.loads(p.read_text())
+    if status.get("status") != "done":
+        return False
+    if status.get("run_signature") != run_signature(job.cfg):
+        raise ExitlabError(f"{job.out} holds a finished run with a different config; move it away or choose "
+                           "another output directory")
+    return True
 
 
 def _report_progress(job: Job, t0: float, on_event: Callable[[str], None]) -> None:

@@ -94,3 +94,17 @@ def test_rank_profile_records_subsampling_and_ceiling():
 def test_rank_profile_rejects_a_missing_block():
     with pytest.raises(ExitlabError, match="block 7 does not exist"):
         rank_profile(_tiny_model(), [(torch.randn(12, 1, 16, 16), torch.zeros(12, dtype=torch.long))], blocks=[0, 7])
+
+
+def test_rank_profile_of_an_adapter_includes_its_output_block():
+    from torch import nn
+
+    from exitlab.models import from_module
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    model = from_module(net, ["1", "3"], num_classes=5, input_shape=(1, 8, 8))
+    prof = rank_profile(model, [(torch.randn(40, 1, 8, 8), torch.randint(0, 5, (40,)))])
+    assert prof["blocks"] == [0, 1, 2] and prof["features"] == [256, 256, 5]  # block 2: the model's logits
+    assert prof["rank"][2] <= 5

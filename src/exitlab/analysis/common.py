@@ -127,20 +127,24 @@ def check_blocks(model: MultiExitModel, blocks: list[int] | None) -> list[int]:
 
 
 @torch.no_grad()
+def tap_points(model: MultiExitModel) -> list[int]:
+    """Blocks whose outputs ``backbone.run`` can hand out; an adapter's last "block" is its logits, not a tap."""
+    return [i for i, p in enumerate(model.backbone.feature_info) if p.kind != "logits"]
+
+
 def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
     """Output of each block in ``blocks`` for input ``x`` (eval mode is the caller's job)."""
     got: dict[int, torch.Tensor] = {}
-    last = max(blocks)
+    taps = set(blocks) & set(tap_points(model))
+    last = max(taps) if taps == set(blocks) else None  # stop early unless the model's output is wanted too
 
     def on_tap(i: int, h: torch.Tensor) -> torch.Tensor | None:
-        if i in blocks:
-            got[i] = h.detach().clone()  # clone: later blocks may work in place on h
+        got[i] = h.detach().clone()  # clone: later blocks may work in place on h
         return None if i == last else h
 
-    out = model.backbone.run(x, set(blocks), on_tap)
-    for i in blocks:  # an adapter's last "block" is its output, which is not a tap point
-        if i not in got and out is not None:
-            got[i] = out.detach()
+    out = model.backbone.run(x, taps, on_tap)
+    for i in set(blocks) - taps:
+        got[i] = out.detach()
     return got
 
 
@@ -195,7 +199,6 @@ def block_groups(model: MultiExitModel, example: torch.Tensor | None = None) -> 
 
 def _traced_groups(model: MultiExitModel, x: torch.Tensor) -> list[tuple[str, list[nn.Parameter]]]:
     bb = model.backbone
-    n = num_blocks(model)
     segment = [0]
     owner: dict[nn.Module, int] = {}
 
@@ -212,7 +215,7 @@ def _traced_groups(model: MultiExitModel, x: torch.Tensor) -> list[tuple[str, li
     try:
         with preserved(model), torch.no_grad():
             model.eval()
-            bb.run(x, set(range(n)), on_tap)
+            bb.run(x, set(tap_points(model)), on_tap)
     finally:
         for h in handles:
             h.remove()

@@ -29,14 +29,6 @@ def write_config(path, **changes):
     return path
 
 
-@pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    d = tmp_path_factory.mktemp("compare")
-    cc = load_compare_config(write_config(d / "tiny.yaml"))
-    summary = run_compare(cc, d / "out")
-    return d / "out", summary
-
-
 def test_grid_shares_phase1_and_tables_match_the_evaluations(compared):
     out, summary = compared
     assert [r["row"] for r in summary["rows"]] == ["joint", "disjoint", "mixed"]

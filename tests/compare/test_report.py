@@ -6,7 +6,6 @@ import subprocess
 import pytest
 
 from exitlab.compare.report import build_report
-from tests.compare.test_compare import compared  # noqa: F401  (module fixture: one tiny comparison)
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -19,7 +18,7 @@ def _chromium():
     return path
 
 
-def test_report_in_headless_chromium(compared, tmp_path):  # noqa: F811
+def test_report_in_headless_chromium(compared, tmp_path):
     out, summary = compared
     page = build_report(out)
     html = page.read_text()

@@ -166,6 +166,8 @@ def analyze(kind: str, run_dirs: list[str | Path], opts: Options | None = None, 
     name = kind
     if kind == "landscape":
         name = f"landscape-{opts.params}" + ("-1d" if opts.dims == 1 else "")
+    elif kind == "rank" and opts.pool:
+        name = f"rank-pool{opts.pool}"
     target = out_dir(dirs, out)
     json_path = write_json(target / f"{name}.json", data)
     return json_path, save(draw(data), target / f"{name}.png")

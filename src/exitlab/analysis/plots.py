@@ -79,7 +79,7 @@ def draw_rank(data: dict) -> Figure:
     axes = fig.subplots(1, 3)
     for run in runs:
         for ax, key in zip(axes, ("rank", "effective_rank", "stable_rank")):
-            line, = ax.plot(run["blocks"], run[key], marker="o", label=run.get("label", ""))
+            line, = ax.plot(run["blocks"], run[key], marker="o", label=run.get("label") or "model")
             ax.set_xticks(run["blocks"])
             if key == "rank":
                 ax.plot(run["blocks"], run["ceiling"], ls=":", color=line.get_color(), lw=1)
@@ -100,7 +100,7 @@ def draw_mi(data: dict) -> Figure:
     fig = Figure(figsize=(13, 3.8), dpi=DPI, layout="constrained")
     plane, zy, xz = fig.subplots(1, 3)
     for run in runs:
-        kde, label = run["kde"], run.get("label", "")
+        kde, label = run["kde"], run.get("label") or "model"
         line, = plane.plot(kde["i_xt_upper"], kde["i_ty"], marker="o", label=label)
         col = line.get_color()
         for b, x, y in zip(run["blocks"], kde["i_xt_upper"], kde["i_ty"]):

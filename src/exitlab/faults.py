@@ -1,7 +1,8 @@
 """Fault injection for the reliability tests: ``EXITLAB_FAULT=<event>:<n>`` SIGKILLs this process at the n-th
 occurrence of a named event. Events: ``step`` (after an optimizer step), ``epoch`` (after an epoch's metrics are
 logged, before its checkpoint), ``phase`` (between phases), ``write`` (inside a checkpoint write, after the
-temporary file is written and before it is renamed). Unset, this costs one environment lookup per event."""
+temporary file is written and before it is renamed), ``job`` (in the parent of a training grid, after a job has
+finished). Unset, this costs one environment lookup per event."""
 
 from __future__ import annotations
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import faults
 from .config import RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
 from .phases import phase_kinds, plan_phases
+from .procs import worker_pool
 from .rundir import read_jsonl
 
 
@@ -97,8 +98,7 @@ def run_grid(jobs: list[Job], workers: int = 2, threads: int = 1,
         if _finished(j):
             j.state = "done"
             on_event(f"{j.name}: already finished, reused")
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+    with worker_pool(workers) as pool:
         running: dict[cf.Future, Job] = {}
         while any(j.state != "done" for j in jobs):
             for j in jobs:
@@ -118,6 +118,7 @@ def run_grid(jobs: list[Job], workers: int = 2, threads: int = 1,
                 fut.result()  # re-raises the worker's error
                 job.state = "done"
                 on_event(f"{job.name}: done [{time.perf_counter() - t0:.0f}s]")
+                faults.point("job")  # the reliability tests kill the parent alone here
     return time.perf_counter() - t0
 
 

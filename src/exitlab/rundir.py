@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -48,45 +49,39 @@ def signature(obj) -> str:
 
 
 class RunLock:
-    """A lock file holding the owner's pid. A lock whose process is gone (a crash) is taken over."""
+    """An exclusive OS lock (``flock``) on ``<directory>/.lock``, held through an open file descriptor.
+
+    The kernel arbitrates, so two processes can never both hold it, and the lock dies with its process (a crash or
+    SIGKILL included): there are no stale locks to take over. The file itself is never deleted, because a process
+    that unlinked it could let a newcomer lock a fresh file while a third still holds the old one. It records the
+    holder's pid for the error message only.
+    """
 
     def __init__(self, directory: Path):
         self.path = directory / ".lock"
+        self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise ExitlabError(f"{self.path.parent} is in use by process {pid}; wait for it to finish or "
-                                       "choose another --out") from None
-                log.warning("removing stale lock %s (process %s is gone)", self.path, pid)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise ExitlabError(f"{self.path.parent} is in use by {who}; wait for it to finish or choose another "
+                               "--out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -1,12 +1,7 @@
-"""`exitlab compare`: the 3-regime grid with a shared phase 1, tables that match the evaluations, resume after a
-kill without redoing finished runs, and clear errors for bad grids."""
+"""`exitlab compare`: the 3-regime grid with a shared phase 1, tables that match the evaluations, and clear errors
+for bad grids. Resume after a kill is in tests/reliability/test_locks.py."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
@@ -48,31 +43,6 @@ def test_grid_shares_phase1_and_tables_match_the_evaluations(compared):
         assert (out / "tables" / f"exits.{ext}").read_text().count("mixed") == 1
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
         "accuracy_vs_flops.png", "exit_distribution.png", "training_curves.png"]
-
-
-def test_resume_after_a_kill_does_not_redo_finished_runs(tmp_path):
-    cfg = write_config(tmp_path / "tiny.yaml")
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "exitlab", "compare", str(cfg), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    done = lambda r: (out / "seed0" / r / "run.json").exists() and json.loads(  # noqa: E731
-        (out / "seed0" / r / "run.json").read_text()).get("status") == "done"
-    deadline = time.time() + 240
-    while not done("phase1") and time.time() < deadline:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert done("phase1"), "the shared phase 1 never finished"
-    assert not (out / "summary.json").exists(), "the comparison finished before it could be killed"
-    stamp = (out / "seed0" / "phase1" / "model.safetensors").stat().st_mtime_ns
-    events = []
-    run_compare(load_compare_config(cfg), out, on_event=events.append)
-    assert "seed0/phase1: already finished, reused" in events
-    assert (out / "seed0" / "phase1" / "model.safetensors").stat().st_mtime_ns == stamp
-    assert (out / "summary.json").exists()
-    for r in ("joint", "disjoint", "mixed"):
-        assert done(r)
 
 
 @pytest.mark.parametrize("changes,message", [

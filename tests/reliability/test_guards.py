@@ -1,8 +1,9 @@
-"""Guard rails: one process per run directory (stale locks are taken over), unwritable or full output."""
+"""Guard rails: one process per run directory, unwritable or full output."""
 
 import errno
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -12,18 +13,18 @@ from exitlab.train import train
 
 def test_a_second_process_on_the_same_run_directory_is_refused(tiny_cfg, tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
+    hold = "import sys, time; from pathlib import Path; from exitlab.rundir import RunLock\n" \
+           "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ExitlabError, match=f"in use by process {holder.pid}; wait for it to finish"):
             train(tiny_cfg(regime="joint"), out)
         assert not (out / "checkpoints").exists()
     finally:
         holder.kill()
         holder.wait()
-    train(tiny_cfg(regime="joint"), out)  # the holder died: its lock is stale and is taken over
-    assert not (out / ".lock").exists()  # and released at the end
+    train(tiny_cfg(regime="joint"), out)  # the holder died, and its lock with it
     assert (out / "model.safetensors").exists()
 
 
@@ -44,4 +45,3 @@ def test_full_disk_at_the_first_failed_write_is_a_clear_error(tiny_cfg, tmp_path
     with pytest.raises(CheckpointError, match=r"could not write .*00-phase2-end.safetensors: No space left on device"):
         train(tiny_cfg(regime="joint"), tmp_path / "run")
     assert not any((tmp_path / "run").rglob("*.safetensors"))  # nothing half-written left behind
-    assert not (tmp_path / "run" / ".lock").exists()

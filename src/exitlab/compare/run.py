@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +13,7 @@ import yaml
 from ..checkpoint import atomic_write
 from ..errors import ExitlabError
 from ..grid import Job, plan_grid, regime_label, run_grid
+from ..procs import worker_pool
 from ..rundir import environment, read_jsonl, signature
 from .config import CompareConfig
 
@@ -107,8 +106,7 @@ def _eval(run: str, policy: str, threads: int) -> dict:
 
 def evaluate_all(dirs: list[Path], policy: str, workers: int, threads: int) -> dict[Path, dict]:
     """``evaluate_run`` on every run, in parallel processes (cached logits make a rerun cheap)."""
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
+    with worker_pool(workers) as pool:
         futures = {d: pool.submit(_eval, str(d), policy, threads) for d in dirs}
         return {d: f.result() for d, f in futures.items()}
 

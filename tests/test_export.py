@@ -12,7 +12,8 @@ import torch
 from exitlab.costs import exit_costs
 from exitlab.data import load_dataset
 from exitlab.data.datasets import DEBIAN_FASHION_MNIST
-from exitlab.export import ExportError, OnnxModel, export_onnx, read_manifest
+from exitlab.errors import ExitlabError
+from exitlab.export import ExportError, OnnxModel, export_onnx, onnx_export, opset_range, read_manifest
 from exitlab.inference import early_exit
 from exitlab.models import BACKBONES, build_model
 from exitlab.policies import Policy, make_policy
@@ -212,6 +213,119 @@ def test_graph_from_another_export_is_refused(cnn, vit, tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(ExportError, match="does not exist"):
         OnnxModel(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g.update(file="../stage_0.onnx"), "'../stage_0.onnx' is not a plain file name"),
+    (lambda g: g.update(file="/etc/passwd"), "'/etc/passwd' is not a plain file name"),
+    (lambda g: g.update(file="sub\\stage_0.onnx"), "is not a plain file name"),
+    (lambda g: g.update(file=".."), "'..' is not a plain file name"),
+    (lambda g: g.update(file=7), "7 is not a plain file name"),
+])
+def test_manifest_names_only_files_inside_the_export(cnn, tmp_path, edit, message):
+    d = _copy(cnn[1], tmp_path)
+    _edit_manifest(d, lambda m: edit(m["graphs"][0]))
+    with pytest.raises(ExportError, match=message):
+        read_manifest(d, verify_files=False)  # refused even without reading the files
+
+
+def test_symlink_out_of_the_export_is_refused(cnn, tmp_path):
+    d = _copy(cnn[1], tmp_path)
+    outside = tmp_path / "elsewhere.onnx"
+    (d / "stage_1.onnx").rename(outside)
+    (d / "stage_1.onnx").symlink_to(outside)  # same bytes, same checksum, but outside the folder
+    with pytest.raises(ExportError, match="stage_1.onnx is a link to .*elsewhere.onnx, outside the export folder"):
+        OnnxModel(d)
+    (d / "stage_1.onnx").unlink()
+    (d / "stage_1.onnx").symlink_to("stage_1.onnx.real")  # a link that stays inside is fine
+    outside.rename(d / "stage_1.onnx.real")
+    OnnxModel(d)
+
+
+def _graph_opsets(d) -> dict[str, int]:
+    import onnx
+
+    return {g.file: [o.version for o in onnx.load(str(d / g.file)).opset_import if o.domain in ("", "ai.onnx")][0]
+            for g in read_manifest(d).graphs}
+
+
+def _snapshot(d) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_default_opset_is_the_one_written_and_recorded(cnn):
+    man = read_manifest(cnn[1])
+    assert man.opset is not None and set(_graph_opsets(cnn[1]).values()) == {man.opset}
+
+
+def test_opset_is_honoured_for_every_graph_and_replaces_the_previous_export(cnn, tmp_path):
+    d = _copy(cnn[1], tmp_path)  # a previous 3-stage export
+    lo, hi = opset_range()
+    opset = 21 if lo <= 21 <= hi else hi
+    model = tiny_model("resnet8", [1], img=16, width=4)
+    man = export_onnx(model, d, opset=opset)
+    assert man.opset == opset and _graph_opsets(d) == {"stage_0.onnx": opset, "stage_1.onnx": opset}
+    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "stage_0.onnx", "stage_1.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial or old folder left behind
+    x = torch.randn(5, 1, 16, 16)
+    with torch.no_grad():
+        assert np.allclose(OnnxModel(d).all_exits(x.numpy())[-1], model(x)[-1].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("opset", [13, 17, 10**6, "18", True])
+def test_unsupported_opset_is_refused_before_anything_is_written(tmp_path, opset):
+    lo, hi = opset_range()
+    with pytest.raises(ExitlabError, match=f"--opset {opset!r} is not supported: the exporter writes ONNX opsets "
+                                           f"{lo}..{hi}; pass one of those or leave --opset out"):
+        export_onnx(tiny_model("resnet8", [1], img=16, width=4), tmp_path / "o", opset=opset)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_reexport_leaves_the_previous_export_intact(cnn, tmp_path, monkeypatch):
+    d = _copy(cnn[1], tmp_path)
+    before = _snapshot(d)
+    real, calls = onnx_export._export_graph, []
+
+    def export_graph(*args):
+        calls.append(args[2].name)
+        if len(calls) == 2:
+            raise ExitlabError("injected failure in the second graph")
+        return real(*args)
+
+    monkeypatch.setattr(onnx_export, "_export_graph", export_graph)
+    with pytest.raises(ExitlabError, match="injected failure in the second graph"):
+        export_onnx(tiny_model("resnet8", [1], img=16, width=4), d, verify=False)
+    assert calls == ["stage_0.onnx", "stage_1.onnx"]
+    assert _snapshot(d) == before  # byte-identical
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the partial folder is gone
+    OnnxModel(d).predict(np.zeros((2, *SHAPE), np.float32))
+
+
+def test_a_graph_in_another_opset_fails_the_export(cnn, monkeypatch):
+    """The exporter silently keeps opset 18 where it cannot convert; such a graph fails the export, not the user."""
+    man = read_manifest(cnn[1])
+    assert onnx_export._check_opsets(cnn[1], man.graphs, man.opset) == man.opset
+    real = onnx_export.graph_opset
+    monkeypatch.setattr(onnx_export, "graph_opset", lambda p: real(p) - (p.name == "stage_1.onnx"))
+    with pytest.raises(ExportError, match=f"wrote {{'stage_1.onnx': {man.opset - 1}}} instead of opset {man.opset} "
+                                          "for every graph"):
+        onnx_export._check_opsets(cnn[1], man.graphs, man.opset)
+    with pytest.raises(ExportError, match="instead of opset"):
+        onnx_export._check_opsets(cnn[1], man.graphs, None)  # without --opset: all graphs must still agree
+
+
+@pytest.mark.parametrize("target, message", [
+    (lambda t: (t / "notes").mkdir() or (t / "notes" / "todo.txt").write_text("mine"), "holds files that are not an "
+     "exitlab export; exporting replaces the whole folder, so pass a new or empty folder"),
+    (lambda t: (t / "notes").write_text("a file"), "is a file, not a folder"),
+    (lambda t: (t / "real").mkdir() or (t / "notes").symlink_to(t / "real"), "is a symbolic link"),
+])
+def test_export_refuses_a_target_it_would_damage(tmp_path, target, message):
+    target(tmp_path)
+    before = {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    with pytest.raises(ExitlabError, match=f"export folder {tmp_path / 'notes'} {message}"):
+        export_onnx(tiny_model("resnet8", [1], img=16, width=4), tmp_path / "notes")
+    assert {p: (p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")} == before
 
 
 # Every registered backbone at a tiny size (16x16, 1 channel). resnet8 and vit are exported in the fast fixtures

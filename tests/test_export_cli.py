@@ -82,6 +82,7 @@ def test_policy_saved_with_the_model_is_exported(run, tmp_path):
     (["export", "{run}", "--policy", "confidence"], "needs --threshold"),
     (["export", "{run}", "--threshold", "0.5"], "--threshold needs --policy"),
     (["export", "{run}", "--policy", "confidence", "--threshold", "1.5"], "outside its range"),
+    (["export", "{run}", "--opset", "13"], "error: --opset 13 is not supported: the exporter writes ONNX opsets 18.."),
 ])
 def test_export_cli_errors(run, tmp_path, capsys, argv, message):
     argv = [a.format(missing=tmp_path / "nope", run=run[0]) for a in argv]
@@ -89,3 +90,16 @@ def test_export_cli_errors(run, tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "manifest.json").exists()
 
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: out.write_text("not a folder"), "is a file, not a folder"),
+    (lambda out: out.mkdir() or (out / "keep.txt").write_text("mine"), "holds files that are not an exitlab export"),
+])
+def test_export_cli_refuses_an_out_it_would_damage(run, tmp_path, capsys, make, message):
+    out = tmp_path / "o"
+    make(out)
+    before = {p: p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()}
+    assert main(["export", str(run[0]), "--out", str(out)]) == 2
+    assert f"error: export folder {out} {message}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()} == before

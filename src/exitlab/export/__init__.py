@@ -7,9 +7,10 @@ onnxruntime. Both import them only when called.
 from __future__ import annotations
 
 from .manifest import MANIFEST_NAME, ExportError, GraphEntry, Manifest, read_manifest
-from .onnx_export import export_onnx, export_run
-from .runtime import OnnxModel, Prediction
+from .onnx_export import check_opset, export_onnx, export_run, opset_range
+from .runtime import OnnxModel, Prediction, check_threads
 from .stages import AllExits, Stage, build_stages, stage_flops
 
 __all__ = ["MANIFEST_NAME", "AllExits", "ExportError", "GraphEntry", "Manifest", "OnnxModel", "Prediction", "Stage",
-           "build_stages", "export_onnx", "export_run", "read_manifest", "stage_flops"]
+           "build_stages", "check_opset", "check_threads", "export_onnx", "export_run", "opset_range", "read_manifest",
+           "stage_flops"]

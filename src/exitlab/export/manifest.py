@@ -1,7 +1,8 @@
 """The export manifest (``manifest.json``): which graph files make up the model, their inputs, FLOPs and the policy.
 
 Reading a manifest checks everything that can be checked without onnxruntime: the format tag, required fields,
-that every graph file exists and has the checksum the manifest recorded. :mod:`exitlab.export.runtime` then checks
+that every graph file is a plain name inside the export folder (no ``..``, no absolute path, no symbolic link out of
+it), that it exists and has the checksum the manifest recorded. :mod:`exitlab.export.runtime` then checks
 that each graph's inputs and outputs match what the manifest says.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import ExitlabError
 
@@ -70,6 +71,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _plain_name(name) -> bool:
+    """A file name with no folder part on any platform: not ``..``, ``a/b``, ``/abs``, ``C:x`` or ``a\\b``."""
+    return isinstance(name, str) and name not in ("", ".", "..") and PurePosixPath(name).name == name \
+        and PureWindowsPath(name).name == name
+
+
+def graph_path(export_dir: Path, entry: GraphEntry) -> Path:
+    """The graph file of ``entry``, which must resolve inside ``export_dir`` (a symbolic link out of it is refused)."""
+    path = export_dir / entry.file
+    if not path.resolve().is_relative_to(export_dir.resolve()):
+        raise ExportError(f"{export_dir}: graph {entry.file} is a link to {path.resolve()}, outside the export "
+                          "folder; a manifest may only name files inside it, re-export the model")
+    return path
+
+
 def _parse(raw: dict, source: Path) -> Manifest:
     if raw.get("format") != FORMAT:
         raise ExportError(f"{source} is not an exitlab ONNX manifest (format {raw.get('format')!r}, expected "
@@ -79,6 +95,10 @@ def _parse(raw: dict, source: Path) -> Manifest:
         man = Manifest(graphs=graphs, **raw)
     except (KeyError, TypeError) as e:
         raise ExportError(f"{source} is missing or has unexpected fields ({e}); re-export the model") from None
+    for g in man.graphs:
+        if not _plain_name(g.file):
+            raise ExportError(f"{source}: graph file {g.file!r} is not a plain file name; a manifest may only name "
+                              "files inside its export folder, re-export the model")
     if man.layout not in LAYOUTS:
         raise ExportError(f"{source}: unknown layout {man.layout!r}; expected one of {LAYOUTS}")
     expected = man.num_exits if man.layout == "staged" else 1
@@ -89,7 +109,10 @@ def _parse(raw: dict, source: Path) -> Manifest:
 
 
 def read_manifest(export_dir: str | Path, *, verify_files: bool = True) -> Manifest:
-    """Read ``manifest.json`` from an export directory; with ``verify_files`` check each graph's size and checksum."""
+    """Read ``manifest.json`` from an export directory; with ``verify_files`` check each graph's presence and checksum.
+
+    Graph file names are always confined to the folder, ``verify_files`` or not.
+    """
     d = Path(export_dir)
     path = d / MANIFEST_NAME
     if not d.is_dir():
@@ -103,9 +126,9 @@ def read_manifest(export_dir: str | Path, *, verify_files: bool = True) -> Manif
     if not isinstance(raw, dict):
         raise ExportError(f"{path} does not hold a JSON object; re-export the model")
     man = _parse(raw, path)
+    files = [graph_path(d, g) for g in man.graphs]  # always: a loader must never open a file outside the export
     if verify_files:
-        for g in man.graphs:
-            f = d / g.file
+        for g, f in zip(man.graphs, files):
             if not f.is_file():
                 raise ExportError(f"{d}: graph {g.file} listed in the manifest is missing; re-export the model")
             if file_sha256(f) != g.sha256:

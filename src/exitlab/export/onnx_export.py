@@ -6,6 +6,7 @@ segment between exits and leaves routing to :mod:`exitlab.export.runtime`. Needs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ExitlabError
-from .manifest import LAYOUTS, MANIFEST_NAME, ExportError, GraphEntry, Manifest, file_sha256
+from .folder import check_target, publish, staging
+from .manifest import LAYOUTS, MANIFEST_NAME, ExportError, GraphEntry, Manifest, file_sha256, read_manifest
 from .stages import AllExits, build_stages, example_inputs, stage_flops
 
 log = logging.getLogger("exitlab")
@@ -24,6 +26,7 @@ log = logging.getLogger("exitlab")
 TRACE_BATCH = 2  # example batch for tracing: not 0 or 1, which torch.export would specialise on
 CHECK_BATCH = 3  # a different batch for the post-export check, which proves the batch dimension is dynamic
 ATOL = 1e-4
+MIN_OPSET = 18  # torch's dynamo exporter has no translations below 18; its down-conversion silently keeps 18
 
 
 def require_export_deps() -> None:
@@ -38,6 +41,45 @@ def require_export_deps() -> None:
         raise ExitlabError(f"ONNX export needs {', '.join(missing)}; install them with pip install 'exitlab[export]'")
     if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
         raise ExitlabError(f"ONNX export needs torch >= 2.6 (dynamo exporter), found {torch.__version__}")
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets an export can be written in: the dynamo exporter's lowest up to the installed onnx's newest."""
+    import onnx
+
+    return MIN_OPSET, onnx.defs.onnx_opset_version()
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset the exporter would not honour for every graph (``None``: the exporter's default)."""
+    if opset is None:
+        return
+    lo, hi = opset_range()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not lo <= opset <= hi:
+        raise ExitlabError(f"--opset {opset!r} is not supported: the exporter writes ONNX opsets {lo}..{hi}; pass one "
+                           "of those or leave --opset out for the exporter's default")
+
+
+def graph_opset(path: Path) -> int:
+    """The default-domain (``ai.onnx``) opset a written graph declares."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ExportError(f"{path.name} declares no ai.onnx opset; please report this with the model spec")
+    return versions[0]
+
+
+def _check_opsets(out: Path, entries: list[GraphEntry], opset: int | None) -> int:
+    """Every graph must be written in the requested opset (or, without one, all in the same); returns it."""
+    got = {e.file: graph_opset(out / e.file) for e in entries}
+    want = opset if opset is not None else got[entries[0].file]
+    wrong = {f: v for f, v in got.items() if v != want}
+    if wrong:
+        raise ExportError(f"the exporter wrote {wrong} instead of opset {want} for every graph; pass another --opset "
+                          "or leave it out")
+    return want
 
 
 def _cache_torchlib() -> None:
@@ -121,7 +163,11 @@ def _check_graph(path: Path, module: nn.Module, args: tuple[torch.Tensor, ...], 
     """Run the exported graph in onnxruntime on a fresh batch size and compare with PyTorch."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own pybind error types, e.g. an opset newer than it supports
+        raise ExportError(f"onnxruntime cannot load the exported {path.name} ({type(e).__name__}: {str(e)[:300]}); "
+                          "try another --opset") from e
     got = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
     with torch.no_grad():
         want = module(*args)
@@ -133,6 +179,16 @@ def _check_graph(path: Path, module: nn.Module, args: tuple[torch.Tensor, ...], 
         if not same_shape or not err <= tol:
             raise ExportError(f"{path.name}: output {i} differs from PyTorch (shape {g.shape} vs {tuple(w.shape)}, "
                               f"max error {err:.2e} > {tol:.2e}); please report this with the model spec")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _entry(path: Path, names: list[str], outputs: list[str], args, exits: list[int], flops: int, cum: int,
@@ -182,7 +238,10 @@ def _export_all(model, out: Path, shape: tuple[int, ...], opset: int | None, ver
 def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int, ...] | None = None,
                 layout: str = "staged", classes: list[str] | None = None, policy: dict | None = None,
                 normalize: dict | None = None, opset: int | None = None, verify: bool = True) -> Manifest:
-    """Export ``model`` into ``out_dir`` and write ``manifest.json`` last (its presence marks a complete export).
+    """Export ``model`` into ``out_dir``, replacing a previous export there only once the new one is complete.
+
+    The graphs and ``manifest.json`` are written into a new folder next to ``out_dir``, checked, then renamed into
+    place; a failure leaves ``out_dir`` as it was. A file, or a folder holding anything but an export, is refused.
 
     ``layout="staged"`` writes one graph per exit (``stage_j.onnx``: features and logits of exit j);
     ``layout="all"`` writes one graph with every exit's logits. ``input_shape`` is one sample's shape (default:
@@ -196,20 +255,19 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
         if "img_size" not in spec:
             raise ExitlabError("the model has no spec with the input size; pass input_shape=(C, H, W)")
         input_shape = (spec.get("in_chans", 3), spec["img_size"], spec["img_size"])
+    check_opset(opset)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # until the new one is written, the folder is not an export
-    was_training = model.training
-    model.eval()
-    try:
+    check_target(out)
+    with _eval_mode(model), staging(out) as tmp:  # the previous export at `out` stays whole until this one is done
         run = _export_staged if layout == "staged" else _export_all
-        entries, exit_flops = run(model, out, tuple(input_shape), opset, verify)
-    finally:
-        model.train(was_training)
-    man = Manifest(layout=layout, input_shape=list(input_shape), num_classes=model.num_classes,
-                   num_exits=model.num_exits, graphs=entries, exit_flops=[int(f) for f in exit_flops],
-                   classes=list(classes or []), normalize=normalize, policy=policy, model=spec, opset=opset)
-    (out / MANIFEST_NAME).write_text(man.to_json())
+        entries, exit_flops = run(model, tmp, tuple(input_shape), opset, verify)
+        man = Manifest(layout=layout, input_shape=list(input_shape), num_classes=model.num_classes,
+                       num_exits=model.num_exits, graphs=entries, exit_flops=[int(f) for f in exit_flops],
+                       classes=list(classes or []), normalize=normalize, policy=policy, model=spec,
+                       opset=_check_opsets(tmp, entries, opset))
+        (tmp / MANIFEST_NAME).write_text(man.to_json())
+        read_manifest(tmp)  # as a loader will read it: names, files, checksums
+        publish(tmp, out)
     return man
 
 
@@ -235,7 +293,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout
     from ..checkpoint import from_pretrained
 
     require_export_deps()
+    check_opset(opset)
     run = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run / "onnx"
+    check_target(out)  # before loading the model and its data: fail fast on a bad --out
     model = from_pretrained(run)
     info = getattr(model, "info", {}) or {}
     if policy is not None:
@@ -246,7 +307,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout
     if normalize is None:
         log.warning("%s records no input normalisation; image uploads to `exitlab serve` will be fed as [0, 1] "
                     "pixels", run)
-    out = Path(out_dir) if out_dir is not None else run / "onnx"
     export_onnx(model, out, layout=layout, classes=info.get("classes"),
                 policy=policy.to_dict() if policy is not None else info.get("policy"), normalize=normalize,
                 opset=opset)

@@ -33,6 +33,13 @@ class Prediction:
     flops: np.ndarray  # [B] int64: FLOPs spent on the sample (all graphs for the all-exits layout)
 
 
+def check_threads(threads: int) -> int:
+    """onnxruntime intra-op threads per session: a whole number >= 1."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ExitlabError(f"--threads must be a whole number >= 1 (onnxruntime threads per request), got {threads!r}")
+    return threads
+
+
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -91,6 +98,7 @@ class OnnxModel:
     """
 
     def __init__(self, export_dir: str | Path, *, policy: Policy | None = None, threads: int = 1):
+        check_threads(threads)
         self.dir = Path(export_dir)
         self.manifest = read_manifest(self.dir)
         self.sessions = [_session(self.dir / g.file, threads) for g in self.manifest.graphs]

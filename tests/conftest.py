@@ -19,6 +19,8 @@ def tiny_overrides(**extra) -> list[str]:
         "phase1.lr": 0.02, "phase2.lr": 0.02, "phase3.lr": 0.02,
     }
     base.update(extra)
+    if base["data.name"] != "synthetic":
+        del base["data.synthetic"]  # options of the synthetic data set only (another data set refuses them)
     return [f"{k}={v}" for k, v in base.items()]
 
 

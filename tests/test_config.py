@@ -18,7 +18,7 @@ def test_defaults_and_typed_overrides():
     ("phase2.optimizer=adam", "phase2.optimizer: unknown optimizer 'adam'; choose sgd or adamw"),
     ("phase2.loss_weights=heavy", "phase2.loss_weights: unknown weighting 'heavy'"),
     ("model.head_kwrgs={}", "model.head_kwrgs: unknown key; valid keys here: backbone, backbone_kwargs, exits"),
-    ("data.val_fraction=1.5", r"data.val_fraction must be in \[0, 1\)"),
+    ("data.val_fraction=1.5", r"data.val_fraction must be in \(0, 1\), got 1.5"),
     ("budget=-3", "budget must be >= 0 epochs"),
     ("amp=fp8", "amp: 'fp8' is not supported; choose none or bf16"),
     ("nonsense", "expected key=value"),

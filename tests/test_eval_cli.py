@@ -83,4 +83,4 @@ def test_bench_bad_input(run_dir, capsys):
     assert main(["bench", str(run_dir), "--policy", "confidence", "--threshold", "2"]) == 2
     assert "outside its range" in capsys.readouterr().err
     assert main(["bench", str(run_dir), "--batch", "0"]) == 2
-    assert "--batch must be >= 1" in capsys.readouterr().err
+    assert "argument --batch: must be >= 1, got 0" in capsys.readouterr().err

@@ -8,7 +8,41 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ExitlabError
+from .config import check_range
+from .errors import ConfigError, ExitlabError
+
+
+class UsageError(ExitlabError):
+    """A command line that argparse refuses; printed as one ``error:`` line like every other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage block and exit; say it in one line instead
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the user typed
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def number(kind: type = int, lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    """An argparse ``type`` that parses a number and checks its range, naming the option in the error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        try:
+            check_range("value", value, lo=lo, hi=hi, lo_open=lo_open)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value ")) from None
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE, COUNT = number(int, lo=1), number(int, lo=0)
+FINITE = number(float)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -157,8 +191,9 @@ def _add_train(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train joint, disjoint and mixed on Fashion-MNIST and compare per-exit accuracy")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--budget", type=int, default=3, help="epochs per regime, matched across regimes (default: 3)")
-    p.add_argument("--workers", type=int, default=2, help="parallel 1-thread training processes (default: 2)")
+    p.add_argument("--budget", type=number(int, lo=2), default=3,
+                   help="epochs per regime, matched across regimes (default: 3; at least 2)")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="parallel 1-thread training processes (default: 2)")
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out and resume unfinished ones")
 
 
@@ -190,7 +225,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key, e.g. --set seeds=[0] --set base.budget=2 (repeatable)")
     p.add_argument("--out", help="output directory (default: runs/<config name>); rerun to resume")
-    p.add_argument("--workers", type=int, help="parallel training processes (overrides the config)")
+    p.add_argument("--workers", type=POSITIVE, help="parallel training processes (overrides the config)")
 
 
 def _add_report(sub) -> None:
@@ -210,23 +245,26 @@ def _add_eval(sub) -> None:
                    "patience, ztw; default: confidence)")
     p.add_argument("--split", default="test", help="split to report on: train, val or test (default: test)")
     p.add_argument("--thresholds", help="comma-separated thresholds for --policy (default: an even grid)")
-    p.add_argument("--n-thresholds", type=int, default=100, help="size of the default grid (default: 100)")
-    p.add_argument("--target-accuracy", type=float, help="also pick the cheapest threshold reaching this val accuracy")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--n-thresholds", type=number(int, lo=2), default=100,
+                   help="size of the default grid (default: 100)")
+    p.add_argument("--target-accuracy", type=number(float, lo=0, hi=1, lo_open=True),
+                   help="also pick the cheapest threshold reaching this val accuracy")
+    p.add_argument("--threads", type=COUNT, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measured early-exit latency/throughput vs FLOPs-predicted and ideal speed-up")
     p.add_argument("run_dir", help="a finished run directory (from exitlab train)")
     p.add_argument("--policy", default="confidence", help="exit policy (default: confidence)")
-    p.add_argument("--threshold", type=float, help="policy threshold (default: chosen on val for --budget)")
-    p.add_argument("--budget", type=float, default=0.5, help="FLOPs budget for the default threshold (default: 0.5)")
+    p.add_argument("--threshold", type=FINITE, help="policy threshold (default: chosen on val for --budget)")
+    p.add_argument("--budget", type=number(float, lo=0, lo_open=True), default=0.5,
+                   help="FLOPs budget for the default threshold (default: 0.5)")
     p.add_argument("--split", default="test", help="split whose inputs are timed (default: test)")
-    p.add_argument("--batch", type=int, default=256, help="batch size of the batched measurement (default: 256)")
-    p.add_argument("--samples", type=int, default=50, help="inputs timed one by one at batch 1 (default: 50)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats of each batched variant (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up repeats (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--batch", type=POSITIVE, default=256, help="batch size of the batched measurement (default: 256)")
+    p.add_argument("--samples", type=POSITIVE, default=50, help="inputs timed one by one at batch 1 (default: 50)")
+    p.add_argument("--repeats", type=POSITIVE, default=5, help="timed repeats of each batched variant (default: 5)")
+    p.add_argument("--warmup", type=COUNT, default=1, help="untimed warm-up repeats (default: 1)")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time, or this thread's CPU time (steadier on a shared machine; default: wall)")
 
@@ -238,29 +276,34 @@ def _add_analyze(sub) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories (2 or 3 for connectivity)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/analysis, or analysis/ beside several runs)")
     p.add_argument("--split", choices=["train", "val", "test"], help="evaluation split (default: per analysis)")
-    p.add_argument("--samples", type=int, help="fixed evaluation samples (default: 512 gradients, else 2000)")
-    p.add_argument("--batch-size", type=int, default=250, help="evaluation batch size (default: 250)")
-    p.add_argument("--seed", type=int, default=0, help="seeds sample choice, directions, subsampling (default: 0)")
+    p.add_argument("--samples", type=POSITIVE, help="fixed evaluation samples (default: 512 gradients, else 2000)")
+    p.add_argument("--batch-size", type=POSITIVE, default=250, help="evaluation batch size (default: 250)")
+    p.add_argument("--seed", type=COUNT, default=0, help="seeds sample choice, directions, subsampling (default: 0)")
     p.add_argument("--blocks", help="rank/mi: comma-separated block indices (default: all)")
-    p.add_argument("--tau", type=float, default=1e-3, help="rank: count singular values > tau*s_max (default 1e-3)")
-    p.add_argument("--max-features", type=int, default=8192, help="rank/mi: columns kept per block (default 8192)")
-    p.add_argument("--pool", type=int, default=0, help="rank: average maps to POOLxPOOL first (default 0: flatten)")
-    p.add_argument("--bins", type=int, default=30, help="mi: bins per unit for binning (default 30)")
-    p.add_argument("--noise-ratio", type=float, default=0.1, help="mi: KDE noise / layer variance (default 0.1)")
-    p.add_argument("--noise-var", type=float, help="mi: fixed KDE noise variance instead of --noise-ratio")
+    p.add_argument("--tau", type=number(float, lo=0, hi=1, lo_open=True), default=1e-3,
+                   help="rank: count singular values > tau*s_max (default 1e-3)")
+    p.add_argument("--max-features", type=POSITIVE, default=8192, help="rank/mi: columns kept per block (default 8192)")
+    p.add_argument("--pool", type=COUNT, default=0, help="rank: average maps to POOLxPOOL first (default 0: flatten)")
+    p.add_argument("--bins", type=number(int, lo=2), default=30, help="mi: bins per unit for binning (default 30)")
+    p.add_argument("--noise-ratio", type=number(float, lo=0, lo_open=True), default=0.1,
+                   help="mi: KDE noise / layer variance (default 0.1)")
+    p.add_argument("--noise-var", type=number(float, lo=0, lo_open=True),
+                   help="mi: fixed KDE noise variance instead of --noise-ratio")
     p.add_argument("--no-probe", dest="probe", action="store_false", help="mi: skip the linear-probe bound")
     p.add_argument("--mode", choices=["train", "eval"], default="train", help="gradients: BN mode (default train)")
-    p.add_argument("--steps", type=int, default=21, help="landscape: grid points per axis (default 21)")
-    p.add_argument("--span", type=float, default=1.0, help="landscape: coordinates in [-span, span] (default 1)")
+    p.add_argument("--steps", type=number(int, lo=2), default=21, help="landscape: grid points per axis (default 21)")
+    p.add_argument("--span", type=number(float, lo=0, lo_open=True), default=1.0,
+                   help="landscape: coordinates in [-span, span] (default 1)")
     p.add_argument("--params", choices=["all", "backbone", "heads"], default="all", help="landscape: what moves")
     p.add_argument("--dims", type=int, choices=[1, 2], default=2, help="landscape: plane (2) or line (1)")
     p.add_argument("--bn", choices=["fixed", "reestimate"], default="fixed", help="landscape: BN statistics")
-    p.add_argument("--points", type=int, default=11, help="connectivity: points per path (default 11)")
-    p.add_argument("--plane-steps", type=int, default=11, help="connectivity: plane grid per axis, 0 = none")
+    p.add_argument("--points", type=number(int, lo=2), default=11, help="connectivity: points per path (default 11)")
+    p.add_argument("--plane-steps", type=COUNT, default=11, help="connectivity: plane grid per axis, 0 = none")
     p.add_argument("--bezier", action="store_true", help="connectivity: also fit quadratic Bezier curves")
-    p.add_argument("--bezier-steps", type=int, default=200, help="connectivity: Bezier training steps")
-    p.add_argument("--bn-samples", type=int, default=2000, help="train samples for BN re-estimation (default 2000)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--bezier-steps", type=POSITIVE, default=200, help="connectivity: Bezier training steps")
+    p.add_argument("--bn-samples", type=POSITIVE, default=2000,
+                   help="train samples for BN re-estimation (default 2000)")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="torch CPU threads (default: 1)")
 
 
 def _add_export(sub) -> None:
@@ -272,20 +315,21 @@ def _add_export(sub) -> None:
                    help="staged: one graph per exit, for real early exit (default); all: one graph, every exit")
     p.add_argument("--policy", help="exit policy to record (confidence, entropy, patience, ztw); default: the one "
                    "saved with the model, if any")
-    p.add_argument("--threshold", type=float, help="the policy's threshold")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--threshold", type=FINITE, help="the policy's threshold")
+    p.add_argument("--opset", type=POSITIVE, help="ONNX opset (default: the exporter's)")
 
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve an ONNX export over HTTP (POST /predict, GET /health)")
     p.add_argument("export_dir", help="a directory written by exitlab export")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=number(int, lo=1, hi=65535), default=8000, help="port (default: 8000)")
     p.add_argument("--policy", help="override the manifest's exit policy (confidence, entropy, patience)")
-    p.add_argument("--threshold", type=float, help="the policy's threshold")
-    p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB (default: 8)")
-    p.add_argument("--max-batch", type=int, default=256, help="largest batch per request (default: 256)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per request (default: 1)")
+    p.add_argument("--threshold", type=FINITE, help="the policy's threshold")
+    p.add_argument("--max-body-mb", type=number(float, lo=0, lo_open=True), default=8.0,
+                   help="largest request body in MiB (default: 8)")
+    p.add_argument("--max-batch", type=POSITIVE, default=256, help="largest batch per request (default: 256)")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="onnxruntime threads per request (default: 1)")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
@@ -300,10 +344,18 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "export": (_add_export, cmd_export),
     "serve": (_add_serve, cmd_serve),
 }
+# What Ctrl-C means for each command: every message is true for its command.
+INTERRUPTED = {
+    "train": "interrupted; rerun the same command with --resume to continue from the last checkpoint",
+    "demo": "interrupted; rerun with --resume to reuse the finished runs and continue the others",
+    "compare": "interrupted; rerun the same command to resume (finished runs are reused, unfinished ones continue)",
+    "serve": "stopped",
+}
+INTERRUPTED_DEFAULT = "interrupted before finishing; files from earlier runs are untouched (results are written last)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exitlab", description="Multi-exit neural networks: train, measure, compare.")
+    parser = _Parser(prog="exitlab", description="Multi-exit neural networks: train, measure, compare.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add, _ in COMMANDS.values():
@@ -313,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ExitlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
@@ -325,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue", file=sys.stderr)
+        print(INTERRUPTED.get(args.command, INTERRUPTED_DEFAULT), file=sys.stderr)
         return 130
 
 

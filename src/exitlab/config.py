@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -34,7 +35,7 @@ class DataConfig:
     root: Union[str, None] = None  # directory holding the files; searched before the Debian path  # noqa: UP007
     download: bool = True  # try the official source (checksum-verified) when the files are not found
     img_size: int = 32  # image-folder images are resized to this; IDX/CIFAR keep their own size
-    val_fraction: float = 0.1  # stratified, seeded share of the training set held out for validation
+    val_fraction: float = 0.1  # stratified, seeded share of the training set held out for validation, in (0, 1)
     batch_size: int = 128  # training batch size (global, across all ranks)
     eval_batch_size: int = 1000  # batch size for validation and test passes
     crop_padding: int = 2  # random-crop padding in pixels; 0 turns cropping off
@@ -50,12 +51,16 @@ class PhaseConfig:
     epochs: int = 2  # epochs of this phase (the maximum, when patience > 0); overridden by `budget`
     optimizer: str = "sgd"  # sgd or adamw
     lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
+    momentum: float = 0.9  # SGD momentum, in [0, 1)
     weight_decay: float = 5e-4  # weight decay
+    decay_params: str = "all"  # all, or weights: no decay on norm layers, biases, position embeddings, CLS tokens
     schedule: str = "cosine"  # cosine (per step, to zero) or constant
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0 over this many epochs, then the schedule
+    grad_clip: float = 0.0  # > 0: clip the global gradient norm of the trained parameters to this value
+    label_smoothing: float = 0.0  # label smoothing of every exit's cross-entropy, in [0, 1)
     patience: int = 0  # > 0: stop after this many epochs without a better validation score, restore the best
     loss_weights: Union[str, list[float]] = "uniform"  # uniform, sdn, or one weight per trained exit  # noqa: UP007
-    grad_equilibrium: bool = False  # gradient equilibrium of Li et al. 2019 (phase 2)
+    grad_equilibrium: bool = False  # gradient equilibrium of Li et al. 2019 (phase 2 only)
     distill: float = 0.0  # weight of self-distillation from the final exit into the ICs (phase 2 and 3)
     distill_temperature: float = 3.0  # softmax temperature for self-distillation
 
@@ -73,7 +78,7 @@ class RunConfig:
     phase2: PhaseConfig = field(default_factory=PhaseConfig)  # backbone and all ICs
     phase3: PhaseConfig = field(default_factory=PhaseConfig)  # ICs only, backbone frozen
     seed: int = 0  # seeds the split, the initial weights, the batch order and augmentation
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     amp: str = "none"  # none or bf16 (autocast)
     channels_last: bool = False  # channels_last memory format for CNNs
     compile: bool = False  # torch.compile the backbone
@@ -89,7 +94,11 @@ class RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Range and name checks that need no data or model. Each error names the key and what is valid."""
+    """Range and name checks that need no data or model. Each error names the key and what is valid.
+
+    Checks that need the model (exit placement, per-exit weights, whether a phase has ICs to train) run in
+    :func:`exitlab.planning.preflight`, still before any data is read.
+    """
     from .phases import REGIMES
 
     if isinstance(cfg.regime, str) and cfg.regime not in REGIMES:
@@ -98,46 +107,89 @@ def validate(cfg: RunConfig) -> None:
     if isinstance(cfg.regime, list):
         if not cfg.regime or any(p not in (1, 2, 3) for p in cfg.regime):
             raise ConfigError(f"regime: phase list {cfg.regime} must be non-empty and use only phases 1, 2 and 3")
-    if cfg.budget < 0:
-        raise ConfigError(f"budget must be >= 0 epochs, got {cfg.budget}")
-    if not 0 < cfg.phase1_share < 1:
-        raise ConfigError(f"phase1_share must be in (0, 1), got {cfg.phase1_share}")
+    check_range("budget", cfg.budget, lo=0, unit="epochs")
+    check_range("phase1_share", cfg.phase1_share, lo=0, hi=1, lo_open=True, hi_open=True)
     for k in ("phase1", "phase2", "phase3"):
         _validate_phase(k, getattr(cfg, k))
     if cfg.amp not in ("none", "bf16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; choose none or bf16")
-    if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
-        raise ConfigError(f"device: {cfg.device!r}; choose auto, cpu, cuda or cuda:N")
+    if not DEVICE.fullmatch(cfg.device):
+        raise ConfigError(f"device: {cfg.device!r} is not a device name; choose auto, cpu, cuda, cuda:N or mps")
     for key, val, lo in (("checkpoint_every", cfg.checkpoint_every, 1), ("keep_checkpoints", cfg.keep_checkpoints, 1),
                          ("threads", cfg.threads, 0), ("grad_log_every", cfg.grad_log_every, 0),
-                         ("grad_log_samples", cfg.grad_log_samples, 1), ("data.batch_size", cfg.data.batch_size, 1),
-                         ("data.eval_batch_size", cfg.data.eval_batch_size, 1),
-                         ("data.crop_padding", cfg.data.crop_padding, 0),
-                         ("data.train_subset", cfg.data.train_subset, 0)):
-        if val < lo:
-            raise ConfigError(f"{key} must be >= {lo}, got {val}")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+                         ("grad_log_samples", cfg.grad_log_samples, 1)):
+        check_range(key, val, lo=lo)
+    _validate_data(cfg.data)
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+SYNTHETIC = {"num_classes": 2, "n_train": 1, "n_test": 0, "size": 4, "channels": 1, "seed": None}  # key: minimum
+
+
+def _validate_data(d: DataConfig) -> None:
+    from .data import DATASETS
+
+    if d.name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose one of: {', '.join(DATASETS)}")
+    check_range("data.val_fraction", d.val_fraction, lo=0, hi=1, lo_open=True, hi_open=True)
+    for key, val, lo in (("data.batch_size", d.batch_size, 1), ("data.eval_batch_size", d.eval_batch_size, 1),
+                         ("data.crop_padding", d.crop_padding, 0), ("data.train_subset", d.train_subset, 0),
+                         ("data.img_size", d.img_size, 1)):
+        check_range(key, val, lo=lo)
+    if d.synthetic and d.name != "synthetic":
+        raise ConfigError(f"data.synthetic is set but data.name is {d.name!r}; drop data.synthetic or use "
+                          "data.name=synthetic")
+    for key, value in d.synthetic.items():
+        if key not in SYNTHETIC:
+            raise ConfigError(f"data.synthetic.{key}: unknown option; valid options: {', '.join(SYNTHETIC)}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"data.synthetic.{key}: expected int, got {value!r}")
+        if SYNTHETIC[key] is not None:
+            check_range(f"data.synthetic.{key}", value, lo=SYNTHETIC[key])
+    n_cls = d.synthetic.get("num_classes", 7)
+    if d.synthetic.get("n_train", 700) < 2 * n_cls:
+        raise ConfigError(f"data.synthetic.n_train must be >= 2 x num_classes ({2 * n_cls}) so that every class is "
+                          "in both the train and the validation split")
 
 
 def _validate_phase(key: str, p: PhaseConfig) -> None:
-    if p.epochs < 0:
-        raise ConfigError(f"{key}.epochs must be >= 0, got {p.epochs}")
     if p.optimizer not in ("sgd", "adamw"):
         raise ConfigError(f"{key}.optimizer: unknown optimizer {p.optimizer!r}; choose sgd or adamw")
     if p.schedule not in ("cosine", "constant"):
         raise ConfigError(f"{key}.schedule: unknown schedule {p.schedule!r}; choose cosine or constant")
-    if not p.lr > 0:
-        raise ConfigError(f"{key}.lr must be > 0, got {p.lr}")
-    if p.weight_decay < 0 or p.momentum < 0 or p.patience < 0 or p.distill < 0 or p.distill_temperature <= 0:
-        raise ConfigError(f"{key}: weight_decay, momentum, patience and distill must be >= 0, "
-                          "distill_temperature > 0")
+    if p.decay_params not in ("all", "weights"):
+        raise ConfigError(f"{key}.decay_params: {p.decay_params!r}; choose all or weights (no decay on norm layers, "
+                          "biases, position embeddings and CLS tokens)")
+    check_range(f"{key}.epochs", p.epochs, lo=0)
+    check_range(f"{key}.lr", p.lr, lo=0, lo_open=True)
+    check_range(f"{key}.momentum", p.momentum, lo=0, hi=1, hi_open=True)
+    for name in ("weight_decay", "warmup_epochs", "grad_clip", "patience", "distill"):
+        check_range(f"{key}.{name}", getattr(p, name), lo=0)
+    check_range(f"{key}.label_smoothing", p.label_smoothing, lo=0, hi=1, hi_open=True)
+    check_range(f"{key}.distill_temperature", p.distill_temperature, lo=0, lo_open=True)
     if isinstance(p.loss_weights, str) and p.loss_weights not in ("uniform", "sdn"):
         raise ConfigError(f"{key}.loss_weights: unknown weighting {p.loss_weights!r}; choose uniform, sdn, "
                           "or a list of one weight per trained exit")
     if isinstance(p.loss_weights, list) and (not p.loss_weights or any(w < 0 for w in p.loss_weights)
                                              or sum(p.loss_weights) <= 0):
         raise ConfigError(f"{key}.loss_weights: {p.loss_weights} must be non-negative with a positive sum")
+
+
+def check_range(key: str, value: float, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                hi_open: bool = False, unit: str = "") -> None:
+    """Raise a ConfigError naming ``key`` unless ``value`` is a finite number in the range (closed by default)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+    if ok:
+        return
+    if lo is not None and hi is not None:
+        want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        want = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        want = f"{'<' if hi_open else '<='} {hi:g}"
+    raise ConfigError(f"{key} must be {want}{' ' + unit if unit else ''}, got {value!r}")
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -214,7 +266,21 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             kwargs[key] = _matches(value, tp)
         except TypeError:
             raise ConfigError(f"{prefix}{key}: expected {_type_name(tp)}, got {value!r}") from None
+        if not _finite(kwargs[key]):
+            what = "is not a finite number" if isinstance(value, float) else "holds NaN or infinity"
+            raise ConfigError(f"{prefix}{key}: {value!r} {what}; give a real number")
     return cls(**kwargs)
+
+
+def _finite(value: Any) -> bool:
+    """False when a float anywhere inside ``value`` (lists and dicts included) is NaN or infinite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def to_dict(cfg: Any) -> dict:

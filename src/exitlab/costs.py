@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .flops import count_flops
+from .models.core import eval_mode
 
 
 @dataclass
@@ -112,9 +113,7 @@ def exit_costs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
     shape = model_input_shape(model, input_shape)
     p0 = next(model.parameters())
     x = torch.zeros(1, *shape, dtype=p0.dtype, device=p0.device)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         base = count_flops(lambda: model.backbone(x))
         backbone_params = sum(p.numel() for p in model.backbone.parameters())
         n_blocks = len(model.backbone.feature_info)
@@ -126,8 +125,6 @@ def exit_costs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
             uncounted.update(rep.uncounted)
             params = _params_used(model, lambda j=j: model.forward_to(x, j))
             exits.append(ExitCost(j, block, rep.total, params, rep.total / max(base.total, 1)))
-    finally:
-        model.train(was)
     if base.total <= 0:
         raise ConfigError("the backbone counts 0 FLOPs: no matmul, conv or attention ran; cannot express costs as "
                           "fractions of it")

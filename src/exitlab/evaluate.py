@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import atomic_write
 from .costs import ExitCosts, exit_costs
 from .errors import CheckpointError, ConfigError, DataError
+from .models.core import eval_mode
 from .policies import POLICIES, Policy, make_policy
 from .sweep import BUDGETS, auc, budget_table, ece, exit_accuracy, select, simulate
 
@@ -86,13 +87,11 @@ def split_loader(data, split: str):
 @torch.no_grad()
 def compute_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """Every exit's logits over a loader, in eval mode: ``[E, N, C]`` float32 and labels ``[N]``."""
-    was = model.training
-    model.eval()
     outs, labels = [], []
-    for x, y in loader:
-        outs.append(torch.stack(model(x)).float().cpu())  # [E, B, C]
-        labels.append(y.cpu())
-    model.train(was)
+    with eval_mode(model):
+        for x, y in loader:
+            outs.append(torch.stack(model(x)).float().cpu())  # [E, B, C]
+            labels.append(y.cpu())
     if not outs:
         raise DataError("the split is empty: no samples to evaluate")
     return torch.cat(outs, 1), torch.cat(labels)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ from pathlib import Path
 from . import faults
 from .config import RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
-from .phases import phase_kinds, plan_phases
+from .phases import phase_kinds
+from .planning import preflight
 from .procs import worker_pool
-from .rundir import read_jsonl
+from .rundir import read_jsonl, read_status
 
 
 @dataclass
@@ -57,7 +57,7 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
         for regime in regimes:
             cfg = dataclasses.replace(base, regime=regime, seed=seed)
             cfg = from_dict(RunConfig, to_dict(cfg))  # re-validate the combination
-            phases = plan_phases(cfg)
+            phases = preflight(cfg)  # every cell fails now, before any trains, if it can fail without data
             label = f"{regime_label(regime)}{suffix}"
             job = Job(f"seed{seed}/{label}", cfg, out / f"seed{seed}" / label, epochs=sum(p.epochs for p in phases))
             kinds = phase_kinds(regime)
@@ -126,10 +126,7 @@ def _finished(job: Job) -> bool:
     """Whether the job's run is done; a finished run with a different config is an error, never reused."""
     from .train import run_signature
 
-    p = job.out / "run.json"
-    if not p.exists():
-        return False
-    status = json.loads(p.read_text())
+    status = read_status(job.out)
     if status.get("status") != "done":
         return False
     if status.get("run_signature") != run_signature(job.cfg):

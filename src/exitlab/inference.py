@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ExitlabError
+from .models.core import eval_mode
 from .policies import Policy, State
 
 FAST_CHECK = True  # see _Router._nobody_leaves; a switch only so benchmarks can measure what it saves
@@ -115,7 +116,8 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
 
     Every sample stops computing at the first exit where the policy lets it leave; the others continue as a
     smaller batch. ``costs`` (cumulative FLOPs per exit, e.g. ``exit_costs(model).flops``) fills
-    ``result.flops``. The model should be in eval mode (BatchNorm statistics of a partial batch differ).
+    ``result.flops``. The model runs in eval mode (BatchNorm statistics of a partial batch would differ and its
+    running statistics would move) and gets its own modes back afterwards.
     """
     t = policy.threshold if threshold is None else threshold
     if t is None:
@@ -126,10 +128,14 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
         empty = torch.empty(0, dtype=torch.long, device=x.device)
         preds, exits, logits = empty, empty, x.new_empty(0, model.num_classes)
     else:
-        final = model.backbone.run(x, set(model.exits), router.on_tap)
-        if final is not None:
-            router.finish(final)
+        with eval_mode(model):
+            final = model.backbone.run(x, set(model.exits), router.on_tap)
+            if final is not None:
+                router.finish(final)
         preds, exits, logits = router.result()
+        if not bool(torch.isfinite(logits).all()):  # one check per call; the simulation refuses these too
+            raise ExitlabError("the model produced NaN or infinite logits for some inputs; check the inputs (scale, "
+                               "normalisation) and the weights")
     flops = None
     if costs is not None:
         costs = torch.as_tensor(costs, dtype=torch.float64)

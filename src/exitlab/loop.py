@@ -12,9 +12,9 @@ from torch import nn
 
 from . import faults
 from .distributed import SINGLE, DistInfo, all_sum
-from .errors import TrainingError
-from .models.core import MultiExitModel
-from .phases import Phase, loss_weights
+from .errors import ConfigError, TrainingError
+from .models.core import MultiExitModel, eval_mode
+from .phases import Phase, exit_weights
 
 
 def set_trainable(model: MultiExitModel, phase: Phase) -> list[nn.Parameter]:
@@ -35,11 +35,12 @@ def set_modes(model: MultiExitModel, phase: Phase) -> None:
         model.backbone.eval()
 
 
-def exit_losses(outs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+def exit_losses(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of every exit at once: ``[E]``."""
     logits = torch.stack(outs).float()  # [E, B, C]
     E, B, C = logits.shape
-    return F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none").view(E, B).mean(1)
+    ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none", label_smoothing=label_smoothing)
+    return ce.view(E, B).mean(1)
 
 
 def distill_loss(outs: list[torch.Tensor], temperature: float) -> torch.Tensor:
@@ -55,18 +56,21 @@ def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor) -
     """The phase's objective and the per-exit losses it was built from.
 
     ``net`` is what the phase runs (see :func:`phase_module`): the bare backbone in phase 1, so the heads are not
-    even evaluated, and the multi-exit model otherwise. Either may be wrapped in DDP.
+    even evaluated, and the multi-exit model otherwise. Either may be wrapped in DDP. The per-exit weights are the
+    phase's own (:attr:`Phase.weights`, resolved when the phases were planned; a Phase built by hand without them
+    gets them from :func:`exitlab.phases.exit_weights`, the same resolution).
     """
     opts = phase.options
     if phase.kind == 1:
-        per_exit = exit_losses([net(x)], y)
+        per_exit = exit_losses([net(x)], y, opts.label_smoothing)
         return per_exit[0], per_exit
-    model = net
-    outs = model(x, grad_equilibrium=opts.grad_equilibrium) if phase.kind == 2 else model(x)
-    per_exit = exit_losses(outs, y)
-    trained = per_exit if phase.kind == 2 else per_exit[:-1]
-    w = loss_weights(opts.loss_weights, len(trained), f"phase{phase.kind}.loss_weights").to(trained.device)
-    loss = (w * trained).sum()
+    outs = net(x, grad_equilibrium=opts.grad_equilibrium) if phase.kind == 2 else net(x)
+    per_exit = exit_losses(outs, y, opts.label_smoothing)
+    weights = phase.weights or exit_weights(phase.kind, opts, len(per_exit))  # a hand-built Phase: resolve here
+    if len(weights) != len(per_exit):
+        raise ConfigError(f"{phase.name} was planned for {len(weights)} exits but the model has {len(per_exit)}; "
+                          "plan the phases with plan_phases(cfg, model.num_exits)")
+    loss = (torch.tensor(weights, device=per_exit.device) * per_exit).sum()
     if opts.distill > 0 and len(outs) > 1:
         loss = loss + opts.distill * distill_loss(outs, opts.distill_temperature).mean()
     return loss, per_exit
@@ -77,19 +81,42 @@ def phase_module(model: MultiExitModel, phase: Phase) -> nn.Module:
     return model.backbone if phase.kind == 1 else model
 
 
-def lr_at(phase: Phase, step: int, total: int) -> float:
-    """Learning rate after ``step`` of ``total`` steps: cosine to zero, or constant."""
+def lr_at(phase: Phase, step: int, total: int, warmup: int = 0) -> float:
+    """Learning rate after ``step`` of ``total`` steps: a linear warm-up over the first ``warmup`` steps, then
+    cosine to zero over the rest, or constant."""
     base = phase.options.lr
-    if phase.options.schedule == "constant" or total <= 0:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if phase.options.schedule == "constant" or total <= warmup:
         return base
-    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / total))
+    done = min(step - warmup, total - warmup) / (total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * done))
 
 
-def make_optimizer(params: list[nn.Parameter], phase: Phase) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, params: list[nn.Parameter], decay_params: str, weight_decay: float) -> list[dict]:
+    """One group with weight decay, and with ``decay_params="weights"`` a second one without it for norm layers,
+    biases, position embeddings and CLS tokens (every 0-d or 1-d parameter, and any named ``pos``/``cls``)."""
+    if decay_params == "all":
+        return [{"params": params, "weight_decay": weight_decay}]
+    trained = {id(p) for p in params}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if id(p) not in trained:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        skip = p.ndim <= 1 or leaf in ("pos", "cls", "pos_embed", "cls_token", "position_embeddings")
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(params: list[nn.Parameter], phase: Phase, model: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The phase's optimizer over ``params`` (``model`` names them, for ``decay_params="weights"``)."""
     o = phase.options
+    groups = param_groups(model, params, o.decay_params, o.weight_decay) if model is not None else \
+        [{"params": params, "weight_decay": o.weight_decay}]
     if o.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+        return torch.optim.AdamW(groups, lr=o.lr)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
 
 
 @dataclass
@@ -101,7 +128,7 @@ class EpochStats:
 
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
                 amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
-                on_step: Callable[[int], None] | None = None) -> tuple[EpochStats, int]:
+                on_step: Callable[[int], None] | None = None, warmup_steps: int = 0) -> tuple[EpochStats, int]:
     """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
 
     Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
@@ -111,7 +138,7 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
     device_type = loader.x.device.type
     for x, y in progress(loader) if progress else loader:
         for g in opt.param_groups:
-            g["lr"] = lr_at(phase, step, total_steps)
+            g["lr"] = lr_at(phase, step, total_steps, warmup_steps)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             loss, per_exit = phase_loss(model, phase, x, y)
         synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), info) / info.world
@@ -123,11 +150,10 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
                                 "checkpoint is kept")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_ok = _grads_finite(opt)
-        if not grad_ok:
+        if not _clip_and_check(opt, phase.options.grad_clip):
             raise TrainingError(f"non-finite gradient at {where} step {step} (the loss was finite: per-exit losses "
-                                f"{[round(v, 4) for v in per_exit.tolist()]}); lower the learning rate or enable "
-                                "gradient clipping. The last good checkpoint is kept")
+                                f"{[round(v, 4) for v in per_exit.tolist()]}); lower the learning rate or set "
+                                f"{phase.name}.grad_clip (e.g. 1.0). The last good checkpoint is kept")
         opt.step()
         step += 1
         faults.point("step")
@@ -142,11 +168,18 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
     return stats, step
 
 
-def _grads_finite(opt: torch.optim.Optimizer) -> bool:
+def _clip_and_check(opt: torch.optim.Optimizer, max_norm: float) -> bool:
+    """Whether every gradient is finite; with ``max_norm > 0`` the global gradient norm is clipped to it first."""
     grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
     if not grads:
         return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    norms = torch.stack(torch._foreach_norm(grads))  # [P]
+    if not bool(torch.isfinite(norms).all()):
+        return False
+    if max_norm > 0:
+        total = norms.norm()
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))  # as torch.nn.utils.clip_grad_norm_
+    return True
 
 
 @torch.no_grad()
@@ -155,18 +188,16 @@ def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = 
 
     Under DDP each rank evaluates its share of every batch and the counts are summed over ranks.
     """
-    was = model.training
-    model.eval()
     correct: torch.Tensor | None = None
     n = 0
     device_type = loader.x.device.type
-    for x, y in loader:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            outs = model(x)
-        hits = (torch.stack(outs).argmax(-1) == y).sum(1)  # [E]
-        correct = hits if correct is None else correct + hits
-        n += len(y)
-    model.train(was)
+    with eval_mode(model):
+        for x, y in loader:
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+                outs = model(x)
+            hits = (torch.stack(outs).argmax(-1) == y).sum(1)  # [E]
+            correct = hits if correct is None else correct + hits
+            n += len(y)
     if correct is None:
         return [], 0
     correct = all_sum(correct, info)

@@ -24,11 +24,17 @@ TRAINS = {1: "backbone", 2: "all", 3: "heads"}
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of a regime: which parameters train, for how many epochs, with which options."""
+    """One phase of a regime: which parameters train, for how many epochs, with which options.
+
+    ``weights`` holds one loss weight per exit of the model, final exit last (0 for exits the phase does not
+    train; the trained ones sum to 1). :func:`plan_phases` resolves them once the number of exits is known, and
+    every consumer (the training loop, the gradient analysis) reads them from here.
+    """
 
     kind: int  # 1, 2 or 3
     epochs: int
     options: PhaseConfig
+    weights: tuple[float, ...] = ()
 
     @property
     def trains(self) -> str:
@@ -59,15 +65,62 @@ def _even(total: int, n: int) -> list[int]:
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
 
-def plan_phases(cfg: RunConfig) -> list[Phase]:
-    """The phases a run trains, with their epochs (from ``budget`` when set, else each phase's own ``epochs``)."""
+def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
+    """The phases a run trains, with their epochs (from ``budget`` when set, else each phase's own ``epochs``).
+
+    With ``num_exits`` (the model's exits, final included) each phase also gets its per-exit loss weights, and
+    a phase that would have no IC to train is refused. Settings that a phase would ignore are refused either way.
+    """
     kinds = phase_kinds(cfg.regime)
     options = [getattr(cfg, f"phase{k}") for k in kinds]
     epochs = split_budget(kinds, cfg.budget, cfg.phase1_share) if cfg.budget else [o.epochs for o in options]
     if cfg.budget and min(epochs) < 1:
         raise ConfigError(f"budget: {cfg.budget} epochs cannot be split over phases {list(kinds)} "
                           f"(got {epochs}); raise budget or adjust phase1_share")
-    return [Phase(k, e, o) for k, e, o in zip(kinds, epochs, options)]
+    for k, e in zip(kinds, epochs):
+        if e < 1:
+            raise ConfigError(f"phase{k}.epochs is 0, so phase {k} of regime {_label(cfg.regime)} would train "
+                              f"nothing; set phase{k}.epochs >= 1, or set budget")
+    for k, o, e in zip(kinds, options, epochs):
+        check_used(k, o)
+        if o.warmup_epochs > e:
+            raise ConfigError(f"phase{k}.warmup_epochs is {o.warmup_epochs:g}, longer than the phase ({e} epochs); "
+                              "shorten the warm-up")
+    weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
+    return [Phase(k, e, o, w) for k, e, o, w in zip(kinds, epochs, options, weights)]
+
+
+def _label(regime: str | list[int]) -> str:
+    return repr(regime) if isinstance(regime, str) else str(list(regime))
+
+
+def check_used(kind: int, o: PhaseConfig) -> None:
+    """Refuse settings that phase ``kind`` would silently ignore."""
+    default = PhaseConfig()
+    ignored = []
+    if kind == 1:
+        ignored = [("loss_weights", "it trains one exit, the final one"),
+                   ("grad_equilibrium", "it trains the backbone alone, without ICs"),
+                   ("distill", "it trains the backbone alone, with no ICs to distil into")]
+    elif kind == 3:
+        ignored = [("grad_equilibrium", "its backbone is frozen, and gradient equilibrium rescales the backbone's "
+                                        "gradients")]
+    for key, why in ignored:
+        if getattr(o, key) != getattr(default, key):
+            raise ConfigError(f"phase{kind}.{key} is set, but phase {kind} ignores it: {why}; remove it")
+
+
+def exit_weights(kind: int, o: PhaseConfig, num_exits: int, regime="") -> tuple[float, ...]:
+    """Per-exit loss weights of a phase over all ``num_exits`` exits (0 where the phase does not train)."""
+    if kind == 1:
+        return (0.0,) * (num_exits - 1) + (1.0,)
+    if num_exits < 2:
+        what = "the ICs with the backbone" if kind == 2 else "the ICs on the frozen backbone"
+        raise ConfigError(f"phase {kind} of regime {_label(regime)} trains {what}, but model.exits places no IC; "
+                          "place at least one (e.g. model.exits=[0]) or train the backbone alone with regime=[1]")
+    trained = num_exits if kind == 2 else num_exits - 1
+    w = loss_weights(o.loss_weights, trained, f"phase{kind}.loss_weights").tolist()
+    return tuple(w) + (() if kind == 2 else (0.0,))
 
 
 # ---------------------------------------------------------------- loss weights: each returns weights summing to 1
@@ -87,7 +140,7 @@ def sdn_weights(n: int) -> torch.Tensor:
 def explicit_weights(values: list[float], n: int, key: str = "loss_weights") -> torch.Tensor:
     """A user list, normalised to sum to 1."""
     if len(values) != n:
-        raise ConfigError(f"{key}: {len(values)} weights given but this phase trains {n} exits")
+        raise ConfigError(f"{key}: {len(values)} weights given but this phase trains {n} exits; give {n}")
     w = torch.tensor(values, dtype=torch.float32)
     return w / w.sum()
 

@@ -37,7 +37,7 @@ from typing import ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, ExitlabError
 from .registry import Registry
 
 State = dict[str, torch.Tensor]  # every tensor [B, ...]: rows follow the samples
@@ -118,7 +118,9 @@ class Policy:
     @torch.no_grad()
     def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and predictions of every sample at every exit from stacked logits ``[E, N, C]``: ``[E, N]`` each.
-        Calls :meth:`step` exit by exit on all samples: exactly what real early exit computes per sample."""
+        Calls :meth:`step` exit by exit on all samples: exactly what real early exit computes per sample.
+        Non-finite logits are refused: one NaN would otherwise corrupt the sorted sweep of other samples."""
+        check_finite(logits)
         state: State = {}
         scores, preds = [], []
         for j in range(logits.shape[0]):
@@ -137,6 +139,15 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(threshold={self.threshold})"
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    """Raise an ExitlabError naming the exits and the number of samples whose logits ``[E, N, C]`` are not finite."""
+    bad = ~torch.isfinite(logits).all(-1)  # [E, N]
+    if bool(bad.any()):
+        exits = torch.nonzero(bad.any(1)).flatten().tolist()
+        raise ExitlabError(f"the logits of exit(s) {exits} are NaN or infinite for {int(bad.any(0).sum())} "
+                           "sample(s); the model diverged or was fed bad inputs, so no exit can be simulated")
 
 
 class Confidence(Policy):

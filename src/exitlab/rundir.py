@@ -96,22 +96,35 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file. A line that does not parse (cut off by a kill, or damaged) is skipped:
+    one bad line never hides the good ones around it."""
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut off by a kill: everything after it is untrustworthy
-    return out
+    return [r for r in (_parse_line(line) for line in path.read_bytes().splitlines()) if r is not None]
 
 
-def truncate_jsonl(path: Path, n: int) -> None:
-    """Keep the first ``n`` records (resume rewinds the log to the checkpoint it restarts from)."""
-    keep = read_jsonl(path)[:n]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+def _parse_line(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def repair_jsonl(path: Path, keep) -> None:
+    """Rewrite ``path`` with the records for which ``keep(record)`` holds (resume rewinds the log to the checkpoint
+    it restarts from). Lines that do not parse are not lost: they are appended to ``<path>.bad``, with a warning."""
+    if not path.exists():
+        return
+    lines = path.read_bytes().splitlines()
+    bad = [line for line in lines if line.strip() and _parse_line(line) is None]
+    if bad:
+        log.warning("%s: %d damaged line(s) moved to %s", path, len(bad), path.name + ".bad")
+        with open(path.with_name(path.name + ".bad"), "ab") as f:
+            f.write(b"".join(line + b"\n" for line in bad))
+    good = [r for r in (_parse_line(line) for line in lines) if r is not None and keep(r)]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in good))
     os.replace(tmp, path)
 
 
@@ -139,6 +152,28 @@ def newest_valid(directory: Path, loader) -> tuple[Path, object] | None:
         except CheckpointError as e:
             log.warning("%s; falling back to the previous checkpoint", e)
     return None
+
+
+def read_status(directory: Path) -> dict:
+    """A run's ``run.json`` (``{}`` when there is none), or an ExitlabError when it is damaged."""
+    path = directory / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        status = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ExitlabError(f"{path} is damaged ({type(e).__name__}); move it away to resume from the checkpoints "
+                           "with --resume, or choose another --out") from None
+    if not isinstance(status, dict):
+        raise ExitlabError(f"{path} is not an exitlab run status (not a JSON object); move it away, or choose "
+                           "another --out")
+    return status
+
+
+def check_out_dir(directory: Path) -> None:
+    """An output path must be a directory or not exist yet."""
+    if directory.exists() and not directory.is_dir():
+        raise ExitlabError(f"{directory} is a file, not a directory; choose a directory for --out")
 
 
 def check_writable(directory: Path) -> None:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ExitlabError
+
 BUDGETS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -74,6 +76,9 @@ def simulate(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, co
     E, N = scores.shape
     if N == 0:
         raise ValueError("cannot simulate early exit on 0 samples")
+    if not bool(torch.isfinite(scores).all()):
+        raise ExitlabError(f"{int((~torch.isfinite(scores)).any(0).sum())} sample(s) have NaN or infinite exit scores; "
+                           "a policy's scores must be finite numbers")
     t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
     tt = t.to(scores.dtype) if exit_when == "above" else -t.to(scores.dtype)
     s = scores if exit_when == "above" else -scores

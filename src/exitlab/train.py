@@ -23,30 +23,25 @@ from .errors import CheckpointError, ConfigError, ExitlabError
 from .loop import evaluate, make_optimizer, phase_module, phase_score, set_modes, set_trainable, train_epoch
 from .models import build_model
 from .models.core import MultiExitModel
-from .phases import Phase, plan_phases
+from .phases import Phase
+from .planning import preflight, resolve_device
 from .rundir import (
     RunLock,
     append_jsonl,
+    check_out_dir,
     check_writable,
     checkpoints,
     environment,
     newest_valid,
     read_jsonl,
+    read_status,
     remove_partial_writes,
+    repair_jsonl,
     signature,
-    truncate_jsonl,
 )
 from .speed import maybe_compile
 
 log = logging.getLogger("exitlab")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=cpu or auto")
-    return torch.device(name)
 
 
 @dataclass
@@ -93,32 +88,6 @@ def make_model(cfg: RunConfig, data: Data) -> MultiExitModel:
                        head=m.head, head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
 
 
-def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
-    """The image shape a dataset yields, known without reading it."""
-    d = cfg.data
-    if d.name in ("fashion_mnist", "mnist"):
-        return (1, 28, 28)
-    if d.name == "synthetic":
-        size = d.synthetic.get("size", 16)
-        return (d.synthetic.get("channels", 3), size, size)
-    return (3, 32, 32) if d.name.startswith("cifar") else (3, d.img_size, d.img_size)
-
-
-def check_model(cfg: RunConfig) -> None:
-    """Build the model once on the side so bad names, kwargs and exit indices fail before any work starts."""
-    from .errors import ExitlabError
-
-    m = cfg.model
-    c, h, _ = input_shape(cfg)
-    try:
-        build_model(m.backbone, num_classes=10, in_chans=c, img_size=h, exits=m.exits, head=m.head,
-                    head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
-    except ExitlabError:
-        raise
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"model: cannot build {m.backbone!r} with these settings ({e})") from None
-
-
 def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
     """What determines a phase-1 result: runs with equal signatures can share one phase-1 checkpoint."""
     keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
@@ -141,8 +110,7 @@ class _Run:
         self.cfg, self.out, self.info = cfg, out, info
         self.metrics = out / "metrics.jsonl"
         self.device = device or resolve_device(cfg.device)
-        self.phases = plan_phases(cfg)
-        check_model(cfg)  # names and exit indices fail here, before any data is read
+        self.phases = preflight(cfg)  # everything that can fail without data fails here, before any is read
         self.data = prepare_data(cfg, self.device, info)
         self.model = make_model(cfg, self.data).to(self.device)
         if cfg.channels_last:
@@ -190,9 +158,10 @@ class _Run:
     def run_phase(self, pi: int, resume: tuple[dict, dict] | None) -> None:
         phase, cfg = self.phases[pi], self.cfg
         params = set_trainable(self.model, phase)
-        opt = make_optimizer(params, phase)
+        opt = make_optimizer(params, phase, self.model)
         net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
         total = phase.epochs * len(self.data.train)
+        warmup = round(phase.options.warmup_epochs * len(self.data.train))
         start, step, best, best_score, bad = 0, 0, None, -1.0, 0
         if resume is not None:
             tensors, meta = resume
@@ -204,14 +173,14 @@ class _Run:
             if phase.options.patience and bad >= phase.options.patience:
                 break
             seed = cfg.seed * 1_000_003 + pi * 10_007 + epoch  # order, augmentation and dropout per epoch
-            torch.manual_seed(seed)
-            self.data.train.set_epoch_seed(seed)
+            torch.manual_seed(seed + 7_919 * self.info.rank)  # dropout: every rank draws its own masks
+            self.data.train.set_epoch_seed(seed)  # batch order and augmentation: the same global batch on every rank
             set_modes(self.model, phase)
             t0 = time.perf_counter()
             where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
             stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
                                       where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"),
-                                      info=self.info, on_step=self._grad_probe(phase))
+                                      info=self.info, on_step=self._grad_probe(phase), warmup_steps=warmup)
             accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
             score = phase_score(phase, accs)
             if phase.options.patience:
@@ -237,17 +206,11 @@ class _Run:
         if not every or not self.info.is_main:
             return None
         from .analysis.gradients import gradient_contributions
-        from .phases import loss_weights
 
-        n, E = self.cfg.grad_log_samples, self.model.num_exits
+        n = self.cfg.grad_log_samples
         x, y = next(iter(self.data.val))
         batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, min(n, len(y)), 128)]
-        w = torch.zeros(E)
-        if phase.kind == 1:
-            w[-1] = 1.0
-        else:
-            trained = E if phase.kind == 2 else E - 1
-            w[:trained] = loss_weights(phase.options.loss_weights, trained)
+        w = torch.tensor(phase.weights)
 
         def probe(step: int) -> None:
             if step % every == 0:
@@ -273,17 +236,19 @@ class _Run:
 
 
 def _preflight(out: Path, cfg: RunConfig, resume: bool) -> None:
-    if not resume and ((out / "run.json").exists() or checkpoints(out)):
+    check_out_dir(out)
+    status = read_status(out)
+    if not status and not checkpoints(out):
+        foreign = [p.name for p in sorted(out.iterdir()) if not p.name.startswith(".")] if out.is_dir() else []
+        if foreign:
+            raise ExitlabError(f"{out} is not empty and holds no exitlab run ({', '.join(foreign[:3])}"
+                               f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty --out")
+    elif not resume:
         raise ExitlabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    status = _status(out)
     if status.get("run_signature") not in (None, run_signature(cfg)):
         raise ExitlabError(f"{out} holds a run with a different config; resume it with its own config "
                            f"({out / 'config.yaml'}), or choose another --out")
     check_writable(out)
-
-
-def _status(out: Path) -> dict:
-    return json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from: str | Path | None = None
@@ -311,13 +276,17 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
 
 def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo, device: torch.device) -> Path:
     run = _Run(cfg, out, info, device)
-    status = _status(out)
+    status = read_status(out)
     if status.get("status") == "done":
         log.info("%s is already finished; nothing to do", out)
         return out
+    if not status:  # run.json first: from here on the directory is recognisably a run
+        status = {"status": "starting", "run_signature": run.sig}
+        run.write_status(status)
     if info.is_main:
-        (out / "config.yaml").write_text(dump_config(cfg))
-        (out / "env.json").write_text(json.dumps({**environment(), "world_size": info.world}, indent=2))
+        ckpt.atomic_write(out / "config.yaml", lambda p: p.write_text(dump_config(cfg)))
+        env = json.dumps({**environment(), "world_size": info.world}, indent=2)
+        ckpt.atomic_write(out / "env.json", lambda p: p.write_text(env))
     first, resume_state = _starting_point(run, resume, phase1_from, status)
     status.update(status="running", regime=cfg.regime, run_signature=run.sig,
                   phases=[dataclasses.asdict(p) for p in run.phases])
@@ -349,10 +318,12 @@ def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple
     if found is not None:
         path, (tensors, meta) = found
         run.restore(tensors, meta, path)
-        if run.info.is_main:
-            truncate_jsonl(run.metrics, meta["metrics_lines"])
-        log.info("resuming from %s", path)
         pi = meta["phase_index"]
+        if run.info.is_main:
+            upto = (pi, meta["epochs_done"])
+            repair_jsonl(run.metrics, lambda r: "phase_index" in r and "epoch" in r
+                         and (r["phase_index"], r["epoch"]) <= upto)
+        log.info("resuming from %s", path)
         return (pi + 1, None) if meta["end"] else (pi, (tensors, meta))
     if run.metrics.exists() and run.info.is_main:
         run.metrics.unlink()  # a run that never reached a checkpoint starts over

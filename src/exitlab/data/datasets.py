@@ -113,17 +113,20 @@ def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
 
 
 def _find_idx_dir(name: str, root: str | None, download: bool) -> Path:
-    candidates = [Path(root).expanduser()] if root else []
-    if name == "fashion_mnist":
-        candidates.append(DEBIAN_FASHION_MNIST)
-    candidates.append(_cache_dir() / name)
+    """Where the four IDX files are: only ``root`` when it is given (a download goes there), else the Debian path
+    (Fashion-MNIST), then the cache, then a download into the cache."""
+    if root:
+        candidates = [Path(root).expanduser()]
+    else:
+        candidates = [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else []
+        candidates.append(_cache_dir() / name)
     for c in candidates:
         if all((c / f).exists() for f in _IDX_FILES):
             return c
-    if download and _try_download_idx(name, _cache_dir() / name):
-        return _cache_dir() / name
+    if download and _try_download_idx(name, candidates[-1]):
+        return candidates[-1]
     looked = ", ".join(str(c) for c in candidates)
-    hint = " or `apt-get install dataset-fashion-mnist` (Debian/Ubuntu)" if name == "fashion_mnist" else ""
+    hint = " or run scripts/setup-system demo (Debian/Ubuntu)" if name == "fashion_mnist" and not root else ""
     raise DataError(f"{name} not found (looked in {looked}, download {'failed' if download else 'disabled'}); "
                     f"put the four *-ubyte.gz files in a directory and set data.root to it{hint}")
 
@@ -169,8 +172,7 @@ def load_idx(name: str, root: str | None = None, download: bool = True) -> Datas
 def load_cifar(name: str, root: str | None = None, download: bool = True) -> Dataset:
     """CIFAR-10/100 from the python pickle batches (the ``cifar-*-python`` folder or its .tar.gz)."""
     folder, tgz_md5, files = _CIFAR[name]
-    bases = [Path(root).expanduser()] if root else []
-    bases.append(_cache_dir() / name)
+    bases = [Path(root).expanduser()] if root else [_cache_dir() / name]  # a given root is the only place looked
     d = next((b / folder for b in bases if (b / folder).is_dir()), None)
     d = d or next((b for b in bases if all((b / f).exists() for f in files)), None)
     if d is None:
@@ -207,7 +209,7 @@ def _cifar_batches(d: Path, files: list[str], key: str) -> tuple[torch.Tensor, t
 def _extract_cifar(name: str, bases: list[Path], folder: str, tgz_md5: str, download: bool) -> Path:
     archive = next((b / Path(_URLS[name]).name for b in bases if (b / Path(_URLS[name]).name).exists()), None)
     if archive is None and download:
-        archive = _cache_dir() / name / Path(_URLS[name]).name
+        archive = bases[-1] / Path(_URLS[name]).name
         if not _fetch(_URLS[name], archive):
             archive = None
     if archive is None:

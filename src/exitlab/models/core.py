@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -149,6 +150,19 @@ class MultiExitModel(nn.Module):
             "blocks": len(info),
             "exit_features": [asdict(info[i]) for i in self.exits],
         }
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode, then give every submodule back its own mode (a frozen backbone inside a
+    training model stays in eval mode). Every inference entry point goes through this."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.train(training)
 
 
 def check_exits(exits: Sequence[int], n_blocks: int) -> None:

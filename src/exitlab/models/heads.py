@@ -22,11 +22,19 @@ def _pool(x: torch.Tensor, point: ExitPoint) -> torch.Tensor:
     return x[:, 1:].mean(dim=1) if x.shape[1] > 1 else x[:, 0]  # [B, D]
 
 
+def _option(name: str, value, lo: int = 1) -> None:
+    """A whole-number head option must be an int >= ``lo``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        raise ConfigError(f"model.head_kwargs.{name} must be a whole number >= {lo}, got {value!r}")
+
+
 class _Head(nn.Module):
     """Shared cascade logic: with ``cascade`` the head also reads the previous exit's (detached) logits (ZTW)."""
 
     def __init__(self, num_classes: int, cascade: bool):
         super().__init__()
+        if not isinstance(cascade, bool):
+            raise ConfigError(f"model.head_kwargs.cascade must be true or false, got {cascade!r}")
         self.cascade = nn.Linear(num_classes, num_classes, bias=False) if cascade else None
         if self.cascade is not None:
             nn.init.zeros_(self.cascade.weight)
@@ -46,6 +54,7 @@ class SDNHead(_Head):
         if point.kind != "map":
             raise ConfigError("head 'sdn' needs spatial feature maps; for token exits (ViT) use 'cls', 'pooled' or "
                               "'mlp2'")
+        _option("grid", grid)
         self.grid = grid
         self.alpha = nn.Parameter(torch.zeros(()))  # sigmoid(0) = 0.5: start as an even mix
         self.fc = nn.Linear(point.channels * grid * grid, num_classes)
@@ -78,8 +87,9 @@ class MLPHead(_Head):
     def __init__(self, point: ExitPoint, num_classes: int, *, layers: int = 2, hidden: int | None = None,
                  cascade: bool = False):
         super().__init__(num_classes, cascade)
-        if layers < 1:
-            raise ConfigError(f"model.head_kwargs.layers must be >= 1, got {layers}")
+        _option("layers", layers)
+        if hidden is not None:
+            _option("hidden", hidden)
         self.point = point
         hidden = hidden or point.channels
         dims = [point.channels] + [hidden] * (layers - 1) + [num_classes]

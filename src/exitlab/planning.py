@@ -1,0 +1,95 @@
+"""Pre-flight: every check of a run that needs no data, made before any data is read or any work starts.
+
+:func:`preflight` resolves the device, checks the data options that can be checked without reading the data,
+builds the model on the side (on the CPU) and runs it forward and backward on a tiny batch, so bad names, head and
+backbone options and exit placements fail at once. Then it plans the phases with their per-exit loss weights, so
+a weight list of the wrong length or a regime that needs ICs where there are none fails before phase 1 trains.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, to_dict
+from .errors import ConfigError, ExitlabError
+from .models import build_model
+from .phases import Phase, plan_phases
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a config's ``device`` (auto: CUDA when available), or a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=cpu or auto")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name!r} does not exist; this machine has CUDA devices "
+                              f"0..{torch.cuda.device_count() - 1}")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("device: 'mps' requested but Apple's MPS backend is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """The image shape a dataset yields, known without reading it."""
+    d = cfg.data
+    if d.name in ("fashion_mnist", "mnist"):
+        return (1, 28, 28)
+    if d.name == "synthetic":
+        size = d.synthetic.get("size", 16)
+        return (d.synthetic.get("channels", 3), size, size)
+    return (3, 32, 32) if d.name.startswith("cifar") else (3, d.img_size, d.img_size)
+
+
+def check_data_options(cfg: RunConfig) -> None:
+    """Data settings that can be checked without reading the data: a given ``data.root`` must exist."""
+    root = cfg.data.root
+    if cfg.data.name == "imagefolder" and not root:
+        raise ConfigError("data.root: an image folder needs data.root, the folder holding train/ and val/")
+    if root and not Path(root).expanduser().is_dir():
+        raise ConfigError(f"data.root {root} does not exist or is not a directory; point it at the folder holding "
+                          f"the {cfg.data.name} files, or unset it to use the default locations")
+
+
+def check_model(cfg: RunConfig) -> int:
+    """Build the model on the side and run one forward and backward pass; returns its number of exits."""
+    m = cfg.model
+    return _check_model(json.dumps({"model": to_dict(m), "shape": input_shape(cfg)}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_model(key: str) -> int:
+    spec = json.loads(key)
+    m, (c, h, _) = spec["model"], spec["shape"]
+    try:
+        model = build_model(m["backbone"], num_classes=10, in_chans=c, img_size=h, exits=m["exits"], head=m["head"],
+                            head_kwargs=m["head_kwargs"], backbone_kwargs=m["backbone_kwargs"])
+    except ExitlabError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise ConfigError(f"model: cannot build {m['backbone']!r} with these settings ({_short(e)}); check "
+                          "model.backbone_kwargs") from None
+    try:
+        outs = model(torch.zeros(2, c, h, h))
+        torch.stack([o.float().sum() for o in outs]).sum().backward()
+    except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
+        raise ConfigError(f"model: {m['backbone']!r} with head {m['head']!r} fails on a {c}x{h}x{h} input "
+                          f"({_short(e)}); check model.head_kwargs, model.backbone_kwargs and data.img_size") from None
+    return model.num_exits
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def preflight(cfg: RunConfig) -> list[Phase]:
+    """Run every check that needs no data; returns the planned phases with their per-exit loss weights."""
+    resolve_device(cfg.device)
+    check_data_options(cfg)
+    return plan_phases(cfg, check_model(cfg))

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 import exitlab.demo as demo
+from exitlab.errors import ExitlabError
 
 
 def test_demo_wiring_smoke(tmp_path, monkeypatch):
@@ -22,6 +25,5 @@ def test_demo_wiring_smoke(tmp_path, monkeypatch):
     assert set(saved["test_acc"]) == {"joint", "disjoint", "mixed"} and len(saved["test_acc"]["mixed"]) == 3
     assert saved["flops_fraction"][0] < saved["flops_fraction"][1] < saved["flops_fraction"][2]
     # a second call without --resume refuses to touch the finished runs
-    lines.clear()
-    assert demo.run_demo(tmp_path / "d", budget=2, echo=lines.append) == 2
-    assert "is not empty; pass --resume" in lines[0]
+    with pytest.raises(ExitlabError, match="is not empty; pass --resume"):
+        demo.run_demo(tmp_path / "d", budget=2, echo=lines.append)

@@ -12,7 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import faults
-from .errors import CheckpointError
+from .errors import CheckpointError, ExitlabError
+from .rundir import read_json
 
 FORMAT = "exitlab-checkpoint-1"
 
@@ -132,17 +133,25 @@ def from_pretrained(directory: str | Path, map_location: str = "cpu"):
     d = Path(directory)
     if not (d / "model.json").is_file():
         raise CheckpointError(f"{d} holds no model (model.json missing); point at a finished run directory")
+    fix = "it was not written by save_pretrained, or it was damaged; retrain, or restore the file"
     try:
-        info = json.loads((d / "model.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{d / 'model.json'} is not valid JSON ({e})") from None
-    if not isinstance(info, dict) or "spec" not in info:
-        raise CheckpointError(f"{d / 'model.json'} has no model spec; it was not written by save_pretrained")
-    model = model_from_spec(info["spec"])
+        info = read_json(d / "model.json", "model description", fix)
+    except ExitlabError as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(info.get("spec"), dict):
+        raise CheckpointError(f"{d / 'model.json'} has no model spec; {fix}")
+    try:
+        model = model_from_spec(info["spec"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{d / 'model.json'} has a malformed model spec ({_short(e)}); {fix}") from None
     tensors, _ = load_tensors(d / "model.safetensors")
     load_state(model, tensors, d / "model.safetensors")
     model.info = info
     return model.to(map_location)
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
 
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:

@@ -187,8 +187,10 @@ def check_range(key: str, value: float, *, lo: float | None = None, hi: float | 
         want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     elif lo is not None:
         want = f"{'>' if lo_open else '>='} {lo:g}"
-    else:
+    elif hi is not None:
         want = f"{'<' if hi_open else '<='} {hi:g}"
+    else:
+        want = "a finite number"
     raise ConfigError(f"{key} must be {want}{' ' + unit if unit else ''}, got {value!r}")
 
 
@@ -244,13 +246,15 @@ def _matches(value: Any, tp: Any) -> Any:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("NoneType", "null")
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types by dotted name."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names, key=str)

@@ -10,9 +10,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import RunConfig, from_dict
+from .errors import ExitlabError
 from .grid import plan_grid, run_grid
 from .loop import evaluate
 from .phases import plan_phases
+from .rundir import check_out_dir
 from .train import prepare_data
 
 # A ResNet-8 (widths 16/32/64, one residual block per stage) with SDN heads after blocks 0 and 1: 3 exits.
@@ -33,9 +35,9 @@ def run_demo(out: Path, budget: int = 3, workers: int = 2, resume: bool = False,
              echo=print) -> int:
     """Train the three regimes (phase 1 shared by disjoint and mixed), then print per-exit test accuracy."""
     cfg = demo_config(budget)
+    check_out_dir(out)
     if out.exists() and any(out.iterdir()) and not resume:
-        echo(f"error: {out} is not empty; pass --resume to reuse its runs, or choose another --out")
-        return 2
+        raise ExitlabError(f"{out} is not empty; pass --resume to reuse its runs, or choose another --out")
     jobs = plan_grid(cfg, REGIMES, [seed], out)
     echo(f"exitlab demo: ResNet-8 with 3 exits on Fashion-MNIST; joint, disjoint and mixed with a matched budget of "
          f"{budget} epochs each; {workers} parallel 1-thread processes; runs in {out}")

@@ -205,6 +205,8 @@ def evaluate_run(run_dir: str | Path, policy: str = "confidence", split: str = "
     from . import load
 
     model = load(run_dir)
+    if thresholds is not None and policy != "ztw":  # bad thresholds fail before any logits are computed
+        make_policy(policy).check_thresholds(thresholds, model.num_exits, model.num_classes)
     costs = exit_costs(model)
     logits, labels = cached_logits(run_dir, split, model=model)
     val = cached_logits(run_dir, "val", model=model) if split != "val" else (logits, labels)

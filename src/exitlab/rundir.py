@@ -154,6 +154,19 @@ def newest_valid(directory: Path, loader) -> tuple[Path, object] | None:
     return None
 
 
+def read_json(path: Path, what: str, fix: str) -> dict:
+    """A JSON object from ``path``, or an ExitlabError naming the file, what it should be, and ``fix``."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ExitlabError(f"{path} not found; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ExitlabError(f"{path} is not a valid {what} ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ExitlabError(f"{path} is not a valid {what} (a JSON {type(data).__name__}, not an object); {fix}")
+    return data
+
+
 def read_status(directory: Path) -> dict:
     """A run's ``run.json`` (``{}`` when there is none), or an ExitlabError when it is damaged."""
     path = directory / "run.json"
@@ -162,8 +175,8 @@ def read_status(directory: Path) -> dict:
     try:
         status = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise ExitlabError(f"{path} is damaged ({type(e).__name__}); move it away to resume from the checkpoints "
-                           "with --resume, or choose another --out") from None
+        raise ExitlabError(f"{path} is damaged ({type(e).__name__}); move it away and resume from the run's "
+                           "checkpoints, or choose another --out") from None
     if not isinstance(status, dict):
         raise ExitlabError(f"{path} is not an exitlab run status (not a JSON object); move it away, or choose "
                            "another --out")

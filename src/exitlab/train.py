@@ -103,6 +103,18 @@ def run_signature(cfg: RunConfig) -> str:
     return signature(d)
 
 
+def seed_epoch(seed: int, phase_index: int, epoch: int, rank: int = 0) -> int:
+    """Seed torch's global generator (dropout) for one epoch and return the data seed (batch order, augmentation).
+
+    The data seed is the same on every rank, so every rank cuts the same global batch. The dropout seed differs
+    by rank, so ranks draw independent masks; rank 0 draws what one process would. With dropout, a DDP run is
+    therefore equivalent to one process in distribution, not bit for bit; without dropout it is the same run.
+    """
+    data_seed = seed * 1_000_003 + phase_index * 10_007 + epoch
+    torch.manual_seed(data_seed + 7_919 * rank)
+    return data_seed
+
+
 class _Run:
     """State of one training run. ``train()`` is the entry point; this class only keeps its pieces together."""
 
@@ -172,9 +184,7 @@ class _Run:
         for epoch in range(start, phase.epochs):
             if phase.options.patience and bad >= phase.options.patience:
                 break
-            seed = cfg.seed * 1_000_003 + pi * 10_007 + epoch  # order, augmentation and dropout per epoch
-            torch.manual_seed(seed + 7_919 * self.info.rank)  # dropout: every rank draws its own masks
-            self.data.train.set_epoch_seed(seed)  # batch order and augmentation: the same global batch on every rank
+            self.data.train.set_epoch_seed(seed_epoch(cfg.seed, pi, epoch, self.info.rank))
             set_modes(self.model, phase)
             t0 = time.perf_counter()
             where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
@@ -261,6 +271,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
     every rank calls this; rank 0 alone writes to ``out``.
     """
     out = Path(out)
+    phases = preflight(cfg)  # a config that can never work fails before anything is created, locked or read
+    source = _phase1_source(cfg, phases, phase1_from) if phase1_from is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = env_info()
@@ -269,7 +281,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
     try:
         agree(info, lambda: _preflight(out, cfg, resume))
         with RunLock(out) if info.is_main else contextlib.nullcontext():
-            return _train(cfg, out, resume, phase1_from, info, device)
+            return _train(cfg, out, resume, source, info, device)
     finally:
         teardown(info)
 
@@ -306,6 +318,17 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
     return out
 
 
+def _phase1_source(cfg: RunConfig, phases: list[Phase], source: str | Path) -> tuple[Path, dict, dict]:
+    """Load and check another run's phase-1 checkpoint (before anything is written): its path, tensors and meta."""
+    if phases[0].kind != 1:
+        raise ConfigError(f"regime {cfg.regime!r} has no phase 1 to share; drop phase1_from")
+    tensors, meta = ckpt.load_tensors(source)
+    if meta.get("phase1_signature") != phase1_signature(cfg, phases) or not meta.get("end"):
+        raise CheckpointError(f"{source} is not a finished phase 1 with this run's model, data, seed and "
+                              "phase-1 settings; train phase 1 here instead")
+    return Path(source), tensors, meta
+
+
 def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple[int, tuple | None]:
     """Which phase to start in, and the checkpoint state to resume it from."""
     if resume and run.info.is_main:
@@ -329,13 +352,8 @@ def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple
         run.metrics.unlink()  # a run that never reached a checkpoint starts over
     if phase1_from is None:
         return 0, None
-    if run.phases[0].kind != 1:
-        raise ConfigError(f"regime {run.cfg.regime!r} has no phase 1 to share; drop phase1_from")
-    tensors, meta = ckpt.load_tensors(phase1_from)
-    if meta.get("phase1_signature") != run.p1sig or not meta.get("end"):
-        raise CheckpointError(f"{phase1_from} is not a finished phase 1 with this run's model, data, seed and "
-                              "phase-1 settings; train phase 1 here instead")
-    ckpt.load_state(run.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, Path(phase1_from))
-    status["phase1_from"] = str(Path(phase1_from).resolve())
+    path, tensors, meta = phase1_from
+    ckpt.load_state(run.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    status["phase1_from"] = str(path.resolve())
     run.save(0, run.phases[0].epochs, 0, None, None, meta["best_score"], 0, end=True)
     return 1, None

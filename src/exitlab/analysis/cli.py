@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ExitlabError
+from ..rundir import check_out_dir, read_json
 from .common import Run, check_blocks, fixed_batches, load_run, split_loader, write_json
 
 log = logging.getLogger("exitlab")
@@ -153,6 +154,7 @@ def analyze(kind: str, run_dirs: list[str | Path], opts: Options | None = None, 
     dirs = [Path(d) for d in run_dirs]
     if kind == "connectivity" and len(dirs) not in (2, 3):
         raise ExitlabError(f"connectivity compares 2 or 3 runs, got {len(dirs)}")
+    check_out_dir(out_dir(dirs, out))  # before any work: --out must be a directory
     runs = [load_run(d) for d in dirs]
     labels = _labels(runs)
     if kind == "connectivity":
@@ -182,16 +184,13 @@ def redraw_files(paths: list[str | Path]) -> list[Path]:
         if p.suffix == ".jsonl":  # the training-time gradient log
             try:
                 records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-            except (OSError, json.JSONDecodeError) as e:
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ExitlabError(f"{p} is not a gradient log ({e})") from None
             if not records or any(r.get("analysis") != "gradients" for r in records):
                 raise ExitlabError(f"{p} is not a gradient log (gradients.jsonl from grad_log_every)")
             done.append(save(draw_gradient_log(records), p.with_suffix(".png")))
             continue
-        try:
-            kind = json.loads(p.read_text()).get("analysis")
-        except (OSError, json.JSONDecodeError, AttributeError) as e:
-            raise ExitlabError(f"{p} is not an analysis JSON file ({e})") from None
+        kind = read_json(p, "analysis JSON file", "pass a <kind>.json written by exitlab analyze").get("analysis")
         if kind not in DRAW:
             raise ExitlabError(f"{p} is not an analysis JSON file (analysis: {kind!r})")
         done.append(redraw(p))

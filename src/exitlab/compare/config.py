@@ -9,7 +9,7 @@ from typing import Union
 
 import yaml
 
-from ..config import RunConfig, apply_overrides, from_dict, read_yaml, to_dict
+from ..config import RunConfig, apply_overrides, check_range, from_dict, read_yaml, to_dict
 from ..errors import ConfigError
 from ..phases import REGIMES
 
@@ -54,8 +54,8 @@ class CompareConfig:
                                   "a phase list such as [1, 2, 3]")
             if isinstance(r, list) and (not r or any(p not in (1, 2, 3) for p in r)):
                 raise ConfigError(f"regimes: phase list {r} must be non-empty and use only phases 1, 2 and 3")
-        if self.workers < 1 or self.threads < 1:
-            raise ConfigError("workers and threads must be >= 1")
+        check_range("workers", self.workers, lo=1)
+        check_range("threads", self.threads, lo=1)
         if not 0 < self.distribution_budget <= 1.5:
             raise ConfigError(f"distribution_budget must be in (0, 1.5], got {self.distribution_budget}")
         bad = [a for a in self.analyses if a not in ANALYSES]

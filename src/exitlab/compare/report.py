@@ -7,7 +7,9 @@ import html
 import json
 from pathlib import Path
 
+from ..checkpoint import atomic_write
 from ..errors import ExitlabError
+from ..rundir import read_json
 from .tables import BUDGET_COLS, exit_table, mean_std, paper_table
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -63,7 +65,20 @@ def build_report(directory: str | Path) -> Path:
     if not (d / "summary.json").is_file():
         raise ExitlabError(f"{d} holds no comparison results (summary.json missing); run `exitlab compare CONFIG "
                            f"--out {d}` first")
-    summary = json.loads((d / "summary.json").read_text())
+    fix = f"rerun `exitlab compare CONFIG --out {d}` to rewrite it (finished runs are reused)"
+    summary = read_json(d / "summary.json", "comparison summary", fix)
+    try:
+        page = _page(d, summary)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise ExitlabError(f"{d / 'summary.json'} is not a comparison summary this version can read "
+                           f"({type(e).__name__}: {e}); {fix}") from None
+    out = d / "report.html"
+    atomic_write(out, lambda p: p.write_text(page))
+    return out
+
+
+def _page(d: Path, summary: dict) -> str:
+    """The report's HTML."""
     config = (d / "compare.yaml").read_text() if (d / "compare.yaml").exists() else json.dumps(summary["config"])
     plots = [("accuracy_vs_flops", "Accuracy vs mean FLOPs per sample, one curve per regime (mean ± std over seeds)"),
              ("exit_distribution", "Where test samples exit at the chosen budget"),
@@ -90,6 +105,4 @@ def build_report(directory: str | Path) -> Path:
         "<h2>Config</h2>", f"<pre>{html.escape(config)}</pre>",
         f"<script>{CHECK}</script></body></html>",
     ]
-    out = d / "report.html"
-    out.write_text("".join(parts))
-    return out
+    return "".join(parts)

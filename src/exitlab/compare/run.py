@@ -14,7 +14,7 @@ from ..checkpoint import atomic_write
 from ..errors import ExitlabError
 from ..grid import Job, plan_grid, regime_label, run_grid
 from ..procs import worker_pool
-from ..rundir import environment, read_jsonl, signature
+from ..rundir import check_out_dir, environment, read_jsonl, read_status, signature
 from .config import CompareConfig
 
 
@@ -43,6 +43,7 @@ def run_dir(out: Path, seed: int, regime: str, variant: str) -> Path:
 
 def check_out(cc: CompareConfig, out: Path) -> None:
     """Refuse an output directory that holds a comparison with a different config; never mix runs."""
+    check_out_dir(out)
     saved = out / "compare.yaml"
     if saved.exists():
         try:
@@ -64,7 +65,9 @@ def run_compare(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = 
     check_out(cc, out)
     jobs = plan(cc, out)  # every grid cell is validated before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "compare.yaml", lambda p: p.write_text(yaml.safe_dump(dataclasses.asdict(cc), sort_keys=False)))
+    if not (out / "compare.yaml").exists():  # an existing one has this config's signature (check_out)
+        atomic_write(out / "compare.yaml",
+                     lambda p: p.write_text(yaml.safe_dump(dataclasses.asdict(cc), sort_keys=False)))
     on_event(f"{len(jobs)} training jobs ({len(cc.regimes)} regimes x {len(cc.seeds)} seeds"
              f"{f' x {len(cc.variants)} variants' if cc.variants else ''}, phase 1 shared per seed)")
     t0 = time.perf_counter()
@@ -91,8 +94,7 @@ def run_compare(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = 
 
 
 def _seconds(d: Path) -> float | None:
-    p = d / "run.json"
-    return json.loads(p.read_text()).get("seconds") if p.exists() else None
+    return read_status(d).get("seconds")
 
 
 def _eval(run: str, policy: str, threads: int) -> dict:
@@ -132,8 +134,7 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "curves": [_curve(e, cc.policy) for e in seeds],
             "distribution": [(e["policies"][cc.policy]["selected"] or {}).get(key) for e in seeds],
             "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],
-            "phase1_from": [json.loads((run_dir(out, s, regime, variant) / "run.json").read_text()).get("phase1_from")
-                            for s in cc.seeds],
+            "phase1_from": [read_status(run_dir(out, s, regime, variant)).get("phase1_from") for s in cc.seeds],
         })
     return {"config": dataclasses.asdict(cc), "policy": cc.policy, "distribution_budget": cc.distribution_budget,
             "rows": table, "samples": next(iter(evals.values()))["samples"]}

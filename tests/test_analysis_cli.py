@@ -86,7 +86,7 @@ def test_bad_input_gives_clear_errors(runs, tmp_path, capsys):
     assert main(["analyze", "connectivity", str(runs[0])]) == 2
     assert "2 or 3 runs" in capsys.readouterr().err
     assert main(["analyze", "plot", str(runs[0] / "config.yaml")]) == 2
-    assert "not an analysis JSON" in capsys.readouterr().err
+    assert "not a valid analysis JSON file" in capsys.readouterr().err
 
 
 def test_training_gradient_log_is_drawn(tmp_path):

@@ -152,10 +152,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Limits, create_app
+    from .serve import Limits, check_port, create_app
 
+    check_port(args.port)
     app = create_app(args.export_dir, policy=_cli_policy(args, None), threads=args.threads,
-                     limits=Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_batch=args.max_batch))
+                     limits=Limits.from_cli(args.max_body_mb, args.max_batch))
     import uvicorn
 
     print(f"serving {args.export_dir} on http://{args.host}:{args.port} (POST /predict, GET /health)")

@@ -135,7 +135,7 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
     """
     stats = EpochStats()
     sums: torch.Tensor | None = None
-    device_type = loader.x.device.type
+    device_type = loader.device.type
     for x, y in progress(loader) if progress else loader:
         for g in opt.param_groups:
             g["lr"] = lr_at(phase, step, total_steps, warmup_steps)
@@ -190,7 +190,7 @@ def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = 
     """
     correct: torch.Tensor | None = None
     n = 0
-    device_type = loader.x.device.type
+    device_type = loader.device.type
     with eval_mode(model):
         for x, y in loader:
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):

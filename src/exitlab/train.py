@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from . import faults
 from .config import RunConfig, dump_config, to_dict
-from .data import TensorLoader, channel_stats, load_dataset, stratified_split
+from .data import RunData, build_run_data
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
 from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
@@ -44,40 +43,14 @@ from .speed import maybe_compile
 log = logging.getLogger("exitlab")
 
 
-@dataclass
-class Data:
-    """Loaders over one dataset split three ways, plus what the model needs to know about the inputs."""
-
-    train: TensorLoader
-    val: TensorLoader
-    test: TensorLoader
-    classes: list[str]
-    shape: tuple[int, int, int]
+Data = RunData  # the name this module used to export
 
 
-def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE) -> Data:
-    """Load the dataset, make the seeded stratified split, and hold every split as tensors on ``device``.
-
-    Under DDP every rank holds the whole dataset and takes its slice of each global batch.
-    """
-    d = cfg.data
-    check_batch(d.batch_size, info)
-    ds = load_dataset(d.name, d.root, download=d.download, img_size=d.img_size, synthetic_kwargs=d.synthetic)
-    tr, va = stratified_split(ds.train_y, d.val_fraction, cfg.seed)
-    if d.train_subset:
-        tr = tr[: d.train_subset]
-    if len(tr) == 0 or len(va) == 0:
-        raise ConfigError("data: the train or validation split is empty; lower data.val_fraction or train_subset")
-    mean, std = channel_stats(ds.train_x[tr])
-    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last, shard=(info.rank, info.world))
-    return Data(
-        train=TensorLoader(ds.train_x[tr], ds.train_y[tr], d.batch_size, shuffle=True, pad=d.crop_padding,
-                           flip=d.flip, drop_last=len(tr) > d.batch_size, **common),
-        val=TensorLoader(ds.train_x[va], ds.train_y[va], d.eval_batch_size, **common),
-        test=TensorLoader(ds.test_x, ds.test_y, d.eval_batch_size, **common),
-        classes=ds.classes,
-        shape=ds.shape,
-    )
+def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE) -> RunData:
+    """The run's data (see :func:`exitlab.data.build_run_data`); under DDP every rank takes its slice of each
+    global batch."""
+    check_batch(cfg.data.batch_size, info)
+    return build_run_data(cfg.data, cfg.seed, device, shard=(info.rank, info.world), channels_last=cfg.channels_last)
 
 
 def make_model(cfg: RunConfig, data: Data) -> MultiExitModel:
@@ -308,8 +281,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
         run.run_phase(pi, resume_state if pi == first else None)
         faults.point("phase")
     if info.is_main:
-        tl = run.data.train
-        normalize = {"mean": tl.mean.flatten().tolist(), "std": tl.std.flatten().tolist()}
+        normalize = run.data.normalize
         ckpt.save_pretrained(run.model, out, extra={"dataset": cfg.data.name, "regime": cfg.regime},
                              classes=run.data.classes, normalize=normalize)
     status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0)

@@ -1,28 +1,11 @@
-"""Datasets as in-memory tensors, located on disk (or downloaded) and verified by checksum."""
+"""Data: data sets by name, the seeded split, loaders that follow one protocol, and a run's data built once."""
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .datasets import Dataset, load_cifar, load_idx, synthetic
-from .imagefolder import load_image_folder
+from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, random_crop_flip, stratified_split
+from .run import Loader, RunData, build_run_data
+from .sources import DATASETS, load_dataset
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
-
-
-def load_dataset(name: str, root: str | None = None, *, download: bool = True, img_size: int = 32,
-                 synthetic_kwargs: dict | None = None) -> Dataset:
-    """Load a dataset by name. Search order: ``root``, the Debian package path, the cache, then a download."""
-    if name in ("fashion_mnist", "mnist"):
-        return load_idx(name, root, download)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, root, download)
-    if name == "imagefolder":
-        return load_image_folder(root, img_size)
-    if name == "synthetic":
-        return synthetic(**dict(synthetic_kwargs or {}))
-    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-
-
-__all__ = ["DATASETS", "Dataset", "TensorLoader", "channel_stats", "load_dataset", "random_crop_flip",
-           "stratified_split"]
+__all__ = ["DATASETS", "Dataset", "Loader", "RunData", "TensorLoader", "build_run_data", "channel_stats",
+           "load_dataset", "random_crop_flip", "stratified_split"]

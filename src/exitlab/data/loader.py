@@ -59,6 +59,26 @@ class TensorLoader:
         self.channels_last = channels_last
         self.shard = shard  # (rank, world): each rank takes its slice of every global batch
         self.seed = 0
+        self.device = self.x.device
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def sample(self, n: int, seed: int = 0, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``n`` samples drawn once with ``seed``, in index order, normalised but never augmented, in batches."""
+        if n > len(self.y):
+            raise ConfigError(f"asked for {n} samples but the split holds only {len(self.y)}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.y), generator=g)[:n].sort().values.to(self.device)
+        sub = TensorLoader(self.x[idx], self.y[idx], batch_size, mean=self.mean.flatten(), std=self.std.flatten(),
+                           device=self.device, channels_last=self.channels_last)
+        return list(sub)
+
+    def unaugmented(self, batch_size: int | None = None) -> TensorLoader:
+        """The same split in order, without augmentation or sharding (for evaluation passes)."""
+        return TensorLoader(self.x, self.y, batch_size or self.batch_size, mean=self.mean.flatten(),
+                            std=self.std.flatten(), device=self.device, channels_last=self.channels_last)
 
     def set_epoch_seed(self, seed: int) -> None:
         """Fix the order and augmentation of the next pass (exact resume depends on it)."""

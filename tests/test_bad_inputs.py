@@ -51,7 +51,7 @@ CASES = {
                     "epochs, grad_clip, grad_equilibrium, label_smoothing, loss_weights, lr, momentum, optimizer, "
                     "patience, schedule, warmup_epochs, weight_decay"),
     "unknown optimizer": (T + ["--set", "phase1.optimizer=adam"],
-                          "error: phase1.optimizer: unknown optimizer 'adam'; choose sgd or adamw"),
+                          "error: phase1.optimizer: unknown optimizer 'adam'; choose adamw or sgd"),
     "validation share out of range": (T + ["--set", "data.val_fraction=1.5"],
                                       "error: data.val_fraction must be in (0, 1), got 1.5"),
     "unsupported amp": (T + ["--set", "amp=fp16"], "error: amp: 'fp16' is not supported; choose none or bf16"),
@@ -180,7 +180,7 @@ MORE = {
                              "error: phase2.decay_params: 'norms'; choose all or weights (no decay on norm layers, "
                              "biases, position embeddings and CLS tokens)"),
     "unknown schedule": (T + S("phase2.schedule=linear"),
-                         "error: phase2.schedule: unknown schedule 'linear'; choose cosine or constant"),
+                         "error: phase2.schedule: unknown schedule 'linear'; choose constant or cosine"),
     "phase1 share of 0": (T + S("phase1_share=0"), "error: phase1_share must be in (0, 1), got 0.0"),
     "phase1 share of NaN": (T + S("phase1_share=.nan"),
                             "error: phase1_share: nan is not a finite number; give a real number"),

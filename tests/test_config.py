@@ -15,7 +15,7 @@ def test_defaults_and_typed_overrides():
     ("regime=[1, 4]", r"regime: phase list \[1, 4\] must be non-empty and use only phases 1, 2 and 3"),
     ("phase1.epochs=-1", "phase1.epochs must be >= 0, got -1"),
     ("phase2.epochs=two", "phase2.epochs: expected int, got 'two'"),
-    ("phase2.optimizer=adam", "phase2.optimizer: unknown optimizer 'adam'; choose sgd or adamw"),
+    ("phase2.optimizer=adam", "phase2.optimizer: unknown optimizer 'adam'; choose adamw or sgd"),
     ("phase2.loss_weights=heavy", "phase2.loss_weights: unknown weighting 'heavy'"),
     ("model.head_kwrgs={}", "model.head_kwrgs: unknown key; valid keys here: backbone, backbone_kwargs, exits"),
     ("data.val_fraction=1.5", r"data.val_fraction must be in \(0, 1\), got 1.5"),

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from exitlab.errors import ConfigError
 from exitlab.loop import exit_losses, lr_at
-from exitlab.phases import REGIMES, explicit_weights, loss_weights, sdn_weights, split_budget, uniform_weights
+from exitlab.phases import REGIMES, explicit_weights, loss_weights, split_budget
+from exitlab.registries import sdn_weights, uniform_weights
 
 
 def test_regimes_are_the_papers():

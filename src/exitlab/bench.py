@@ -47,14 +47,13 @@ def timed_all_exits(model, x: torch.Tensor, clock: Callable[[], float] = time.pe
     """Every exit's logits, and the seconds spent in each segment (blocks up to an exit, plus its head)."""
     marks = [clock()]
     outs: list[torch.Tensor] = []
-    slot = {b: j for j, b in enumerate(model.exits)}
 
-    def on_tap(block: int, h: torch.Tensor) -> torch.Tensor:
-        outs.append(model.heads[slot[block]](h, outs[-1] if outs else None))
+    def on_exit(j: int, logits: torch.Tensor, h: torch.Tensor) -> bool:
+        outs.append(logits)
         marks.append(clock())
-        return h
+        return True
 
-    outs.append(model.backbone.run(x, set(model.exits), on_tap))
+    outs.append(model.walk(x, on_exit))
     marks.append(clock())
     return outs, [b - a for a, b in zip(marks, marks[1:])]
 

@@ -64,10 +64,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from .models import BACKBONES, HEADS
-    from .phases import REGIMES
+    from .policies import POLICIES
+    from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
 
     tables = {"backbones": BACKBONES.names(), "heads": HEADS.names(),
-              "regimes": [f"{n} = phases {list(REGIMES.get(n))}" for n in REGIMES.names()]}
+              "regimes": [f"{n} = phases {list(REGIMES.get(n))}" for n in REGIMES.names()],
+              "policies": POLICIES.names(), "optimizers": OPTIMIZERS.names(), "schedules": SCHEDULES.names(),
+              "loss-weights": LOSS_WEIGHTS.names()}
     for kind in [args.kind] if args.kind else tables:
         print(f"{kind}:")
         for name in tables[kind]:
@@ -235,8 +238,10 @@ def _add_report(sub) -> None:
 
 
 def _add_ls(sub) -> None:
-    p = sub.add_parser("ls", help="list registered backbones, heads and regimes")
-    p.add_argument("kind", nargs="?", choices=["backbones", "heads", "regimes"])
+    p = sub.add_parser("ls", help="list the registered backbones, heads, regimes, policies, optimizers, schedules and "
+                       "loss weightings")
+    p.add_argument("kind", nargs="?", choices=["backbones", "heads", "regimes", "policies", "optimizers", "schedules",
+                                               "loss-weights"])
 
 
 def _add_eval(sub) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Union
 import yaml
 
 from .errors import ConfigError
+from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
 
 
 @dataclass
@@ -99,8 +100,6 @@ def validate(cfg: RunConfig) -> None:
     Checks that need the model (exit placement, per-exit weights, whether a phase has ICs to train) run in
     :func:`exitlab.planning.preflight`, still before any data is read.
     """
-    from .phases import REGIMES
-
     if isinstance(cfg.regime, str) and cfg.regime not in REGIMES:
         raise ConfigError(f"regime: unknown regime {cfg.regime!r}; choose one of: {', '.join(REGIMES.names())}, "
                           "or a list of phases such as [1, 2, 3]")
@@ -153,10 +152,10 @@ def _validate_data(d: DataConfig) -> None:
 
 
 def _validate_phase(key: str, p: PhaseConfig) -> None:
-    if p.optimizer not in ("sgd", "adamw"):
-        raise ConfigError(f"{key}.optimizer: unknown optimizer {p.optimizer!r}; choose sgd or adamw")
-    if p.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"{key}.schedule: unknown schedule {p.schedule!r}; choose cosine or constant")
+    if p.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"{key}.optimizer: unknown optimizer {p.optimizer!r}; choose {_either(OPTIMIZERS)}")
+    if p.schedule not in SCHEDULES:
+        raise ConfigError(f"{key}.schedule: unknown schedule {p.schedule!r}; choose {_either(SCHEDULES)}")
     if p.decay_params not in ("all", "weights"):
         raise ConfigError(f"{key}.decay_params: {p.decay_params!r}; choose all or weights (no decay on norm layers, "
                           "biases, position embeddings and CLS tokens)")
@@ -167,12 +166,17 @@ def _validate_phase(key: str, p: PhaseConfig) -> None:
         check_range(f"{key}.{name}", getattr(p, name), lo=0)
     check_range(f"{key}.label_smoothing", p.label_smoothing, lo=0, hi=1, hi_open=True)
     check_range(f"{key}.distill_temperature", p.distill_temperature, lo=0, lo_open=True)
-    if isinstance(p.loss_weights, str) and p.loss_weights not in ("uniform", "sdn"):
-        raise ConfigError(f"{key}.loss_weights: unknown weighting {p.loss_weights!r}; choose uniform, sdn, "
-                          "or a list of one weight per trained exit")
+    if isinstance(p.loss_weights, str) and p.loss_weights not in LOSS_WEIGHTS:
+        raise ConfigError(f"{key}.loss_weights: unknown weighting {p.loss_weights!r}; choose "
+                          f"{', '.join(LOSS_WEIGHTS.names())}, or a list of one weight per trained exit")
     if isinstance(p.loss_weights, list) and (not p.loss_weights or any(w < 0 for w in p.loss_weights)
                                              or sum(p.loss_weights) <= 0):
         raise ConfigError(f"{key}.loss_weights: {p.loss_weights} must be non-negative with a positive sum")
+
+
+def _either(reg) -> str:
+    names = reg.names()
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def check_range(key: str, value: float, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,

@@ -1,7 +1,7 @@
 """Real dynamic inference: samples that exit leave the batch, the rest go on through the backbone.
 
-:func:`early_exit` drives the backbone's ``run(x, taps, on_tap)`` protocol. At each exit it evaluates that exit's
-head on the samples still running, asks the policy (:meth:`exitlab.policies.Policy.step` and ``decide``) which of
+:func:`early_exit` drives the model's one head walk (:meth:`MultiExitModel.walk`). At each exit the walk evaluates
+that exit's head on the samples still running, and the router asks the policy (:meth:`exitlab.policies.Policy.step` and ``decide``) which of
 them stop, records their predictions, and hands back the feature of the others only (compaction), together with
 their policy state and, for cascading heads, their previous logits. It calls the same ``step`` as the simulator,
 on the same logits, so it makes the same decisions as :func:`exitlab.sweep.simulate` on cached outputs.
@@ -45,10 +45,8 @@ class _Router:
 
     def __init__(self, model, policy: Policy, threshold: float):
         self.model, self.policy, self.threshold = model, policy, threshold
-        self.slot = {b: j for j, b in enumerate(model.exits)}
         self.alive: torch.Tensor | None = None  # [b]: input rows still running (None: all of them, in order)
         self.state: State = {}
-        self.prev: torch.Tensor | None = None  # [b, C] previous exit's logits (cascading heads)
         self.pieces: list[tuple[int, torch.Tensor | None, torch.Tensor, torch.Tensor]] = []  # (exit, rows, pred, z)
         # Built-in decide on float32 scores: "does anyone leave?" is one reduction, compared on the host with the
         # threshold rounded to float32 exactly as torch rounds it (both sides are exact float32 values).
@@ -67,18 +65,15 @@ class _Router:
         alive = self.alive if self.alive is not None else torch.arange(len(h), device=h.device)
         return alive if mask is None else alive[mask]
 
-    def on_tap(self, block: int, h: torch.Tensor) -> torch.Tensor | None:
-        j = self.slot[block]
-        logits = self.model.heads[j](h, self.prev)  # [b, C]
+    def on_exit(self, j: int, logits: torch.Tensor, h: torch.Tensor) -> bool | torch.Tensor | None:
+        """The model's head walk hands over exit ``j``'s logits ``[b, C]``; say who goes on (see ``ExitFn``)."""
         score, pred, self.state = self.policy.step(j, logits, self.state)
         if self._nobody_leaves(score):  # the common case at batch 1: no mask, no copies at all
-            self.prev = logits
-            return h
+            return True
         leave = self.policy.decide(score, self.threshold)  # [b] bool
         n_leave = int(leave.sum())  # one host sync per exit
         if n_leave == 0:
-            self.prev = logits
-            return h
+            return True
         if n_leave == len(leave):
             self.pieces.append((j, self.alive, pred, logits))
             return None  # everyone has left: stop the backbone
@@ -86,8 +81,7 @@ class _Router:
         self.pieces.append((j, self._rows(h, leave), pred[leave], logits[leave]))
         self.alive = self._rows(h, keep)
         self.state = self.policy.compact(self.state, keep)
-        self.prev = logits[keep]
-        return h[keep]
+        return keep
 
     def finish(self, final_logits: torch.Tensor) -> None:
         _, pred, _ = self.policy.step(self.model.num_exits - 1, final_logits, self.state)
@@ -129,7 +123,7 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
         preds, exits, logits = empty, empty, x.new_empty(0, model.num_classes)
     else:
         with eval_mode(model):
-            final = model.backbone.run(x, set(model.exits), router.on_tap)
+            final = model.walk(x, router.on_exit)
             if final is not None:
                 router.finish(final)
         preds, exits, logits = router.result()

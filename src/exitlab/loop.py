@@ -15,6 +15,7 @@ from .distributed import SINGLE, DistInfo, all_sum
 from .errors import ConfigError, TrainingError
 from .models.core import MultiExitModel, eval_mode
 from .phases import Phase, exit_weights
+from .registries import OPTIMIZERS, SCHEDULES
 
 
 def set_trainable(model: MultiExitModel, phase: Phase) -> list[nn.Parameter]:
@@ -87,10 +88,9 @@ def lr_at(phase: Phase, step: int, total: int, warmup: int = 0) -> float:
     base = phase.options.lr
     if step < warmup:
         return base * (step + 1) / warmup
-    if phase.options.schedule == "constant" or total <= warmup:
+    if total <= warmup:
         return base
-    done = min(step - warmup, total - warmup) / (total - warmup)
-    return 0.5 * base * (1 + math.cos(math.pi * done))
+    return base * SCHEDULES.get(phase.options.schedule)((step - warmup) / (total - warmup))
 
 
 def param_groups(model: nn.Module, params: list[nn.Parameter], decay_params: str, weight_decay: float) -> list[dict]:
@@ -114,9 +114,7 @@ def make_optimizer(params: list[nn.Parameter], phase: Phase, model: nn.Module | 
     o = phase.options
     groups = param_groups(model, params, o.decay_params, o.weight_decay) if model is not None else \
         [{"params": params, "weight_decay": o.weight_decay}]
-    if o.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    return OPTIMIZERS.get(o.optimizer)(groups, lr=o.lr, momentum=o.momentum)
 
 
 @dataclass

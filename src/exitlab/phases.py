@@ -12,12 +12,7 @@ import torch
 
 from .config import PhaseConfig, RunConfig
 from .errors import ConfigError
-from .registry import Registry
-
-REGIMES: Registry[tuple[int, ...]] = Registry("regime")
-REGIMES.register("joint", (2,))  # SDN-style: everything together from scratch
-REGIMES.register("disjoint", (1, 3))  # backbone first, then ICs on the frozen backbone
-REGIMES.register("mixed", (1, 2))  # the paper's proposal: backbone first, then everything together
+from .registries import LOSS_WEIGHTS, REGIMES
 
 TRAINS = {1: "backbone", 2: "all", 3: "heads"}
 
@@ -124,17 +119,7 @@ def exit_weights(kind: int, o: PhaseConfig, num_exits: int, regime="") -> tuple[
 
 
 # ---------------------------------------------------------------- loss weights: each returns weights summing to 1
-
-
-def uniform_weights(n: int) -> torch.Tensor:
-    """Plain mean over the trained exits (the paper code's default)."""
-    return torch.full((n,), 1.0 / n)
-
-
-def sdn_weights(n: int) -> torch.Tensor:
-    """Weights that grow linearly with depth, as in SDN's final weighting (deeper exits matter more)."""
-    w = torch.arange(1, n + 1, dtype=torch.float32)
-    return w / w.sum()
+# (the named weightings are in exitlab.registries: uniform_weights, sdn_weights)
 
 
 def explicit_weights(values: list[float], n: int, key: str = "loss_weights") -> torch.Tensor:
@@ -148,4 +133,4 @@ def explicit_weights(values: list[float], n: int, key: str = "loss_weights") -> 
 def loss_weights(spec: str | list[float], n: int, key: str = "loss_weights") -> torch.Tensor:
     if isinstance(spec, list):
         return explicit_weights(spec, n, key)
-    return {"uniform": uniform_weights, "sdn": sdn_weights}[spec](n)
+    return LOSS_WEIGHTS.get(spec)(n)

@@ -87,13 +87,7 @@ def _heads_only(model: MultiExitModel, batches: Batches) -> Callable[[], tuple[t
 
     @torch.no_grad()
     def run() -> tuple[torch.Tensor, torch.Tensor]:
-        def logits(feats, final):
-            outs: list[torch.Tensor] = []
-            for j, b in enumerate(model.exits):
-                outs.append(model.heads[j](feats[b], outs[-1] if outs else None))
-            return [*outs, final]
-
-        return logits_metrics((logits(f, fin), y) for f, fin, y in cache)
+        return logits_metrics(([*model.heads_on(f), fin], y) for f, fin, y in cache)
 
     return run
 

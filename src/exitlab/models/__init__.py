@@ -8,7 +8,8 @@ from collections.abc import Callable
 from ..errors import ConfigError
 from ..registry import Registry
 from .adapter import from_module
-from .core import BlocksBackbone, ExitPoint, MultiExitModel
+from .contract import BlocksBackbone, ExitPoint
+from .core import MultiExitModel
 from .heads import HEADS, build_head
 from .placement import resolve_exits
 from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet

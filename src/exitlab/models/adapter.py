@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .core import ExitPoint, MultiExitModel, TapFn
+from .contract import ExitPoint, TapFn
+from .core import MultiExitModel
 
 
 class _Stop(Exception):

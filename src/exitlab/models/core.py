@@ -4,59 +4,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .contract import BlocksBackbone, ExitPoint, TapFn  # noqa: F401  (re-exported: the contract's old home)
+from .heads import build_head
 
-# on_tap(block_index, feature) -> the feature to continue with (possibly fewer samples), or None to stop.
-TapFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
-
-
-@dataclass(frozen=True)
-class ExitPoint:
-    """Shape of one block's output: ``channels``, spatial ``reduction`` vs the input, and ``kind`` map or tokens."""
-
-    channels: int
-    reduction: int = 1
-    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first
-
-
-class Backbone(Protocol):
-    """What a backbone offers. Built-ins are ``stem`` + ``blocks`` + ``final``; adapters write their own ``run``."""
-
-    feature_info: list[ExitPoint]  # one entry per block, in order
-    num_classes: int
-
-    def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None: ...
-
-
-class BlocksBackbone(nn.Module):
-    """Base for ordered-blocks backbones: ``stem``, ``blocks`` (an nn.ModuleList) and ``final`` (the classifier)."""
-
-    stem: nn.Module
-    blocks: nn.ModuleList
-    final: nn.Module
-    feature_info: list[ExitPoint]
-    num_classes: int
-
-    def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
-        """Run block by block, handing the output of every block in ``taps`` to ``on_tap``."""
-        h = self.stem(x)
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if i in taps:
-                h = on_tap(i, h)
-                if h is None:
-                    return None
-        return self.final(h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain backbone: the final classifier's logits."""
-        return self.run(x, set(), lambda i, h: h)
+# on_exit(exit j, its logits, the feature it read) -> what the walk does next: True goes on with every sample,
+# a [b] bool mask goes on with those samples only (their features and logits are compacted), None stops.
+ExitFn = Callable[[int, torch.Tensor, torch.Tensor], "bool | torch.Tensor | None"]
 
 
 class _GradScale(torch.autograd.Function):
@@ -82,8 +41,6 @@ class MultiExitModel(nn.Module):
     def __init__(self, backbone: nn.Module, exits: Sequence[int], head: str = "sdn", *,
                  head_kwargs: dict | None = None, spec: dict | None = None):
         super().__init__()
-        from .heads import build_head
-
         n_blocks = len(backbone.feature_info)
         exits = list(exits)
         check_exits(exits, n_blocks)
@@ -117,22 +74,49 @@ class MultiExitModel(nn.Module):
         if not 0 <= k < self.num_exits:
             raise IndexError(f"exit {k} out of range; this model has exits 0..{self.num_exits - 1}")
         outs: list[torch.Tensor] = []
+        final = self.walk(x, lambda j, z, h: outs.append(z) or True, upto=k, grad_equilibrium=grad_equilibrium)
+        if final is not None:
+            outs.append(final)
+        return outs
+
+    def walk(self, x: torch.Tensor, on_exit: ExitFn, *, upto: int | None = None,
+             grad_equilibrium: bool = False) -> torch.Tensor | None:
+        """The one head walk: run the backbone, evaluate each IC on its block's output with the previous exit's
+        logits (for cascading heads), and let ``on_exit`` decide who goes on. Stops after exit ``upto``; returns
+        the final exit's logits for the samples still running, or None when the walk stopped early."""
+        last = self.num_exits - 1 if upto is None else upto
+        return self.backbone.run(x, set(self.exits[: last + 1]), self._walker(on_exit, last, grad_equilibrium))
+
+    def heads_on(self, feats: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """Every IC's logits from features already computed (``feats[block]``), by the same walk."""
+        outs: list[torch.Tensor] = []
+        on_tap = self._walker(lambda j, z, h: outs.append(z) or True, self.num_exits - 1, False)
+        for b in self.exits:
+            on_tap(b, feats[b])
+        return outs
+
+    def _walker(self, on_exit: ExitFn, last: int, grad_equilibrium: bool):
         slot = {b: j for j, b in enumerate(self.exits)}
-        n = self.num_exits
+        n, prev = self.num_exits, None
 
         def on_tap(block: int, h: torch.Tensor) -> torch.Tensor | None:
+            nonlocal prev
             j = slot[block]
             to_head, to_next = h, h
             if grad_equilibrium:  # exit j shares the trunk with the n - j - 1 exits after it
                 to_head = _GradScale.apply(h, 1.0 / (n - j))
                 to_next = _GradScale.apply(h, (n - j - 1) / (n - j))
-            outs.append(self.heads[j](to_head, outs[-1] if outs else None))
-            return None if j == k else to_next
+            logits = self.heads[j](to_head, prev)
+            verdict = on_exit(j, logits, h)
+            if verdict is None or verdict is False or j == last:
+                return None
+            if verdict is True:
+                prev = logits
+                return to_next
+            prev = logits[verdict]
+            return to_next[verdict]
 
-        final = self.backbone.run(x, set(self.exits[: k + 1]), on_tap)
-        if final is not None:
-            outs.append(final)
-        return outs
+        return on_tap
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

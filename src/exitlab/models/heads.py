@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .core import ExitPoint
+from .contract import ExitPoint
 
 HEADS: Registry[type[nn.Module]] = Registry("head")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core import BlocksBackbone, ExitPoint
+from .contract import BlocksBackbone, ExitPoint
 from .resnet import ClassifierHead, _init
 
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import BlocksBackbone, ExitPoint
+from .contract import BlocksBackbone, ExitPoint
 
 
 class Attention(nn.Module):

@@ -1,0 +1,56 @@
+"""The ordered-blocks contract every backbone honours: exit points, the tap protocol, and the built-in base class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+# on_tap(block_index, feature) -> the feature to continue with (possibly fewer samples), or None to stop.
+TapFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class ExitPoint:
+    """Shape of one block's output: ``channels``, spatial ``reduction`` vs the input, and ``kind`` map or tokens."""
+
+    channels: int
+    reduction: int = 1
+    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first
+
+
+class Backbone(Protocol):
+    """What a backbone offers. Built-ins are ``stem`` + ``blocks`` + ``final``; adapters write their own ``run``."""
+
+    feature_info: list[ExitPoint]  # one entry per block, in order
+    num_classes: int
+
+    def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None: ...
+
+
+class BlocksBackbone(nn.Module):
+    """Base for ordered-blocks backbones: ``stem``, ``blocks`` (an nn.ModuleList) and ``final`` (the classifier)."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    final: nn.Module
+    feature_info: list[ExitPoint]
+    num_classes: int
+
+    def run(self, x: torch.Tensor, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
+        """Run block by block, handing the output of every block in ``taps`` to ``on_tap``."""
+        h = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i in taps:
+                h = on_tap(i, h)
+                if h is None:
+                    return None
+        return self.final(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain backbone: the final classifier's logits."""
+        return self.run(x, set(), lambda i, h: h)

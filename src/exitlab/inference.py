@@ -1,10 +1,11 @@
 """Real dynamic inference: samples that exit leave the batch, the rest go on through the backbone.
 
 :func:`early_exit` drives the model's one head walk (:meth:`MultiExitModel.walk`). At each exit the walk evaluates
-that exit's head on the samples still running, and the router asks the policy (:meth:`exitlab.policies.Policy.step` and ``decide``) which of
-them stop, records their predictions, and hands back the feature of the others only (compaction), together with
-their policy state and, for cascading heads, their previous logits. It calls the same ``step`` as the simulator,
-on the same logits, so it makes the same decisions as :func:`exitlab.sweep.simulate` on cached outputs.
+that exit's head on the samples still running, and the router asks the policy (:meth:`Policy.step` and
+``decide``) which of them stop, records their predictions, and tells the walk which samples go on; the walk
+compacts their features and, for cascading heads, their previous logits, and the router their policy state. It
+calls the same ``step`` as the simulator, on the same logits, so it makes the same decisions as
+:func:`exitlab.sweep.simulate` on cached outputs.
 """
 
 from __future__ import annotations

@@ -232,7 +232,8 @@ MORE = {
     "every:0": (T + S("model.exits=every:0"), "error: model.exits 'every:0': the number must be >= 1"),
     "unknown placement": (T + S("model.exits=depth:2"),
                           "error: model.exits 'depth:2': unknown placement 'depth'; use 'every:K' or 'flops:N'"),
-    "exits of the wrong type": (T + S("model.exits=3"), "error: model.exits: expected list[int] or str, got 3"),
+    "exits of the wrong type": (T + S("model.exits=3"),
+                                "error: model.exits: expected list[int] or list[str] or str, got 3"),
     "negative exit index": (T + S("model.exits=[-1, 0]"),
                             "error: model.exits [-1] out of range: this backbone has blocks 0..2, and ICs go after "
                             "blocks 0..1 (the last block feeds the final exit)"),

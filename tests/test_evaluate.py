@@ -139,16 +139,14 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_run_writes_a_consistent_eval_json(run_dir):
     from exitlab import load
-    from exitlab.config import load_config
-    from exitlab.evaluate import evaluate_run, split_loader
+    from exitlab.evaluate import evaluate_run
     from exitlab.loop import evaluate
-    from exitlab.train import prepare_data
+    from exitlab.rundir import RunDir
 
     res = evaluate_run(run_dir, policy="confidence", split="test")
     assert json.loads((run_dir / "eval.json").read_text()) == json.loads(json.dumps(res))
     model = load(run_dir)
-    data = prepare_data(load_config(run_dir / "config.yaml"), torch.device("cpu"))
-    accs, n = evaluate(model, split_loader(data, "test"))
+    accs, n = evaluate(model, RunDir(run_dir).loader("test"))
     assert res["samples"] == n == 140
     assert [e["accuracy"] for e in res["exits"]] == pytest.approx(accs)
     assert [e["block"] for e in res["exits"]] == [0, 1, 2]
@@ -194,10 +192,10 @@ def test_selected_thresholds_come_from_val_and_are_reported_on_test(run_dir):
 
 def test_logits_are_cached_and_recomputed_when_the_model_changes(run_dir, monkeypatch):
     from exitlab import evaluate as ev
-    from exitlab import load, save_pretrained
+    from exitlab import load, rundir, save_pretrained
 
     first = ev.cached_logits(run_dir, "val")
-    monkeypatch.setattr(ev, "compute_logits", lambda *a, **k: pytest.fail("recomputed a valid cache"))
+    monkeypatch.setattr(rundir, "compute_logits", lambda *a, **k: pytest.fail("recomputed a valid cache"))
     again = ev.cached_logits(run_dir, "val")
     assert torch.equal(first[0], again[0])
     monkeypatch.undo()
@@ -213,8 +211,9 @@ def test_logits_are_cached_and_recomputed_when_the_model_changes(run_dir, monkey
 
 def test_ztw_is_fitted_once_and_evaluated(run_dir):
     from exitlab.evaluate import evaluate_run
-    from exitlab.ztw import ZTW_FILE
+    from exitlab.rundir import RunDir
 
+    ZTW_FILE = RunDir.ZTW
     res = evaluate_run(run_dir, policy="ztw", write=False)
     assert (run_dir / ZTW_FILE).is_file() and (run_dir / "logits_train.safetensors").is_file()
     assert "ztw" in res["policies"] and res["policy"] == "ztw"

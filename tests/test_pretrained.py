@@ -21,6 +21,10 @@ CLASSES = ["a", "b", "c", "d", "e", "f", "g"]  # 7: an odd class count shows sha
 # Runs in a fresh interpreter: any unpickling (pickle.find_class audit event, pickle.load*, torch.load) aborts it.
 _CHILD = r"""
 import sys, pickle
+import torch
+from safetensors.torch import load_file, save_file
+import exitlab  # noqa: F401  (attaches from_pretrained); imported first: only loading must not unpickle
+from exitlab.models import MultiExitModel
 def _no_pickle(event, args):
     if event == "pickle.find_class":
         raise RuntimeError(f"unpickled {args}")
@@ -28,12 +32,8 @@ sys.addaudithook(_no_pickle)
 def _refuse(*a, **k):
     raise RuntimeError("pickle used while loading")
 pickle.load = pickle.loads = pickle.Unpickler = _refuse
-import torch
 torch.load = _refuse
 torch.set_num_threads(1)
-from safetensors.torch import load_file, save_file
-from exitlab.models import MultiExitModel
-import exitlab  # noqa: F401  (attaches from_pretrained)
 model = MultiExitModel.from_pretrained(sys.argv[1]).eval()
 x = load_file(sys.argv[2])["x"]
 with torch.no_grad():

@@ -10,7 +10,8 @@ from exitlab.errors import ExitlabError, TrainingError
 from exitlab.loop import set_modes, set_trainable, train_epoch
 from exitlab.phases import plan_phases
 from exitlab.rundir import read_jsonl
-from exitlab.train import _Run, train
+from exitlab.recipes import train
+from exitlab.train import _Run
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from . import data
 from .checkpoint import from_pretrained, save_pretrained
 from .config import RunConfig, load_config
 from .errors import ExitlabError
-from .models import BACKBONES, HEADS, MultiExitModel, build_backbone, build_model, from_module
+from .evaluate import evaluate_run
+from .inference import early_exit
+from .models import (
+    BACKBONES,
+    HEADS,
+    MultiExitModel,
+    build_backbone,
+    build_model,
+    from_module,
+    from_timm,
+    from_torchvision,
+)
 from .phases import REGIMES, Phase, plan_phases
-from .train import train
+from .policies import make_policy
+from .recipes import train
+from .rundir import RunDir
+from .version import __version__
 
 
-def load(run_dir) -> MultiExitModel:
-    """Load the trained model of a finished run directory (or any folder written by ``save_pretrained``)."""
-    return from_pretrained(run_dir)
+def load(run_dir, *, module=None) -> MultiExitModel:
+    """Load the trained model of a finished run directory (or any folder written by ``save_pretrained``).
+    ``module``: for a model adapted with ``from_module`` and no ``factory``, the module to load the weights into."""
+    return from_pretrained(run_dir, module=module)
 
 
 MultiExitModel.save_pretrained = save_pretrained
 MultiExitModel.from_pretrained = staticmethod(from_pretrained)
 
-__all__ = ["BACKBONES", "HEADS", "REGIMES", "ExitlabError", "MultiExitModel", "Phase", "RunConfig", "build_backbone",
-           "build_model", "from_module", "from_pretrained", "load", "load_config", "plan_phases", "save_pretrained",
+__all__ = ["BACKBONES", "HEADS", "REGIMES", "ExitlabError", "MultiExitModel", "Phase", "RunConfig", "RunDir",
+           "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_module", "from_pretrained",
+           "from_timm", "from_torchvision", "load", "load_config", "make_policy", "plan_phases", "save_pretrained",
            "train", "__version__"]

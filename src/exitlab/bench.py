@@ -16,14 +16,21 @@ On a CPU the first is not a ceiling: early stages cost more time per FLOP than l
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from .costs import exit_costs
+from .errors import ConfigError, ExitlabError
+from .files import atomic_write
 from .inference import early_exit
-from .policies import Policy
+from .policies import POLICIES, Policy, make_policy
+from .rundir import RunDir
+from .sweep import select, simulate
+from .ztw import ztw_for_run
 
 
 def summary(times: list[float]) -> dict:
@@ -148,41 +155,29 @@ def bench_run(run_dir, *, policy: str = "confidence", threshold: float | None = 
     Without ``threshold``, the threshold is the one chosen on the validation split for ``budget`` (a fraction of
     backbone FLOPs), as in ``eval.json``.
     """
-    import json
-    from pathlib import Path
-
-    from . import load
-    from .costs import exit_costs
-    from .errors import ConfigError
-    from .evaluate import cached_logits, check_run_dir, run_config, split_loader
-    from .policies import POLICIES
-
     POLICIES.get(policy)
     if clock not in CLOCKS:
         raise ConfigError(f"--clock {clock!r}: choose one of {', '.join(CLOCKS)}")
     for key, val in (("batch", batch), ("samples", samples), ("repeats", repeats)):
         if val < 1:
             raise ConfigError(f"--{key} must be >= 1, got {val}")
-    run_dir = check_run_dir(run_dir)
-    model = load(run_dir).eval()
-    pol = _run_policy(run_dir, policy)
+    run = (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)).require_model()
+    model = run.model()
+    pol = ztw_for_run(run) if policy == "ztw" else make_policy(policy)
     E, C = model.num_exits, model.num_classes
+    costs = exit_costs(model)
     if threshold is None:
-        threshold = _threshold_for_budget(pol, cached_logits(run_dir, "val", model=model), exit_costs(model), budget)
+        threshold = _threshold_for_budget(pol, run.logits("val"), costs, budget)
     pol.check_thresholds([threshold], E, C)
-    from .train import prepare_data
-
-    loader = split_loader(prepare_data(run_config(run_dir), torch.device("cpu")), split)
-    x = _first_inputs(loader, max(batch, samples))
-    costs = exit_costs(model).flops
+    x = _first_inputs(run.loader(split), max(batch, samples))
     result = {
-        "run_dir": str(run_dir), "split": split, "threads": torch.get_num_threads(),
-        "batched": batched_speedups(model, x[:batch], pol, threshold, costs, warmup=warmup, repeats=repeats,
+        "run_dir": str(run.path), "split": split, "threads": torch.get_num_threads(),
+        "batched": batched_speedups(model, x[:batch], pol, threshold, costs.flops, warmup=warmup, repeats=repeats,
                                     clock=clock),
         "batch1": batch1_latency(model, x[:samples], pol, threshold, strictest(pol, E, C), clock=clock),
     }
     if write:
-        (Path(run_dir) / "bench.json").write_text(json.dumps(result, indent=1))
+        atomic_write(run / RunDir.BENCH, lambda p: p.write_text(json.dumps(result, indent=1)))
     return result
 
 
@@ -197,20 +192,7 @@ def _first_inputs(loader, n: int) -> torch.Tensor:
     return torch.cat(xs)[:n]
 
 
-def _run_policy(run_dir, name: str) -> Policy:
-    if name == "ztw":
-        from .ztw import ztw_for_run
-
-        return ztw_for_run(run_dir)
-    from .policies import make_policy
-
-    return make_policy(name)
-
-
 def _threshold_for_budget(policy: Policy, val, costs, budget: float) -> float:
-    from .errors import ExitlabError
-    from .sweep import select, simulate
-
     logits, labels = val
     E, _, C = logits.shape
     scores, preds = policy.scores(logits)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import faults
 from .errors import CheckpointError, ExitlabError
-from .rundir import read_json
+from .files import atomic_write, read_json  # noqa: F401  (atomic_write re-exported)
+from .models import model_from_spec
 
 FORMAT = "exitlab-checkpoint-1"
 
@@ -26,26 +25,6 @@ def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)``, fsync, then rename over ``path``: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        faults.point("write")
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {path}: {e.strerror or e}; free space or pick a writable --out") from e
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> str:
@@ -126,10 +105,11 @@ def save_pretrained(model, directory: str | Path, *, extra: dict | None = None, 
     atomic_write(d / "model.json", lambda p: p.write_text(json.dumps(info, indent=2, sort_keys=True)))
 
 
-def from_pretrained(directory: str | Path, map_location: str = "cpu"):
-    """Rebuild a model saved by :func:`save_pretrained`. Reads JSON and safetensors only; nothing is unpickled."""
-    from .models import model_from_spec
+def from_pretrained(directory: str | Path, map_location: str = "cpu", *, module=None):
+    """Rebuild a model saved by :func:`save_pretrained`. Reads JSON and safetensors only; nothing is unpickled.
 
+    ``module``: for a model adapted from a user module with no factory, that module (fresh or not: its weights
+    are replaced by the saved ones)."""
     d = Path(directory)
     if not (d / "model.json").is_file():
         raise CheckpointError(f"{d} holds no model (model.json missing); point at a finished run directory")
@@ -141,7 +121,7 @@ def from_pretrained(directory: str | Path, map_location: str = "cpu"):
     if not isinstance(info.get("spec"), dict):
         raise CheckpointError(f"{d / 'model.json'} has no model spec; {fix}")
     try:
-        model = model_from_spec(info["spec"])
+        model = model_from_spec(info["spec"], module=module)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{d / 'model.json'} has a malformed model spec ({_short(e)}); {fix}") from None
     tensors, _ = load_tensors(d / "model.safetensors")

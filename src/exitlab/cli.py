@@ -8,8 +8,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import check_range
+import torch
+
+from .analysis.cli import Options, analyze, redraw_files
+from .bench import bench_run, format_bench
+from .compare import load_compare_config, run_compare
+from .compare.report import build_report
+from .compare.tables import markdown, paper_table
+from .config import check_range, load_config
+from .demo import run_demo
 from .errors import ConfigError, ExitlabError
+from .evaluate import evaluate_run, format_report
+from .export import export_run
+from .models import BACKBONES, HEADS
+from .policies import POLICIES, make_policy
+from .recipes import train
+from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
+from .ztw import ztw_for_run
 
 
 class UsageError(ExitlabError):
@@ -46,9 +61,6 @@ FINITE = number(float)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import train
-
     cfg = load_config(args.config, args.set)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     train(cfg, out, resume=args.resume, phase1_from=args.phase1_from)
@@ -57,16 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(Path(args.out), budget=args.budget, workers=args.workers, resume=args.resume)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .models import BACKBONES, HEADS
-    from .policies import POLICIES
-    from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
-
     tables = {"backbones": BACKBONES.names(), "heads": HEADS.names(),
               "regimes": [f"{n} = phases {list(REGIMES.get(n))}" for n in REGIMES.names()],
               "policies": POLICIES.names(), "optimizers": OPTIMIZERS.names(), "schedules": SCHEDULES.names(),
@@ -79,8 +85,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run, format_report
-
     _set_threads(args.threads)
     thresholds = _floats(args.thresholds) if args.thresholds else None
     result = evaluate_run(args.run_dir, policy=args.policy, split=args.split, thresholds=thresholds,
@@ -91,8 +95,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_run, format_bench
-
     _set_threads(args.threads)
     result = bench_run(args.run_dir, policy=args.policy, threshold=args.threshold, budget=args.budget,
                        split=args.split, batch=args.batch, samples=args.samples, repeats=args.repeats,
@@ -103,8 +105,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.cli import Options, analyze, redraw_files
-
     _set_threads(args.threads)
     if args.kind == "plot":
         for path in redraw_files(args.run_dirs):
@@ -128,13 +128,9 @@ def _cli_policy(args: argparse.Namespace, run_dir: Path | None):
         if args.threshold is not None:
             raise ExitlabError("--threshold needs --policy (confidence, entropy, patience or ztw)")
         return None
-    from .policies import make_policy
-
     if args.policy == "ztw":
         if run_dir is None:
             raise ExitlabError("--policy ztw is fitted on a run; record it at export time: exitlab export --policy ztw")
-        from .ztw import ztw_for_run
-
         policy = ztw_for_run(run_dir)
     else:
         policy = make_policy(args.policy)
@@ -145,8 +141,6 @@ def _cli_policy(args: argparse.Namespace, run_dir: Path | None):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
-
     _set_threads(1)
     run = Path(args.run_dir)
     out = export_run(run, args.out, layout=args.layout, policy=_cli_policy(args, run), opset=args.opset)
@@ -171,8 +165,6 @@ def _set_threads(n: int) -> None:
     if n < 0:
         raise ExitlabError(f"--threads must be >= 0, got {n}")
     if n:
-        import torch
-
         torch.set_num_threads(n)
 
 
@@ -202,9 +194,6 @@ def _add_demo(sub) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import load_compare_config, run_compare
-    from .compare.tables import markdown, paper_table
-
     cc = load_compare_config(args.config, args.set)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.workers:
@@ -217,8 +206,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .compare.report import build_report
-
     print(build_report(args.dir))
     return 0
 
@@ -317,8 +304,9 @@ def _add_export(sub) -> None:
     p.add_argument("run_dir", help="a finished run directory (or a save_pretrained folder)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/onnx)")
-    p.add_argument("--layout", default="staged", choices=["staged", "all"],
-                   help="staged: one graph per exit, for real early exit (default); all: one graph, every exit")
+    p.add_argument("--layout", default="auto", choices=["auto", "staged", "all"],
+                   help="staged: one graph per exit, for real early exit; all: one graph, every exit; auto (default): "
+                   "staged for built-in backbones, all for adapted modules")
     p.add_argument("--policy", help="exit policy to record (confidence, entropy, patience, ztw); default: the one "
                    "saved with the model, if any")
     p.add_argument("--threshold", type=FINITE, help="the policy's threshold")

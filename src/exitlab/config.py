@@ -13,6 +13,7 @@ from typing import Any, Union
 
 import yaml
 
+from .data import DATASETS
 from .errors import ConfigError
 from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
 
@@ -21,28 +22,38 @@ from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
 class ModelConfig:
     """Which backbone, where the exits go, and which head they use."""
 
-    backbone: str = "resnet8"  # a name from `exitlab ls backbones`
-    exits: Union[list[int], str] = "every:1"  # block indices, "every:K" or "flops:N"  # noqa: UP007
+    backbone: str = "resnet8"  # a name from `exitlab ls backbones`, or "timm:NAME" / "torchvision:NAME"
+    factory: Union[str, None] = None  # or "package.module:function" building the network (backbone_kwargs)  # noqa: UP007
+    pretrained: Union[bool, str] = False  # foreign models: a local weights file (true: timm's cache)  # noqa: UP007
+    exits: Union[list[int], list[str], str] = "every:1"  # block indices or module names, "every:K", "flops:N"  # noqa: UP007
     head: str = "sdn"  # a name from `exitlab ls heads`
     head_kwargs: dict = field(default_factory=dict)  # options of the head, e.g. {grid: 4} or {cascade: true}
-    backbone_kwargs: dict = field(default_factory=dict)  # options of the backbone, e.g. {width: 16}
+    backbone_kwargs: dict = field(default_factory=dict)  # options of the backbone or factory, e.g. {width: 16}
 
 
 @dataclass
 class DataConfig:
     """Dataset, split and batching."""
 
-    name: str = "fashion_mnist"  # fashion_mnist, mnist, cifar10, cifar100, imagefolder or synthetic
+    name: str = "fashion_mnist"  # fashion_mnist, mnist, cifar10, cifar100, imagefolder, synthetic or webdataset
     root: Union[str, None] = None  # directory holding the files; searched before the Debian path  # noqa: UP007
     download: bool = True  # try the official source (checksum-verified) when the files are not found
-    img_size: int = 32  # image-folder images are resized to this; IDX/CIFAR keep their own size
+    img_size: int = 32  # output size of streamed and image-folder images; in-memory IDX/CIFAR keep their own size
     val_fraction: float = 0.1  # stratified, seeded share of the training set held out for validation, in (0, 1)
     batch_size: int = 128  # training batch size (global, across all ranks)
     eval_batch_size: int = 1000  # batch size for validation and test passes
     crop_padding: int = 2  # random-crop padding in pixels; 0 turns cropping off
     flip: bool = True  # random horizontal flips
-    train_subset: int = 0  # use only the first N training samples after the split (0 = all)
+    train_subset: int = 0  # use only N training samples after the split, keeping every class's share (0 = all)
     synthetic: dict = field(default_factory=dict)  # options of the synthetic dataset (tests)
+    augment: str = "crop_flip"  # crop_flip (pad, crop, flip) or imagenet (random resized crop, flip; per sample)
+    crop_fraction: float = 0.875  # imagenet evaluation: centre crop of the image resized to img_size / this, (0, 1]
+    stream: bool = False  # image folders: decode each image per sample in DataLoader workers, not all into memory
+    workers: int = -1  # DataLoader worker processes per rank for streamed data; -1 = CPU cores / local ranks, <= 8
+    wds_shards: str = "*.tar"  # webdataset: shard files in root/train, root/val (or test): a glob or {000..099} pattern
+    wds_image: str = "jpg;jpeg;png;webp;bmp"  # webdataset: image extensions of a sample, first found wins
+    wds_label: str = "cls"  # webdataset: extension of the label member (an integer 0..C-1 as text)
+    shuffle_buffer: int = 2000  # webdataset: samples in the seeded shuffle buffer of a training pass (1 = none)
 
 
 @dataclass
@@ -123,18 +134,30 @@ def validate(cfg: RunConfig) -> None:
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 SYNTHETIC = {"num_classes": 2, "n_train": 1, "n_test": 0, "size": 4, "channels": 1, "seed": None}  # key: minimum
+DATA_DEFAULTS = {"wds_shards": "*.tar", "wds_image": "jpg;jpeg;png;webp;bmp", "wds_label": "cls"}
 
 
 def _validate_data(d: DataConfig) -> None:
-    from .data import DATASETS
-
     if d.name not in DATASETS:
         raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose one of: {', '.join(DATASETS)}")
     check_range("data.val_fraction", d.val_fraction, lo=0, hi=1, lo_open=True, hi_open=True)
     for key, val, lo in (("data.batch_size", d.batch_size, 1), ("data.eval_batch_size", d.eval_batch_size, 1),
                          ("data.crop_padding", d.crop_padding, 0), ("data.train_subset", d.train_subset, 0),
-                         ("data.img_size", d.img_size, 1)):
+                         ("data.img_size", d.img_size, 1), ("data.workers", d.workers, -1),
+                         ("data.shuffle_buffer", d.shuffle_buffer, 1)):
         check_range(key, val, lo=lo)
+    check_range("data.crop_fraction", d.crop_fraction, lo=0, hi=1, lo_open=True)
+    if d.augment not in ("crop_flip", "imagenet"):
+        raise ConfigError(f"data.augment: unknown recipe {d.augment!r}; choose crop_flip or imagenet")
+    if d.stream and d.name != "imagefolder":
+        raise ConfigError(f"data.stream applies to image folders (data.name imagefolder), not {d.name!r}; webdataset "
+                          "always streams and the other data sets are held in memory")
+    if d.augment == "imagenet" and d.name == "imagefolder" and not d.stream:
+        raise ConfigError("data.augment=imagenet crops the full-size images, so image folders need data.stream=true "
+                          "(in memory they are decoded once at data.img_size)")
+    for key in ("wds_shards", "wds_image", "wds_label"):
+        if not getattr(d, key).strip(" ;"):
+            raise ConfigError(f"data.{key} is empty; give a shard pattern or extensions, e.g. {DATA_DEFAULTS[key]!r}")
     if d.synthetic and d.name != "synthetic":
         raise ConfigError(f"data.synthetic is set but data.name is {d.name!r}; drop data.synthetic or use "
                           "data.name=synthetic")

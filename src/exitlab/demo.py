@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
 from .config import RunConfig, from_dict
+from .costs import exit_costs
 from .errors import ExitlabError
 from .grid import plan_grid, run_grid
 from .loop import evaluate
 from .phases import plan_phases
-from .rundir import check_out_dir
-from .train import prepare_data
+from .rundir import RunDir, check_out_dir
 
 # A ResNet-8 (widths 16/32/64, one residual block per stage) with SDN heads after blocks 0 and 1: 3 exits.
 DEMO = {
@@ -58,18 +57,13 @@ def run_demo(out: Path, budget: int = 3, workers: int = 2, resume: bool = False,
 def test_accuracy_table(out: Path, seed: int) -> tuple[dict[str, list[float]], list[float]]:
     """Per-exit test accuracy of each regime's final model (the test split is touched only here), and each exit's
     measured cost as a fraction of the bare backbone's FLOPs."""
-    from .costs import exit_costs
-
     torch.set_num_threads(2)
     table, data, fractions = {}, None, []
     for regime in REGIMES:
-        run = out / f"seed{seed}" / regime
-        model = ckpt.from_pretrained(run)
-        if data is None:
-            from .config import load_config
-
-            data = prepare_data(load_config(run / "config.yaml"), torch.device("cpu"))
-        table[regime], _ = evaluate(model, data.test)
+        run = RunDir(out / f"seed{seed}" / regime, data=data)
+        data = run.data()  # one split for all three: the runs share data settings and seed
+        model = run.model()
+        table[regime], _ = evaluate(model, run.loader("test"))
         fractions = [c.fraction for c in exit_costs(model).exits]
     return table, fractions
 

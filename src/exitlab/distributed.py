@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import errors
 from .errors import ConfigError
 
 _VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -107,8 +108,6 @@ def all_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def agree(info: DistInfo, check) -> None:
     """Run ``check`` on rank 0 and raise its ExitlabError on every rank, so no rank waits on a failed one."""
-    from . import errors
-
     message = None
     if info.is_main:
         try:

@@ -1,8 +1,8 @@
 """Evaluate a run: cache every exit's logits per split, sweep exit policies, write ``eval.json``.
 
 ``evaluate_run(run_dir, policy, split)`` is the entry point (``exitlab eval`` and the comparison report call it).
-Logits are cached in the run directory as ``logits_<split>.safetensors`` (``logits [E, N, C]`` float32,
-``labels [N]``), tagged with the model's checksum and the data settings, and recomputed when either changes.
+Logits come from the run directory's cache (:meth:`exitlab.rundir.RunDir.logits`: ``logits_<split>.safetensors``,
+tagged with the model's checksum and the data settings, and recomputed when either changes).
 Simulation, budgets and AUC are in :mod:`exitlab.sweep`; per-exit costs in :mod:`exitlab.costs`.
 """
 
@@ -13,118 +13,29 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from .checkpoint import atomic_write
 from .costs import ExitCosts, exit_costs
-from .errors import CheckpointError, ConfigError, DataError
-from .models.core import eval_mode
+from .errors import ConfigError
+from .files import atomic_write
 from .policies import POLICIES, Policy, make_policy
+from .rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
 from .sweep import BUDGETS, auc, budget_table, ece, exit_accuracy, select, simulate
+from .ztw import ztw_for_run
 
 log = logging.getLogger("exitlab")
-SPLITS = ("train", "val", "test")
 DEFAULT_POLICIES = ("confidence", "entropy", "patience")  # ztw is added when asked for (it needs a fitting phase)
 
 
 # ---------------------------------------------------------------- run directory and cached logits
 
 
-def check_run_dir(run_dir: str | Path) -> Path:
-    """The run directory, or a CheckpointError when it holds no trained model."""
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"run directory {d} does not exist; pass a directory written by `exitlab train`")
-    if not (d / "model.safetensors").is_file() or not (d / "model.json").is_file():
-        raise CheckpointError(f"{d} holds no trained model (model.safetensors / model.json missing); finish the run "
-                              f"with `exitlab train CONFIG --out {d} --resume`, or point at a finished run")
-    return d
+def cached_logits(run_dir: str | Path | RunDir, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's per-exit logits on ``split`` (see :meth:`exitlab.rundir.RunDir.logits`)."""
+    return as_run(run_dir).logits(split)
 
 
-def model_digest(run_dir: str | Path) -> str:
-    """The checksum stored in the run's ``model.safetensors`` (changes whenever the weights do)."""
-    path = Path(run_dir) / "model.safetensors"
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("sha256", "")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path} is unreadable ({e}); retrain or restore the run") from None
-
-
-def run_config(run_dir: Path):
-    from .config import load_config
-
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir} has no config.yaml, so its data split is unknown; evaluate a directory "
-                              "written by `exitlab train`")
-    return load_config(run_dir / "config.yaml")
-
-
-def _data_signature(cfg) -> str:
-    from .config import to_dict
-    from .rundir import signature
-
-    data = to_dict(cfg.data)
-    data.pop("eval_batch_size", None)
-    data.pop("batch_size", None)
-    return signature({"data": data, "seed": cfg.seed})
-
-
-def split_loader(data, split: str):
-    """An unshuffled, unaugmented loader over one split of ``exitlab.train.prepare_data``'s result."""
-    from .data import TensorLoader
-
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    src = getattr(data, split)
-    if len(src.y) == 0:
-        raise DataError(f"the {split} split is empty; check data.val_fraction / the dataset, or pick another --split")
-    return TensorLoader(src.x, src.y, data.val.batch_size, mean=data.val.mean, std=data.val.std,
-                        device=src.x.device, channels_last=data.val.channels_last)
-
-
-@torch.no_grad()
-def compute_logits(model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every exit's logits over a loader, in eval mode: ``[E, N, C]`` float32 and labels ``[N]``."""
-    outs, labels = [], []
-    with eval_mode(model):
-        for x, y in loader:
-            outs.append(torch.stack(model(x)).float().cpu())  # [E, B, C]
-            labels.append(y.cpu())
-    if not outs:
-        raise DataError("the split is empty: no samples to evaluate")
-    return torch.cat(outs, 1), torch.cat(labels)
-
-
-def cached_logits(run_dir: str | Path, split: str, *, model=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's per-exit logits on ``split``, from ``logits_<split>.safetensors`` when it matches the current
-    model and data settings, otherwise computed (one pass of the model) and cached."""
-    run_dir = check_run_dir(run_dir)
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    cfg = run_config(run_dir)
-    tag = {"model_sha256": model_digest(run_dir), "data": _data_signature(cfg), "split": split}
-    path = run_dir / f"logits_{split}.safetensors"
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            if all(meta.get(k) == v for k, v in tag.items()):
-                t = load_file(str(path))
-                return t["logits"], t["labels"]
-            log.info("%s is stale (model or data changed); recomputing", path.name)
-        except (SafetensorError, OSError, KeyError):
-            log.warning("%s is unreadable; recomputing", path)
-    from . import load
-    from .train import prepare_data
-
-    data = prepare_data(cfg, torch.device("cpu"))
-    model = model if model is not None else load(run_dir)
-    logits, labels = compute_logits(model, split_loader(data, split))
-    atomic_write(path, lambda p: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()}, str(p),
-                                           metadata=tag))
-    return logits, labels
+def as_run(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
 
 
 # ---------------------------------------------------------------- evaluation from logits
@@ -178,15 +89,11 @@ def exit_table(logits, labels, costs: ExitCosts) -> list[dict]:
              "fraction": c.fraction, "accuracy": a, "ece": e} for c, a, e in zip(costs.exits, accs, eces)]
 
 
-def _resolve_policy(run_dir: Path, name: str) -> Policy:
-    if name == "ztw":
-        from .ztw import ztw_for_run
-
-        return ztw_for_run(run_dir)
-    return make_policy(name)
+def _resolve_policy(run: RunDir, name: str) -> Policy:
+    return ztw_for_run(run) if name == "ztw" else make_policy(name)
 
 
-def evaluate_run(run_dir: str | Path, policy: str = "confidence", split: str = "test", *, thresholds=None,
+def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split: str = "test", *, thresholds=None,
                  n_thresholds: int = 100, budgets=BUDGETS, target_accuracy: float | None = None,
                  policies=DEFAULT_POLICIES, write: bool = True) -> dict:
     """Evaluate a finished run and (with ``write``) save the result as ``RUN_DIR/eval.json``; returns it.
@@ -201,26 +108,24 @@ def evaluate_run(run_dir: str | Path, policy: str = "confidence", split: str = "
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if n_thresholds < 2:
         raise ConfigError(f"n_thresholds must be >= 2, got {n_thresholds}")
-    run_dir = check_run_dir(run_dir)
-    from . import load
-
-    model = load(run_dir)
+    run = as_run(run_dir).require_model()
+    model = run.model()
     if thresholds is not None and policy != "ztw":  # bad thresholds fail before any logits are computed
         make_policy(policy).check_thresholds(thresholds, model.num_exits, model.num_classes)
     costs = exit_costs(model)
-    logits, labels = cached_logits(run_dir, split, model=model)
-    val = cached_logits(run_dir, "val", model=model) if split != "val" else (logits, labels)
+    logits, labels = run.logits(split)
+    val = run.logits("val") if split != "val" else (logits, labels)
     names = list(dict.fromkeys([*policies, policy]))
     curves = {}
     for name in names:
-        pol = _resolve_policy(run_dir, name)
+        pol = _resolve_policy(run, name)
         curves[name] = policy_curve(pol, logits, labels, costs, thresholds=thresholds if name == policy else None,
                                     n_thresholds=n_thresholds, val=val, budgets=budgets,
                                     target_accuracy=target_accuracy)
     exits = exit_table(logits, labels, costs)
     result = {
-        "run_dir": str(run_dir), "split": split, "samples": len(labels), "policy": policy,
-        "model_sha256": model_digest(run_dir), "costs": costs.to_dict(), "exits": exits,
+        "run_dir": str(run.path), "split": split, "samples": len(labels), "policy": policy,
+        "model_sha256": run.model_digest(), "costs": costs.to_dict(), "exits": exits,
         "final_accuracy": exits[-1]["accuracy"], "budget_table": curves[policy]["budget_table"],
         "auc": curves[policy]["auc"], "selected": curves[policy]["selected"], "policies": curves,
         "notes": {"budgets": "accuracy at a fraction of the bare backbone's FLOPs, linearly interpolated between "
@@ -229,7 +134,7 @@ def evaluate_run(run_dir: str | Path, policy: str = "confidence", split: str = "
                   "selected": "thresholds chosen on the validation split, reported on this split"},
     }
     if write:
-        atomic_write(run_dir / "eval.json", lambda p: p.write_text(json.dumps(result, indent=1)))
+        atomic_write(run / RunDir.EVAL, lambda p: p.write_text(json.dumps(result, indent=1)))
     return result
 
 
@@ -257,5 +162,5 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["cached_logits", "compute_logits", "evaluate_run", "exit_table", "format_report",
+__all__ = ["as_run", "cached_logits", "compute_logits", "evaluate_run", "exit_table", "format_report",
            "policy_curve"]

@@ -13,13 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from . import faults
 from .config import RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
-from .phases import phase_kinds
+from .phases import phase_kinds, regime_label  # noqa: F401  (regime_label re-exported)
 from .planning import preflight
 from .procs import worker_pool
+from .recipes import train
 from .rundir import read_jsonl, read_status
+from .train import run_signature
 
 
 @dataclass
@@ -37,10 +41,6 @@ class Job:
     @property
     def phase1_checkpoint(self) -> Path:
         return self.out / "checkpoints" / "00-phase1-end.safetensors"
-
-
-def regime_label(regime: str | list[int]) -> str:
-    return regime if isinstance(regime, str) else "phases" + "".join(map(str, regime))
 
 
 def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, variant: str = "") -> list[Job]:
@@ -76,10 +76,6 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
 
 
 def _work(cfg_dict: dict, out: str, phase1_from: str | None, threads: int) -> str:
-    import torch
-
-    from .train import train
-
     torch.set_num_threads(threads)
     cfg = from_dict(RunConfig, cfg_dict)
     train(cfg, Path(out), resume=True, phase1_from=phase1_from)
@@ -124,8 +120,6 @@ def run_grid(jobs: list[Job], workers: int = 2, threads: int = 1,
 
 def _finished(job: Job) -> bool:
     """Whether the job's run is done; a finished run with a different config is an error, never reused."""
-    from .train import run_signature
-
     status = read_status(job.out)
     if status.get("status") != "done":
         return False

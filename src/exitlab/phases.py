@@ -44,6 +44,11 @@ def phase_kinds(regime: str | list[int]) -> tuple[int, ...]:
     return tuple(regime) if isinstance(regime, list) else REGIMES.get(regime)
 
 
+def regime_label(regime: str | list[int]) -> str:
+    """A regime's name in paths and tables: its registered name, or "phases123" for a phase list."""
+    return regime if isinstance(regime, str) else "phases" + "".join(map(str, regime))
+
+
 def split_budget(kinds: tuple[int, ...], budget: int, phase1_share: float) -> list[int]:
     """Epochs per phase under a total ``budget``: phase 1 (when first and not alone) takes ``phase1_share`` of it,
     the remaining phases share the rest evenly (earlier phases get the remainder)."""

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig, to_dict
+from .config import ModelConfig, RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
-from .models import build_model
+from .models import MultiExitModel, build_model
 from .phases import Phase, plan_phases
 
 
@@ -73,10 +73,16 @@ def _check_model(key: str) -> int:
         return _build_and_run(m, c, h)
 
 
+def model_from_config(m: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> MultiExitModel:
+    """The multi-exit model a config's ``model`` section describes, for inputs of ``shape`` (C, H, W)."""
+    return build_model(m.backbone, num_classes=num_classes, in_chans=shape[0], img_size=shape[1], exits=m.exits,
+                       head=m.head, head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs, factory=m.factory,
+                       pretrained=m.pretrained)
+
+
 def _build_and_run(m: dict, c: int, h: int) -> int:
     try:
-        model = build_model(m["backbone"], num_classes=10, in_chans=c, img_size=h, exits=m["exits"], head=m["head"],
-                            head_kwargs=m["head_kwargs"], backbone_kwargs=m["backbone_kwargs"])
+        model = model_from_config(from_dict(ModelConfig, m, "model."), 10, (c, h, h))
     except ExitlabError:
         raise
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
@@ -95,8 +101,9 @@ def _short(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
-def preflight(cfg: RunConfig) -> list[Phase]:
-    """Run every check that needs no data; returns the planned phases with their per-exit loss weights."""
+def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase]:
+    """Run every check that needs no data; returns the planned phases with their per-exit loss weights.
+    With ``model`` (a model passed in, not built from ``cfg.model``) its exits are planned for instead."""
     resolve_device(cfg.device)
     check_data_options(cfg)
-    return plan_phases(cfg, check_model(cfg))
+    return plan_phases(cfg, check_model(cfg) if model is None else model.num_exits)

@@ -1,20 +1,44 @@
-"""Run directories: environment record, lock file, metrics log, and checkpoint discovery."""
+"""Run directories: the one owner of their layout.
+
+A run directory holds ``config.yaml`` (the resolved config), ``env.json`` (versions and code identity),
+``run.json`` (status, phases, where phase 1 came from), ``metrics.jsonl`` (one record per epoch),
+``checkpoints/``, and once finished ``model.safetensors`` with ``model.json``; evaluation adds
+``logits_<split>.safetensors`` (cached per-exit logits), ``eval.json`` and ``bench.json``. :class:`RunDir` is the only
+code that spells these names; everything else asks it for the config, status, metrics, model, data or logits.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError, ExitlabError
+from .checkpoint import from_pretrained
+from .config import RunConfig, load_config, to_dict
+from .data import RunData, build_run_data
+from .errors import CheckpointError, ConfigError, DataError
+from .files import (  # noqa: F401  (re-exported: this module's old contents)
+    RunLock,
+    append_jsonl,
+    atomic_write,
+    check_out_dir,
+    check_writable,
+    read_json,
+    read_jsonl,
+    read_status,
+    repair_jsonl,
+)
+from .models.core import MultiExitModel, eval_mode
+from .version import __version__
 
 log = logging.getLogger("exitlab")
 
@@ -33,10 +57,7 @@ def code_identity() -> dict:
 
 
 def environment() -> dict:
-    import numpy
-
-    from . import __version__
-
+    """Versions, platform, threads and the code identity: what a run records in env.json."""
     return {
         "exitlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
         "numpy": numpy.__version__, "platform": platform.platform(), "cuda": torch.version.cuda,
@@ -46,86 +67,6 @@ def environment() -> dict:
 
 def signature(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class RunLock:
-    """An exclusive OS lock (``flock``) on ``<directory>/.lock``, held through an open file descriptor.
-
-    The kernel arbitrates, so two processes can never both hold it, and the lock dies with its process (a crash or
-    SIGKILL included): there are no stale locks to take over. The file itself is never deleted, because a process
-    that unlinked it could let a newcomer lock a fresh file while a third still holds the old one. It records the
-    holder's pid for the error message only.
-    """
-
-    def __init__(self, directory: Path):
-        self.path = directory / ".lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise ExitlabError(f"{self.path.parent} is in use by {who}; wait for it to finish or choose another "
-                               "--out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise ExitlabError(f"could not write {path}: {e.strerror or e}; free space or pick a writable --out "
-                           "(the last checkpoint is kept; rerun with --resume)") from None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file. A line that does not parse (cut off by a kill, or damaged) is skipped:
-    one bad line never hides the good ones around it."""
-    if not path.exists():
-        return []
-    return [r for r in (_parse_line(line) for line in path.read_bytes().splitlines()) if r is not None]
-
-
-def _parse_line(line: bytes) -> dict | None:
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def repair_jsonl(path: Path, keep) -> None:
-    """Rewrite ``path`` with the records for which ``keep(record)`` holds (resume rewinds the log to the checkpoint
-    it restarts from). Lines that do not parse are not lost: they are appended to ``<path>.bad``, with a warning."""
-    if not path.exists():
-        return
-    lines = path.read_bytes().splitlines()
-    bad = [line for line in lines if line.strip() and _parse_line(line) is None]
-    if bad:
-        log.warning("%s: %d damaged line(s) moved to %s", path, len(bad), path.name + ".bad")
-        with open(path.with_name(path.name + ".bad"), "ab") as f:
-            f.write(b"".join(line + b"\n" for line in bad))
-    good = [r for r in (_parse_line(line) for line in lines) if r is not None and keep(r)]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in good))
-    os.replace(tmp, path)
 
 
 def checkpoints(directory: Path) -> list[Path]:
@@ -154,48 +95,140 @@ def newest_valid(directory: Path, loader) -> tuple[Path, object] | None:
     return None
 
 
-def read_json(path: Path, what: str, fix: str) -> dict:
-    """A JSON object from ``path``, or an ExitlabError naming the file, what it should be, and ``fix``."""
-    try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise ExitlabError(f"{path} not found; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise ExitlabError(f"{path} is not a valid {what} ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
-    if not isinstance(data, dict):
-        raise ExitlabError(f"{path} is not a valid {what} (a JSON {type(data).__name__}, not an object); {fix}")
-    return data
+SPLITS = ("train", "val", "test")
+MEMORY = "memory"  # run.json's data_source when the data was passed to exitlab.train as an object
 
 
-def read_status(directory: Path) -> dict:
-    """A run's ``run.json`` (``{}`` when there is none), or an ExitlabError when it is damaged."""
-    path = directory / "run.json"
+class RunDir:
+    """One run directory: its file names, and the config, status, metrics, model, data and logits cache in it.
+
+    The model and the data are built once per object and kept. ``data`` may be given (the data source a run was
+    trained on, when it was passed in memory and cannot be rebuilt from the config)."""
+
+    CONFIG, STATUS, ENV, METRICS = "config.yaml", "run.json", "env.json", "metrics.jsonl"
+    MODEL, MODEL_INFO, CHECKPOINTS, GRADIENTS = "model.safetensors", "model.json", "checkpoints", "gradients.jsonl"
+    EVAL, BENCH, ZTW = "eval.json", "bench.json", "ztw.safetensors"
+
+    def __init__(self, path: str | Path, *, data: RunData | None = None, module=None):
+        self.path = Path(path)
+        self._data, self._model, self._module = data, None, module
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------ what is in it
+    def require_model(self) -> RunDir:
+        """This run, or a CheckpointError when it holds no trained model."""
+        if not self.path.is_dir():
+            raise CheckpointError(f"run directory {self.path} does not exist; pass a directory written by `exitlab "
+                                  "train`")
+        if not (self / self.MODEL).is_file() or not (self / self.MODEL_INFO).is_file():
+            raise CheckpointError(f"{self.path} holds no trained model (model.safetensors / model.json missing); "
+                                  f"finish the run with `exitlab train CONFIG --out {self.path} --resume`, or point "
+                                  "at a finished run")
+        return self
+
+    def status(self) -> dict:
+        return read_status(self.path)
+
+    def config(self) -> RunConfig:
+        if not (self / self.CONFIG).is_file():
+            raise CheckpointError(f"{self.path} has no config.yaml, so its data and split are unknown; pass a "
+                                  "directory written by `exitlab train`")
+        return load_config(self / self.CONFIG)
+
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self / self.METRICS)
+
+    def model(self) -> MultiExitModel:
+        """The trained model, on the CPU, in eval mode."""
+        if self._model is None:
+            self.require_model()
+            self._model = from_pretrained(self.path, module=self._module).eval()
+        return self._model
+
+    def model_digest(self) -> str:
+        """The checksum stored in ``model.safetensors`` (changes whenever the weights do)."""
+        path = self / self.MODEL
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get("sha256", "")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is unreadable ({e}); retrain or restore the run") from None
+
+    def data(self) -> RunData:
+        """The run's data, rebuilt from its config on the CPU (the same seeded split as in training)."""
+        if self._data is None:
+            if self.status().get("data_source") == MEMORY:
+                raise DataError(f"{self.path} was trained on data passed in memory, which its directory cannot "
+                                "rebuild; evaluate it from Python, passing the data: RunDir(path, data=...)")
+            cfg = self.config()
+            self._data = build_run_data(cfg.data, cfg.seed, torch.device("cpu"))
+        return self._data
+
+    def loader(self, split: str):
+        """An in-order, unaugmented loader over one split."""
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        loader = self.data().split(split)
+        if loader.num_samples == 0:
+            raise DataError(f"the {split} split is empty; check data.val_fraction / the dataset, or pick another "
+                            "--split")
+        return loader.unaugmented(self.data().val.batch_size)
+
+    # ------------------------------------------------------------ the logits cache
+    def logits(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-exit logits ``[E, N, C]`` and labels ``[N]`` on ``split``: from ``logits_<split>.safetensors`` when it
+        matches the current model and data settings, otherwise computed (one pass of the model) and cached."""
+        self.require_model()
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        tag = {"model_sha256": self.model_digest(), "data": self._data_signature(), "split": split}
+        path = self / f"logits_{split}.safetensors"
+        cached = _read_cache(path, tag)
+        if cached is not None:
+            return cached
+        logits, labels = compute_logits(self.model(), self.loader(split))
+        atomic_write(path, lambda p: save_file({"logits": logits.contiguous(), "labels": labels.contiguous()},
+                                               str(p), metadata=tag))
+        return logits, labels
+
+    def _data_signature(self) -> str:
+        if self._data is not None and self.status().get("data_source") == MEMORY:
+            return MEMORY
+        cfg = self.config()
+        data = to_dict(cfg.data)
+        data.pop("eval_batch_size", None)
+        data.pop("batch_size", None)
+        return signature({"data": data, "seed": cfg.seed})
+
+
+def _read_cache(path: Path, tag: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not path.is_file():
-        return {}
+        return None
     try:
-        status = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise ExitlabError(f"{path} is damaged ({type(e).__name__}); move it away and resume from the run's "
-                           "checkpoints, or choose another --out") from None
-    if not isinstance(status, dict):
-        raise ExitlabError(f"{path} is not an exitlab run status (not a JSON object); move it away, or choose "
-                           "another --out")
-    return status
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if all(meta.get(k) == v for k, v in tag.items()):
+            t = load_file(str(path))
+            return t["logits"], t["labels"]
+        log.info("%s is stale (model or data changed); recomputing", path.name)
+    except (SafetensorError, OSError, KeyError):
+        log.warning("%s is unreadable; recomputing", path)
+    return None
 
 
-def check_out_dir(directory: Path) -> None:
-    """An output path must be a directory or not exist yet."""
-    if directory.exists() and not directory.is_dir():
-        raise ExitlabError(f"{directory} is a file, not a directory; choose a directory for --out")
-
-
-def check_writable(directory: Path) -> None:
-    """Fail before training if the output directory cannot be written."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise ExitlabError(f"output directory {directory} is not writable ({e.strerror or e}); choose another --out "
-                           "or free space") from None
+@torch.no_grad()
+def compute_logits(model: MultiExitModel, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every exit's logits over a loader, in eval mode: ``[E, N, C]`` float32 and labels ``[N]``."""
+    outs, labels = [], []
+    with eval_mode(model):
+        for x, y in loader:
+            outs.append(torch.stack(model(x)).float().cpu())  # [E, B, C]
+            labels.append(y.cpu())
+    if not outs:
+        raise DataError("the split is empty: no samples to evaluate")
+    return torch.cat(outs, 1), torch.cat(labels)

@@ -1,4 +1,9 @@
-"""Train a multi-exit model under a regime, in a run directory that can be resumed exactly."""
+"""Train a multi-exit model under a regime, in a run directory that can be resumed exactly.
+
+:func:`train` takes a config and, optionally, components: a ready :class:`MultiExitModel` (built-in, adapted,
+timm or torchvision), a data source, and probes (plain functions called after every step or epoch). The public
+``exitlab.train`` (:mod:`exitlab.recipes`) builds those from a config or from keyword options and calls it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import faults
@@ -20,11 +28,12 @@ from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info
 from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
 from .loop import evaluate, make_optimizer, phase_module, phase_score, set_modes, set_trainable, train_epoch
-from .models import build_model
 from .models.core import MultiExitModel
 from .phases import Phase
-from .planning import preflight, resolve_device
+from .planning import model_from_config, preflight, resolve_device
 from .rundir import (
+    MEMORY,
+    RunDir,
     RunLock,
     append_jsonl,
     check_out_dir,
@@ -43,22 +52,50 @@ from .speed import maybe_compile
 log = logging.getLogger("exitlab")
 
 
+@dataclass
+class ProbeContext:
+    """What a probe sees: the model mid-training, the phase, where in it the run is, the data and the run dir."""
+
+    model: MultiExitModel
+    phase: Phase
+    phase_index: int
+    epoch: int
+    step: int
+    data: RunData
+    run: RunDir
+
+
+@dataclass
+class Probes:
+    """Plain functions the training loop calls: ``on_step`` after every optimizer step, ``on_epoch`` after each
+    epoch's validation. They run on rank 0 only and must not change the model (see ``exitlab.analysis``)."""
+
+    on_step: list[Callable[[ProbeContext], None]] = field(default_factory=list)
+    on_epoch: list[Callable[[ProbeContext], None]] = field(default_factory=list)
+
+
 Data = RunData  # the name this module used to export
 
 
-def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE) -> RunData:
-    """The run's data (see :func:`exitlab.data.build_run_data`); under DDP every rank takes its slice of each
-    global batch."""
+def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, source=None) -> RunData:
+    """The run's data (see :func:`exitlab.data.build_run_data`): the data set ``cfg.data`` names, or ``source``.
+    Under DDP every rank takes its slice of each global batch."""
     check_batch(cfg.data.batch_size, info)
-    return build_run_data(cfg.data, cfg.seed, device, shard=(info.rank, info.world), channels_last=cfg.channels_last)
+    return build_run_data(cfg.data, cfg.seed, device, shard=(info.rank, info.world), channels_last=cfg.channels_last,
+                          source=source)
 
 
-def make_model(cfg: RunConfig, data: Data) -> MultiExitModel:
-    m = cfg.model
+def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
+    """A model passed in must predict the data's classes."""
+    if model.num_classes != len(data.classes):
+        raise ConfigError(f"the model predicts {model.num_classes} classes but the data has {len(data.classes)}; "
+                          f"build it with num_classes={len(data.classes)}")
+    return model
+
+
+def make_model(cfg: RunConfig, data: RunData) -> MultiExitModel:
     torch.manual_seed(cfg.seed)
-    c, h, _ = data.shape
-    return build_model(m.backbone, num_classes=len(data.classes), in_chans=c, img_size=h, exits=m.exits,
-                       head=m.head, head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs)
+    return model_from_config(cfg.model, len(data.classes), data.shape)
 
 
 def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
@@ -91,13 +128,16 @@ def seed_epoch(seed: int, phase_index: int, epoch: int, rank: int = 0) -> int:
 class _Run:
     """State of one training run. ``train()`` is the entry point; this class only keeps its pieces together."""
 
-    def __init__(self, cfg: RunConfig, out: Path, info: DistInfo = SINGLE, device: torch.device | None = None):
+    def __init__(self, cfg: RunConfig, out: Path, info: DistInfo = SINGLE, device: torch.device | None = None, *,
+                 model: MultiExitModel | None = None, source=None, probes: Probes | None = None):
         self.cfg, self.out, self.info = cfg, out, info
-        self.metrics = out / "metrics.jsonl"
+        self.rundir = RunDir(out)
+        self.metrics = self.rundir / RunDir.METRICS
         self.device = device or resolve_device(cfg.device)
-        self.phases = preflight(cfg)  # everything that can fail without data fails here, before any is read
-        self.data = prepare_data(cfg, self.device, info)
-        self.model = make_model(cfg, self.data).to(self.device)
+        self.phases = preflight(cfg, model)  # everything that can fail without data fails here, before any is read
+        self.probes = probes or Probes()
+        self.data = prepare_data(cfg, self.device, info, source)
+        self.model = (make_model(cfg, self.data) if model is None else _fits(model, self.data)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         maybe_compile(self.model, cfg.compile)
@@ -110,7 +150,7 @@ class _Run:
         """Rank 0 writes the checkpoint; the other ranks wait for it."""
         phase = self.phases[pi]
         name = f"{pi:02d}-{phase.name}-{'end' if end else f'e{epochs_done:03d}'}.safetensors"
-        path = self.out / "checkpoints" / name
+        path = self.rundir / RunDir.CHECKPOINTS / name
         if not self.info.is_main:
             barrier(self.info)
             return path
@@ -163,7 +203,8 @@ class _Run:
             where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
             stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
                                       where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"),
-                                      info=self.info, on_step=self._grad_probe(phase), warmup_steps=warmup)
+                                      info=self.info, on_step=self._probe(self.probes.on_step, phase, pi, epoch),
+                                      warmup_steps=warmup)
             accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
             score = phase_score(phase, accs)
             if phase.options.patience:
@@ -176,6 +217,9 @@ class _Run:
                                             train_loss=stats.loss, train_exit_losses=stats.exit_losses, val_acc=accs,
                                             score=score, seconds=time.perf_counter() - t0))
             log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
+            end_of_epoch = self._probe(self.probes.on_epoch, phase, pi, epoch + 1)
+            if end_of_epoch is not None:
+                end_of_epoch(step)
             faults.point("epoch")
             if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < phase.epochs:
                 self.save(pi, epoch + 1, step, opt, best, best_score, bad, end=False)
@@ -183,28 +227,21 @@ class _Run:
             self.model.load_state_dict(best)
         self.save(pi, phase.epochs, step, None, None, best_score, bad, end=True)
 
-    def _grad_probe(self, phase: Phase):
-        """Every ``grad_log_every`` steps, log per-exit gradient contributions on fixed validation samples."""
-        every = self.cfg.grad_log_every
-        if not every or not self.info.is_main:
+    def _probe(self, fns: list, phase: Phase, pi: int, epoch: int):
+        """The step probe point: calls every function in ``fns`` (rank 0 only), or None when there are none."""
+        if not fns or not self.info.is_main:
             return None
-        from .analysis.gradients import gradient_contributions
 
-        n = self.cfg.grad_log_samples
-        x, y = next(iter(self.data.val))
-        batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, min(n, len(y)), 128)]
-        w = torch.tensor(phase.weights)
+        def at(step: int) -> None:
+            ctx = ProbeContext(self.model, phase, pi, epoch, step, self.data, self.rundir)
+            for fn in fns:
+                fn(ctx)
 
-        def probe(step: int) -> None:
-            if step % every == 0:
-                record = gradient_contributions(self.model, batches, w)
-                append_jsonl(self.out / "gradients.jsonl", {"phase": phase.kind, "step": step, **record})
-
-        return probe
+        return at
 
     def write_status(self, status: dict) -> None:
         if self.info.is_main:
-            ckpt.atomic_write(self.out / "run.json", lambda p: p.write_text(json.dumps(status, indent=2)))
+            ckpt.atomic_write(self.rundir / RunDir.STATUS, lambda p: p.write_text(json.dumps(status, indent=2)))
 
     def log(self, record: dict) -> None:
         if self.info.is_main:
@@ -213,8 +250,6 @@ class _Run:
     def _bar(self, desc: str):
         if not (self.cfg.progress and self.info.is_main and sys.stderr.isatty()):
             return None
-        from tqdm import tqdm
-
         return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
 
 
@@ -234,9 +269,14 @@ def _preflight(out: Path, cfg: RunConfig, resume: bool) -> None:
     check_writable(out)
 
 
-def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from: str | Path | None = None
-          ) -> Path:
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from: str | Path | None = None,
+          model: MultiExitModel | None = None, source=None, probes: Probes | None = None) -> Path:
     """Train ``cfg`` into run directory ``out`` and return it.
+
+    ``model`` trains that model (in place) instead of building the one ``cfg.model`` describes; ``source`` uses
+    that data source instead of the data set ``cfg.data`` names (its split and batching settings still apply);
+    ``probes`` are called during training. ``cfg.grad_log_every`` needs the gradient probe that
+    ``exitlab.train`` adds.
 
     ``resume`` continues from the newest valid checkpoint in ``out`` (exactly: the weights equal an uninterrupted
     run's on CPU). ``phase1_from`` starts from another run's phase-1 checkpoint instead of training phase 1, after
@@ -244,8 +284,11 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
     every rank calls this; rank 0 alone writes to ``out``.
     """
     out = Path(out)
-    phases = preflight(cfg)  # a config that can never work fails before anything is created, locked or read
-    source = _phase1_source(cfg, phases, phase1_from) if phase1_from is not None else None
+    if cfg.grad_log_every and probes is None:
+        raise ConfigError("grad_log_every is set but no probes were given; call exitlab.train, which adds the "
+                          "gradient logger, or pass probes=exitlab.recipes.probes_for(cfg)")
+    phases = preflight(cfg, model)  # a config that can never work fails before anything is created, locked or read
+    p1 = _phase1_source(cfg, phases, phase1_from) if phase1_from is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = env_info()
@@ -254,24 +297,27 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
     try:
         agree(info, lambda: _preflight(out, cfg, resume))
         with RunLock(out) if info.is_main else contextlib.nullcontext():
-            return _train(cfg, out, resume, source, info, device)
+            return _train(cfg, out, resume, p1, info, device, model=model, source=source, probes=probes)
     finally:
         teardown(info)
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo, device: torch.device) -> Path:
-    run = _Run(cfg, out, info, device)
+def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo, device: torch.device,
+           **components) -> Path:
+    run = _Run(cfg, out, info, device, **components)
     status = read_status(out)
     if status.get("status") == "done":
         log.info("%s is already finished; nothing to do", out)
         return out
     if not status:  # run.json first: from here on the directory is recognisably a run
         status = {"status": "starting", "run_signature": run.sig}
+        if components.get("source") is not None:
+            status["data_source"] = MEMORY
         run.write_status(status)
     if info.is_main:
-        ckpt.atomic_write(out / "config.yaml", lambda p: p.write_text(dump_config(cfg)))
+        ckpt.atomic_write(run.rundir / RunDir.CONFIG, lambda p: p.write_text(dump_config(cfg)))
         env = json.dumps({**environment(), "world_size": info.world}, indent=2)
-        ckpt.atomic_write(out / "env.json", lambda p: p.write_text(env))
+        ckpt.atomic_write(run.rundir / RunDir.ENV, lambda p: p.write_text(env))
     first, resume_state = _starting_point(run, resume, phase1_from, status)
     status.update(status="running", regime=cfg.regime, run_signature=run.sig,
                   phases=[dataclasses.asdict(p) for p in run.phases])
@@ -308,8 +354,8 @@ def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple
             log.warning("removed %s, left by an interrupted write", p)
     found = newest_valid(run.out, ckpt.load_tensors) if resume else None
     if resume and found is None and checkpoints(run.out):
-        raise CheckpointError(f"every checkpoint in {run.out / 'checkpoints'} is corrupt (see the warnings above); "
-                              "move them away to start this run over")
+        raise CheckpointError(f"every checkpoint in {run.rundir / RunDir.CHECKPOINTS} is corrupt (see the warnings "
+                              "above); move them away to start this run over")
     if found is not None:
         path, (tensors, meta) = found
         run.restore(tensors, meta, path)

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import atomic_write
 from .errors import ExitlabError
+from .files import atomic_write
 from .policies import ZTW
+from .rundir import RunDir
 
 log = logging.getLogger("exitlab")
-ZTW_FILE = "ztw.safetensors"
 
 
 def ensemble_log_probs(logits: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -84,29 +84,16 @@ def load_ensemble(path: str | Path, *, model_digest: str | None = None) -> ZTW |
         return ZTW(f.get_tensor("weight"), f.get_tensor("bias"))
 
 
-def ztw_for_run(run_dir: str | Path, *, steps: int = 200) -> ZTW:
+def ztw_for_run(run_dir: str | Path | RunDir, *, steps: int = 200) -> ZTW:
     """The run's ZTW policy: loaded from ``ztw.safetensors`` if it matches the model, else fitted on the cached
     training-split logits of the frozen model (the short extra phase) and saved there."""
-    from .evaluate import cached_logits, model_digest
-
-    run_dir = Path(run_dir)
-    digest = model_digest(run_dir)
-    policy = load_ensemble(run_dir / ZTW_FILE, model_digest=digest)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    digest = run.model_digest()
+    policy = load_ensemble(run / RunDir.ZTW, model_digest=digest)
     if policy is None:
-        logits, labels = cached_logits(run_dir, "train")
-        cascade = _uses_cascade(run_dir)
-        if not cascade:
+        logits, labels = run.logits("train")
+        if not (run.model().spec.get("head_kwargs") or {}).get("cascade"):
             log.info("ztw: the heads are not cascading (model.head_kwargs.cascade is off); fitting the ensemble alone")
         policy = fit_ensemble(logits, labels, steps=steps)
-        save_ensemble(policy, run_dir / ZTW_FILE, model_digest=digest)
+        save_ensemble(policy, run / RunDir.ZTW, model_digest=digest)
     return policy
-
-
-def _uses_cascade(run_dir: Path) -> bool:
-    import json
-
-    try:
-        spec = json.loads((run_dir / "model.json").read_text())["spec"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return bool((spec.get("head_kwargs") or {}).get("cascade"))

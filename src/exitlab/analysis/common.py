@@ -17,8 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import RunConfig
+from ..data import RunData
 from ..errors import ExitlabError
 from ..models.core import BlocksBackbone, MultiExitModel
+from ..rundir import RunDir
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,8 +35,8 @@ class Run:
 
     path: Path
     model: MultiExitModel
-    cfg: object  # exitlab.config.RunConfig
-    data: object  # exitlab.train.Data
+    cfg: RunConfig
+    data: RunData
 
     @property
     def label(self) -> str:
@@ -42,40 +45,25 @@ class Run:
         return str(regime) if isinstance(regime, str) else self.path.name
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a finished run directory: ``model.json``/``model.safetensors`` and the data its config names."""
-    from ..checkpoint import from_pretrained
-    from ..config import load_config
-    from ..train import prepare_data
-
-    path = Path(path)
-    if not (path / "config.yaml").is_file():
-        raise ExitlabError(f"{path} is not a run directory (no config.yaml); pass directories written by exitlab train")
-    model = from_pretrained(path).eval()
-    cfg = load_config(path / "config.yaml")
-    data = prepare_data(cfg, torch.device("cpu"))
-    return Run(path, model, cfg, data)
+def load_run(path: str | Path | RunDir) -> Run:
+    """Load a finished run directory: its model and the data its config names (see :class:`RunDir`)."""
+    run = path if isinstance(path, RunDir) else RunDir(path)
+    if not (run / RunDir.CONFIG).is_file():
+        raise ExitlabError(f"{run.path} is not a run directory (no config.yaml); pass directories written by exitlab "
+                           "train")
+    return Run(run.path, run.model(), run.config(), run.data())
 
 
 def split_loader(run: Run, split: str):
-    if split not in ("train", "val", "test"):
-        raise ExitlabError(f"split must be train, val or test, got {split!r}")
-    return getattr(run.data, split)
+    return run.data.split(split)
 
 
 def fixed_batches(loader, n: int, batch_size: int = 500, seed: int = 0, what: str = "this analysis") -> Batches:
     """``n`` samples of a split, drawn once with ``seed``, normalised like training but never augmented."""
-    from ..data.loader import TensorLoader
-
-    total = len(loader.y)
-    if n > total:
-        raise ExitlabError(f"{what} asks for {n} samples but the split holds only {total}; lower --samples "
-                           f"to at most {total} or pick a larger --split")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(total, generator=g)[:n].sort().values.to(loader.y.device)
-    sub = TensorLoader(loader.x[idx], loader.y[idx], batch_size, mean=loader.mean.flatten(), std=loader.std.flatten(),
-                       device=loader.x.device, channels_last=loader.channels_last)
-    return list(sub)
+    if n > loader.num_samples:
+        raise ExitlabError(f"{what} asks for {n} samples but the split holds only {loader.num_samples}; lower "
+                           f"--samples to at most {loader.num_samples} or pick a larger --split")
+    return loader.sample(n, seed, batch_size)
 
 
 def cat_batches(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:

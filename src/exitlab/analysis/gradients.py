@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from ..errors import ExitlabError
+from ..files import append_jsonl
 from ..loop import exit_losses
 from ..models.core import MultiExitModel
+from ..rundir import RunDir
 from .common import Batches, block_groups, exit_names, finite, preserved
 
 MODES = ("current", "train", "eval")
@@ -117,3 +119,20 @@ def _contribution_table(grads: list[list[torch.Tensor]], sizes: list[int], w: to
                     cosine[k][j] = finite(float(by_exit[k][j] @ total) / (norm[k][j] * tn))
     return {"norm": norm, "share_norm": share_norm, "share_projection": share_proj, "cosine": cosine,
             "total_norm": total_norm}
+
+
+def gradient_logger(every: int, samples: int = 256):
+    """A training probe: every ``every`` optimizer steps, append the per-exit gradient contributions on ``samples``
+    fixed validation samples, under the phase's own loss weights, to the run's ``gradients.jsonl``."""
+    batches: list = []
+
+    def probe(ctx) -> None:  # ctx: exitlab.train.ProbeContext
+        if ctx.step % every:
+            return
+        if not batches:
+            n = min(samples, ctx.data.val.num_samples)
+            batches.extend(ctx.data.val.sample(n, seed=0, batch_size=128))
+        record = gradient_contributions(ctx.model, batches, torch.tensor(ctx.phase.weights))
+        append_jsonl(ctx.run / RunDir.GRADIENTS, {"phase": ctx.phase.kind, "step": ctx.step, **record})
+
+    return probe

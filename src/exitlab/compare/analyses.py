@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..analysis.cli import Options, analyze
 from .config import CompareConfig
-from .run import rows, run_dir
+from .layout import rows, run_dir
 
 
 def run_analyses(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = lambda s: None) -> list[Path]:
     """Write ``analysis/<kind>.json`` and ``.png`` for every analysis in ``cc.analyses``; returns the PNG paths."""
-    from ..analysis.cli import Options, analyze
-
     seed = cc.seeds[0]
     dirs = [run_dir(out, seed, regime, variant) for _, regime, variant in rows(cc)]
     target = out / "analysis"

@@ -8,14 +8,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..checkpoint import atomic_write
+from ..config import from_dict
 from ..errors import ExitlabError
-from ..grid import Job, plan_grid, regime_label, run_grid
+from ..evaluate import evaluate_run
+from ..grid import Job, plan_grid, run_grid
 from ..procs import worker_pool
 from ..rundir import check_out_dir, environment, read_jsonl, read_status, signature
+from .analyses import run_analyses
 from .config import CompareConfig
+from .layout import rows, run_dir
+from .plots import write_plots
+from .tables import write_tables
 
 
 def plan(cc: CompareConfig, out: Path) -> list[Job]:
@@ -27,20 +34,6 @@ def plan(cc: CompareConfig, out: Path) -> list[Job]:
     return jobs
 
 
-def rows(cc: CompareConfig) -> list[tuple[str, str, str]]:
-    """(row label, regime label, variant) for every table row, in config order."""
-    out = []
-    for variant in cc.variant_overrides():
-        for r in cc.regimes:
-            label = regime_label(r)
-            out.append((f"{label} ({variant})" if variant else label, label, variant))
-    return out
-
-
-def run_dir(out: Path, seed: int, regime: str, variant: str) -> Path:
-    return out / f"seed{seed}" / (f"{regime}-{variant}" if variant else regime)
-
-
 def check_out(cc: CompareConfig, out: Path) -> None:
     """Refuse an output directory that holds a comparison with a different config; never mix runs."""
     check_out_dir(out)
@@ -48,8 +41,6 @@ def check_out(cc: CompareConfig, out: Path) -> None:
     if saved.exists():
         try:
             old = yaml.safe_load(saved.read_text())
-            from ..config import from_dict
-
             old_sig = signature(from_dict(CompareConfig, old).signature_dict())
         except (yaml.YAMLError, ExitlabError, TypeError):
             old_sig = None
@@ -80,15 +71,9 @@ def run_compare(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = 
                          "per_run_seconds": {str(d.relative_to(out)): _seconds(d) for d in dirs}}
     summary["environment"] = environment()
     atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
-    from .tables import write_tables
-
     write_tables(summary, out / "tables")
-    from .plots import write_plots
-
     write_plots(summary, out / "plots")
     if cc.analyses:
-        from .analyses import run_analyses
-
         run_analyses(cc, out, on_event)
     return summary
 
@@ -98,10 +83,6 @@ def _seconds(d: Path) -> float | None:
 
 
 def _eval(run: str, policy: str, threads: int) -> dict:
-    import torch
-
-    from ..evaluate import evaluate_run
-
     torch.set_num_threads(threads)
     return evaluate_run(run, policy=policy, split="test")
 

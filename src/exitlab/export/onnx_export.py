@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import from_pretrained
 from ..errors import ExitlabError
+from ..flops import count_flops
+from ..rundir import RunDir
 from .folder import check_target, publish, staging
 from .manifest import LAYOUTS, MANIFEST_NAME, ExportError, GraphEntry, Manifest, file_sha256, read_manifest
 from .stages import AllExits, build_stages, example_inputs, stage_flops
@@ -222,7 +225,6 @@ def _export_all(model, out: Path, shape: tuple[int, ...], opset: int | None, ver
     whole = AllExits(model).eval()
     exit_costs = torch.tensor(stage_flops(build_stages(model), shape)).cumsum(0).tolist() \
         if hasattr(model.backbone, "blocks") else []
-    from ..flops import count_flops
 
     total = count_flops(lambda: whole(torch.zeros(1, *shape))).total
     names, outputs = ["x"], [f"logits_{k}" for k in range(model.num_exits)]
@@ -272,32 +274,27 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
 
 
 def run_normalization(run_dir: Path) -> dict | None:
-    """The input normalisation a run trained with: saved in model.json, or recomputed from the run's config."""
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
+    """The input normalisation a run trained with, recomputed from its data (runs from before model.json kept it)."""
+    run = RunDir(run_dir)
+    if not (run / RunDir.CONFIG).is_file():
         return None
-    from ..config import load_config
-    from ..train import prepare_data
-
-    data = prepare_data(load_config(cfg_path), torch.device("cpu"))
-    return {"mean": data.train.mean.flatten().tolist(), "std": data.train.std.flatten().tolist()}
+    return run.data().normalize
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout: str = "staged", policy=None,
-               opset: int | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout: str = "auto", policy=None,
+               opset: int | None = None, module=None) -> Path:
     """Export the model of a finished run (or a ``save_pretrained`` folder); default ``out_dir``: RUN_DIR/onnx.
 
     ``policy`` (a :class:`exitlab.policies.Policy` with its threshold) is recorded in the manifest; by default the
     policy saved with the model, if any. Class names and input normalisation come from the run as well.
+    ``layout="auto"``: staged for ordered-blocks backbones, one all-exits graph for adapted modules.
     """
-    from ..checkpoint import from_pretrained
-
     require_export_deps()
     check_opset(opset)
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "onnx"
     check_target(out)  # before loading the model and its data: fail fast on a bad --out
-    model = from_pretrained(run)
+    model = from_pretrained(run, module=module)
     info = getattr(model, "info", {}) or {}
     if policy is not None:
         if policy.threshold is None:
@@ -307,6 +304,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout
     if normalize is None:
         log.warning("%s records no input normalisation; image uploads to `exitlab serve` will be fed as [0, 1] "
                     "pixels", run)
+    if layout == "auto":  # staged needs ordered blocks to cut; an adapted module is exported whole
+        layout = "staged" if all(hasattr(model.backbone, a) for a in ("stem", "blocks", "final")) else "all"
+        log.info("export layout: %s", layout)
     export_onnx(model, out, layout=layout, classes=info.get("classes"),
                 policy=policy.to_dict() if policy is not None else info.get("policy"), normalize=normalize,
                 opset=opset)

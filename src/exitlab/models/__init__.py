@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .adapter import from_module
+from .adapter import HookedBackbone, from_module
 from .contract import BlocksBackbone, ExitPoint
 from .core import MultiExitModel
+from .foreign import build_foreign, from_timm, from_torchvision, tap_candidates
 from .heads import HEADS, build_head
 from .placement import resolve_exits
 from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet
@@ -46,9 +47,19 @@ def build_backbone(name: str, *, num_classes: int, in_chans: int = 3, img_size: 
 
 
 def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size: int = 32, exits="every:1",
-                head: str = "sdn", head_kwargs: dict | None = None, backbone_kwargs: dict | None = None
-                ) -> MultiExitModel:
-    """Build a backbone by name and attach ICs. ``exits``: block indices, ``"every:K"`` or ``"flops:N"``."""
+                head: str = "sdn", head_kwargs: dict | None = None, backbone_kwargs: dict | None = None,
+                factory: str | None = None, pretrained: bool | str = False) -> MultiExitModel:
+    """Build a backbone and attach ICs. ``backbone``: a registered name, ``"timm:NAME"`` or ``"torchvision:NAME"``;
+    or ``factory="package.module:function"`` (called with ``backbone_kwargs``). ``exits``: block indices (or module
+    names for foreign models), ``"every:K"`` or ``"flops:N"``. ``pretrained``: a local weights file (foreign
+    models; ``True`` lets timm load from its cache)."""
+    if factory or backbone.startswith(("timm:", "torchvision:")):
+        shape = (in_chans, img_size, img_size)
+        return build_foreign(factory or backbone, num_classes=num_classes, exits=exits, head=head,
+                             head_kwargs=head_kwargs, kwargs=backbone_kwargs, input_shape=shape, pretrained=pretrained)
+    if pretrained:
+        raise ConfigError("model.pretrained applies to timm:, torchvision: and factory models; built-in backbones "
+                          "start from random weights (use --phase1-from or load a checkpoint instead)")
     net = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
                          **dict(backbone_kwargs or {}))
     blocks = resolve_exits(exits, net, (in_chans, img_size, img_size))
@@ -57,12 +68,30 @@ def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size:
     return MultiExitModel(net, blocks, head, head_kwargs=head_kwargs, spec=spec)
 
 
-def model_from_spec(spec: dict) -> MultiExitModel:
-    """Rebuild a model from the ``spec`` saved with it."""
-    if "adapter" in spec:
-        raise ConfigError("this model wraps a user module; rebuild it with exitlab.from_module and load the weights")
-    return build_model(**spec)
+def model_from_spec(spec: dict, module=None) -> MultiExitModel:
+    """Rebuild a model from the ``spec`` saved with it (weights are loaded separately). A model adapted from a user
+    module without a factory needs that ``module`` back."""
+    if "adapter" not in spec:
+        return build_model(**spec)
+    source = spec.get("source") or spec.get("factory")
+    if module is None and source:
+        return build_foreign(source, num_classes=spec["num_classes"], exits=spec["exits"], head=spec["head"],
+                             head_kwargs=spec.get("head_kwargs"), kwargs=spec.get("factory_kwargs"),
+                             input_shape=tuple(spec["input_shape"]))
+    if module is None:
+        raise ConfigError("this model wraps a user module that exitlab cannot build again (from_module without "
+                          "factory=); pass it back: exitlab.load(path, module=my_module)")
+    return from_module(module, spec["exits"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]),
+                       head=spec["head"], head_kwargs=spec.get("head_kwargs"), factory=spec.get("factory"),
+                       factory_kwargs=spec.get("factory_kwargs"))
 
 
-__all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "MultiExitModel", "build_backbone", "build_head",
-           "build_model", "from_module", "model_from_spec"]
+def rebuildable(model: MultiExitModel) -> bool:
+    """Whether :func:`model_from_spec` can build ``model`` again from its spec alone."""
+    spec = model.spec
+    return bool(spec) and ("adapter" not in spec or bool(spec.get("source") or spec.get("factory")))
+
+
+__all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "HookedBackbone", "MultiExitModel",
+           "build_backbone", "build_head", "build_model", "from_module", "from_timm", "from_torchvision",
+           "model_from_spec", "rebuildable", "tap_candidates"]

@@ -24,6 +24,7 @@ from .models import BACKBONES, HEADS
 from .policies import POLICIES, make_policy
 from .recipes import train
 from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
+from .serve import Limits, check_port, create_app
 from .ztw import ztw_for_run
 
 
@@ -149,8 +150,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Limits, check_port, create_app
-
     check_port(args.port)
     app = create_app(args.export_dir, policy=_cli_policy(args, None), threads=args.threads,
                      limits=Limits.from_cli(args.max_body_mb, args.max_batch))

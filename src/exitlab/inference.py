@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ConfigError, ExitlabError
+from .models.adapter import HookedBackbone
 from .models.core import eval_mode
 from .policies import Policy, State
 
@@ -118,6 +119,8 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
     if t is None:
         raise ConfigError(f"policy {policy.name!r} has no threshold; pass threshold=... or set policy.threshold")
     t = policy.check_threshold(t, model.num_exits, model.num_classes)
+    if isinstance(model.backbone, HookedBackbone):
+        model.backbone.check_compaction()  # adapted modules: refuse the ones where samples cannot leave mid-way
     router = _Router(model, policy, float(t))
     if x.shape[0] == 0:
         empty = torch.empty(0, dtype=torch.long, device=x.device)

@@ -16,8 +16,15 @@ from pathlib import Path
 import torch
 
 from ..errors import ExitlabError
+from ..phases import loss_weights
 from ..rundir import check_out_dir, read_json
 from .common import Run, check_blocks, fixed_batches, load_run, split_loader, write_json
+from .connectivity import check_same_architecture, connectivity
+from .gradients import gradient_contributions
+from .landscape import landscape_1d, landscape_2d
+from .mi import mi_profile
+from .plots import DRAW, draw, draw_gradient_log, redraw, save
+from .rank import rank_profile
 
 log = logging.getLogger("exitlab")
 KINDS = ("gradients", "rank", "mi", "landscape", "connectivity")
@@ -67,8 +74,6 @@ def _bn_batches(run: Run, opts: Options):
 
 def _joint_weights(run: Run) -> torch.Tensor:
     """The phase-2 (joint) loss weights of the run's config over all exits: the objective analyses report."""
-    from ..phases import loss_weights
-
     return loss_weights(run.cfg.phase2.loss_weights, run.model.num_exits, "phase2.loss_weights").double()
 
 
@@ -83,22 +88,14 @@ def _one(run: Run, kind: str, opts: Options) -> dict:
     check_blocks(model, opts.blocks)  # before any data work: a bad index fails at once
     batches = _batches(run, kind, opts)
     if kind == "gradients":
-        from .gradients import gradient_contributions
-
         return gradient_contributions(model, batches, _joint_weights(run), mode=opts.mode)
     if kind == "rank":
-        from .rank import rank_profile
-
         return rank_profile(model, batches, blocks=opts.blocks, tau=opts.tau, max_features=opts.max_features,
                             seed=opts.seed, pool=opts.pool)
     if kind == "mi":
-        from .mi import mi_profile
-
         return mi_profile(model, batches, blocks=opts.blocks, bins=opts.bins, noise_ratio=opts.noise_ratio,
                           noise_var=opts.noise_var, probe=opts.probe, max_features=opts.max_features,
                           seed=opts.seed)
-    from .landscape import landscape_1d, landscape_2d
-
     if opts.dims not in (1, 2):
         raise ExitlabError(f"--dims must be 1 or 2, got {opts.dims}")
     batches = _fast_layout(run, batches)
@@ -126,8 +123,6 @@ def out_dir(run_dirs: list[Path], out: str | Path | None) -> Path:
 
 
 def _connectivity(runs: list[Run], labels: list[str], opts: Options) -> dict:
-    from .connectivity import check_same_architecture, connectivity
-
     check_same_architecture([r.model for r in runs], [str(r.path) for r in runs])
     first = runs[0]
     for r in runs[1:]:
@@ -146,8 +141,6 @@ def _connectivity(runs: list[Run], labels: list[str], opts: Options) -> dict:
 def analyze(kind: str, run_dirs: list[str | Path], opts: Options | None = None, out: str | Path | None = None
             ) -> tuple[Path, Path]:
     """Run analysis ``kind`` on ``run_dirs``; returns the JSON and PNG paths it wrote."""
-    from .plots import draw, save
-
     if kind not in KINDS:
         raise ExitlabError(f"unknown analysis {kind!r}; choose one of {', '.join(KINDS)}")
     opts = opts or Options()
@@ -177,8 +170,6 @@ def analyze(kind: str, run_dirs: list[str | Path], opts: Options | None = None, 
 
 def redraw_files(paths: list[str | Path]) -> list[Path]:
     """Redraw the PNG next to each analysis JSON file (or training-time ``gradients.jsonl`` log)."""
-    from .plots import DRAW, draw_gradient_log, redraw, save
-
     done = []
     for p in map(Path, paths):
         if p.suffix == ".jsonl":  # the training-time gradient log

@@ -8,6 +8,7 @@ files each case needs. Every case must exit with code 2 and leave existing resul
 """
 
 import dataclasses
+import importlib.util
 import json
 import shutil
 
@@ -280,7 +281,7 @@ MORE = {
                                               "data.synthetic or use data.name=synthetic"),
     "unknown data set": (T + S("data.name=imagenet", "data.synthetic={}"),
                          "error: data.name: unknown dataset 'imagenet'; choose one of: fashion_mnist, mnist, "
-                         "cifar10, cifar100, imagefolder, synthetic"),
+                         "cifar10, cifar100, imagefolder, synthetic, webdataset"),
     "data.root that does not exist": (T + S("data.name=fashion_mnist", "data.synthetic={}", "data.root={d}/nowhere"),
                                       "error: data.root {d}/nowhere does not exist or is not a directory; point it "
                                       "at the folder holding the fashion_mnist files, or unset it to use the default "
@@ -509,6 +510,56 @@ MORE = {
     "unknown option": (["train", "{d}/cfg.yaml", "--colour", "red"],
                        "error: unrecognized arguments: --colour red (see exitlab --help)"),
 }
+F = "tests.models.factories"
+FOREIGN = {  # bring your own model: factories, timm and torchvision names, exit names
+    "factory that does not import": (T + S("model.factory=tests.nowhere:make", "model.exits=[a]"),
+                                     "error: model.factory 'tests.nowhere:make': cannot import 'tests.nowhere' (No "
+                                     "module named 'tests.nowhere'); install it or fix the path (the module must be "
+                                     "importable, e.g. on PYTHONPATH)"),
+    "factory without a colon": (T + S("model.factory=tests.models.factories", "model.exits=[a]"),
+                                "error: model.factory 'tests.models.factories': expected 'package.module:function'"),
+    "factory that is not there": (T + S(f"model.factory={F}:nothing", "model.exits=[a]"),
+                                  "error: model.factory 'tests.models.factories:nothing': 'tests.models.factories' "
+                                  "has no attribute 'nothing'"),
+    "factory returning a string": (T + S(f"model.factory={F}:not_a_module", "model.exits=[a]"),
+                                   "error: model.factory 'tests.models.factories:not_a_module' returned a str, not a "
+                                   "torch.nn.Module"),
+    "factory with unknown options": (T + S(f"model.factory={F}:make_net", "model.backbone_kwargs={depth: 3}",
+                                     "model.exits=[stage1]"),
+                                     "error: model.factory 'tests.models.factories:make_net' with {'depth': 3}: "
+                                     "make_net() got an unexpected keyword argument 'depth'"),
+    "exit names not in the module": (T + S(f"model.factory={F}:make_net", "model.exits=[stage7]"),
+                                     "error: exit names ['stage7'] are not submodules of Net; some valid names: "
+                                     "['stem', 'stem.0', 'stem.1', 'stem.2', 'stage1', 'stage1.0', 'stage1.1', "
+                                     "'stage1.2', 'stage2', 'stage2.0', 'stage2.1', 'stage2.2']"),
+    "exit names out of call order": (T + S(f"model.factory={F}:make_net", "model.exits=[stage2, stage1]"),
+                                     "error: exit names ['stage2', 'stage1'] are not in call order (forward runs "
+                                     "them as ['stage1', 'stage2']); list them in the order forward calls them"),
+    "a tap that fires twice": (T + S(f"model.factory={F}:make_shared_relu", "model.exits=[relu]"),
+                               "error: exit after 'relu': that module runs 2 times per forward (a shared module, "
+                               "like torchvision ResNet's self.relu), so its output is not one point of the network; "
+                               "tap a module that runs once, e.g. a stage or block"),
+    "stage indices on a model without a stage list": (T + S(f"model.factory={F}:make_net", "model.exits=[0]"),
+                                                      "error: Net has no stage list exitlab recognises (layers, "
+                                                      "blocks, stages, features, encoder.layers, encoder.layer, "
+                                                      "layer); name the modules to exit after, e.g. "
+                                                      "exits=['features.3', 'features.6']"),
+    "timm model without timm installed": (T + S("model.backbone=timm:resnet5000", "model.exits=[0]"),
+                                          "error: timm models need the timm package; install it with pip install "
+                                          "'exitlab[timm]'"),
+    "torchvision name without torchvision": (T + S("model.backbone=torchvision:resnet18", "model.exits=[0]"),
+                                             "error: torchvision models need the torchvision package; install it "
+                                             "with pip install 'exitlab[torchvision]'"),
+    "pretrained weights for a built-in": (T + S("model.pretrained={d}/garbage.safetensors"),
+                                          "error: model.pretrained applies to timm:, torchvision: and factory "
+                                          "models; built-in backbones start from random weights (use --phase1-from "
+                                          "or load a checkpoint instead)"),
+    "pretrained file that does not exist": (T + S(f"model.factory={F}:make_net", "model.exits=[stage1]",
+                                            "model.pretrained={d}/nope.safetensors"),
+                                            "error: model.pretrained {d}/nope.safetensors not found; give a local "
+                                            ".safetensors or .pth file of the weights"),
+}
+MORE.update(FOREIGN)
 CASES.update(MORE)
 
 
@@ -572,9 +623,15 @@ def _files(d) -> dict:
             and not p.name.startswith(".")}
 
 
+NEEDS_MISSING = {"timm model without timm installed": "timm",
+                 "torchvision name without torchvision": "torchvision"}  # these test the missing extra
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gets_its_exact_error(world, case, capsys, monkeypatch):
     monkeypatch.setenv("EXITLAB_DATA", str(world / "cache"))
+    if case in NEEDS_MISSING and importlib.util.find_spec(NEEDS_MISSING[case]) is not None:
+        pytest.skip(f"{NEEDS_MISSING[case]} is installed here; this case checks the message when it is not")
     argv, expected = CASES[case]
     argv = [a.replace("{d}", str(world)) for a in argv]
     before = _files(world)

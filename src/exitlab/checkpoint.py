@@ -106,7 +106,8 @@ def save_pretrained(model, directory: str | Path, *, extra: dict | None = None, 
 
 
 def from_pretrained(directory: str | Path, map_location: str = "cpu", *, module=None):
-    """Rebuild a model saved by :func:`save_pretrained`. Reads JSON and safetensors only; nothing is unpickled.
+    """Rebuild a model saved by :func:`save_pretrained`, in eval mode. Reads JSON and safetensors only; nothing is
+    unpickled.
 
     ``module``: for a model adapted from a user module with no factory, that module (fresh or not: its weights
     are replaced by the saved ones)."""
@@ -127,7 +128,7 @@ def from_pretrained(directory: str | Path, map_location: str = "cpu", *, module=
     tensors, _ = load_tensors(d / "model.safetensors")
     load_state(model, tensors, d / "model.safetensors")
     model.info = info
-    return model.to(map_location)
+    return model.to(map_location).eval()  # as Hugging Face's from_pretrained: ready for inference
 
 
 def _short(e: Exception) -> str:

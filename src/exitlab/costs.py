@@ -73,10 +73,10 @@ def model_input_shape(model: nn.Module, input_shape: tuple[int, ...] | None = No
     """One sample's shape: ``input_shape`` if given, else from the model's build spec (in_chans, img_size)."""
     if input_shape is not None:
         return tuple(input_shape)
-    spec = getattr(model, "spec", {}) or {}
-    if "in_chans" in spec and "img_size" in spec:
-        return (spec["in_chans"], spec["img_size"], spec["img_size"])
-    raise ConfigError("the model does not record its input size (adapted models); pass input_shape, e.g. (3, 32, 32)")
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError("the model does not record its input size; pass input_shape, e.g. (3, 32, 32)")
+    return tuple(shape)
 
 
 def _params_used(model: nn.Module, fn) -> int:

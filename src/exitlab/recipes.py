@@ -48,17 +48,20 @@ def model_section(model: MultiExitModel) -> dict:
     return {"backbone": "module", "factory": spec.get("factory"), **section}
 
 
-def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Dataset | None = None,
+def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Dataset | dict | None = None,
           config: RunConfig | None = None, resume: bool = False, phase1_from: str | Path | None = None,
           **options) -> Path:
     """Train into run directory ``out`` and return it.
 
     ``what`` is a :class:`RunConfig`, or a :class:`MultiExitModel` (built-in, ``from_module``, ``from_timm``,
     ``from_torchvision``) trained in place. ``data``: a data source (``exitlab.data.from_tensors``,
-    ``from_datasets``, or a ``Dataset``) used instead of the data set the config names. ``config``: a base config
+    ``from_datasets``, or a ``Dataset``) used instead of the data set the config names, or a dict of ``data``
+    config keys (``{"name": "cifar10", "root": ...}``) naming one. ``config``: a base config
     for the component form; ``options`` override its keys (``regime="joint"``, ``budget=4``,
     ``phase2={"lr": 0.01}``, ``data={"batch_size": 64}``). ``resume`` and ``phase1_from`` as for ``exitlab train``.
     """
+    if isinstance(data, dict):  # config keys, not a source
+        options, data = {**options, "data": data}, None
     if isinstance(what, RunConfig):
         if options:
             raise ConfigError(f"exitlab.train(cfg, ...) takes no options ({', '.join(options)}); change the config, "

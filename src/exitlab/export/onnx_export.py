@@ -254,9 +254,9 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
         raise ExitlabError(f"unknown export layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     spec = dict(getattr(model, "spec", {}) or {})
     if input_shape is None:
-        if "img_size" not in spec:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
             raise ExitlabError("the model has no spec with the input size; pass input_shape=(C, H, W)")
-        input_shape = (spec.get("in_chans", 3), spec["img_size"], spec["img_size"])
     check_opset(opset)
     out = Path(out_dir)
     check_target(out)

@@ -65,6 +65,16 @@ class MultiExitModel(nn.Module):
     def num_classes(self) -> int:
         return self.backbone.num_classes
 
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape (C, H, W) as recorded in the spec, or None when the spec does not say."""
+        spec = self.spec
+        if "input_shape" in spec:
+            return tuple(spec["input_shape"])
+        if "in_chans" in spec and "img_size" in spec:
+            return (spec["in_chans"], spec["img_size"], spec["img_size"])
+        return None
+
     def forward(self, x: torch.Tensor, *, grad_equilibrium: bool = False) -> list[torch.Tensor]:
         """Logits of every exit, final exit last. ``grad_equilibrium`` rescales gradients as in Li et al. 2019."""
         return self.forward_to(x, self.num_exits - 1, grad_equilibrium=grad_equilibrium)

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from exitlab.data import load_dataset, random_crop_flip, stratified_split
+from exitlab.data import load_dataset, random_crop_flip, stratified_split, stratified_subset
 from exitlab.errors import ConfigError, DataError
 
 
@@ -75,6 +75,34 @@ def test_image_folder(tmp_path):
     (tmp_path / "train" / "cat" / "bad.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="bad.png is not a readable image"):
         load_dataset("imagefolder", str(tmp_path), img_size=16)
+
+
+def _split_one_pass_per_class(y, val_fraction, seed):
+    """The split as it was written before (a pass over the labels per class), to pin its exact output."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = int(round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def test_the_one_sort_split_gives_exactly_the_split_of_before():
+    y = torch.randint(0, 13, (5000,), generator=torch.Generator().manual_seed(0))
+    for seed in (0, 1):
+        new, old = stratified_split(y, 0.15, seed), _split_one_pass_per_class(y, 0.15, seed)
+        assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
+
+
+def test_stratified_subset_keeps_shares_and_every_class():
+    y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    pick = stratified_subset(y, 20, seed=0)
+    assert torch.bincount(y[pick]).tolist() == [17, 2, 1]  # 18, 1.8, 0.2 -> 18, 2, 0 -> the rare class kept
+    assert torch.equal(pick, pick.sort().values) and len(set(pick.tolist())) == 20
+    assert len(stratified_subset(y, 500, seed=0)) == 100
 
 
 def test_stratified_split_is_seeded_and_keeps_class_shares():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .datasets import Dataset
-from .loader import TensorLoader, channel_stats, random_crop_flip, stratified_split
+from .loader import TensorLoader, channel_stats, random_crop_flip, stratified_split, stratified_subset
 from .run import Loader, RunData, build_run_data
 from .sources import DATASETS, load_dataset
 
 __all__ = ["DATASETS", "Dataset", "Loader", "RunData", "TensorLoader", "build_run_data", "channel_stats",
-           "load_dataset", "random_crop_flip", "stratified_split"]
+           "load_dataset", "random_crop_flip", "stratified_split", "stratified_subset"]

@@ -10,19 +10,48 @@ from ..errors import ConfigError
 from .datasets import Dataset
 
 
+def _class_groups(y: torch.Tensor) -> list[torch.Tensor]:
+    """Indices of each class present in ``y``, in label order, each ascending (one stable sort, not a pass per
+    class)."""
+    _, counts = torch.unique(y, return_counts=True)
+    return list(torch.split(torch.argsort(y, stable=True), counts.tolist()))
+
+
 def stratified_split(y: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of a seeded train/validation split that keeps each class's share."""
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     g = torch.Generator().manual_seed(seed)
     train, val = [], []
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
+    for idx in _class_groups(y):
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = int(round(len(idx) * val_fraction))
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _quotas(counts: torch.Tensor, n: int) -> list[int]:
+    """Per-class sample counts summing to ``n`` in proportion to ``counts`` (largest remainders), at least one per
+    class when ``n`` allows."""
+    exact = counts.double() * n / counts.sum()
+    q = exact.floor().long()
+    q[torch.argsort(exact - q, descending=True, stable=True)[: n - int(q.sum())]] += 1
+    while n >= len(q) and bool((q == 0).any()):  # move one sample from the largest quota to an empty class
+        q[int(torch.argmax(q))] -= 1
+        q[int(torch.nonzero(q == 0)[0])] += 1
+    return q.tolist()
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Ascending positions of ``n`` samples of ``y`` drawn with ``seed``, keeping every class's share."""
+    if n <= 0 or n >= len(y):
+        return torch.arange(len(y))
+    groups = _class_groups(y)
+    g = torch.Generator().manual_seed(seed)
+    quotas = _quotas(torch.tensor([len(i) for i in groups]), n)
+    picked = [idx[torch.randperm(len(idx), generator=g)[:q]] for idx, q in zip(groups, quotas)]
+    return torch.cat(picked).sort().values
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
@@ -43,7 +72,8 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) 
 
 
 class TensorLoader:
-    """Batches from uint8 images on ``device``, normalised on the fly; shuffling and augmentation are seeded."""
+    """Batches from images on ``device`` (uint8, or float used as given), normalised on the fly; shuffling and
+    augmentation are seeded."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, mean: torch.Tensor, std: torch.Tensor,
                  device: str | torch.device = "cpu", shuffle: bool = False, pad: int = 0, flip: bool = False,
@@ -56,6 +86,7 @@ class TensorLoader:
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
         self.shuffle, self.pad, self.flip, self.drop_last = shuffle, pad, flip, drop_last
+        self.scaled = self.x.dtype == torch.uint8  # uint8 pixels are divided by 255; float data is used as given
         self.channels_last = channels_last
         self.shard = shard  # (rank, world): each rank takes its slice of every global batch
         self.seed = 0
@@ -88,14 +119,29 @@ class TensorLoader:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def batch_indices(self) -> list[torch.Tensor]:
+        """Positions in the split of every batch this rank gets in the next pass (for checks; nothing is read)."""
+        n, order = len(self.y), self._order(torch.Generator().manual_seed(self.seed))
+        idx = order.cpu() if order is not None else torch.arange(n)
+        rank, world = self.shard
+        out = []
+        for i in range(len(self)):
+            b = idx[i * self.batch_size : (i + 1) * self.batch_size]
+            chunk = -(-len(b) // world)
+            out.append(b[rank * chunk : (rank + 1) * chunk])
+        return out
+
+    def _order(self, g: torch.Generator) -> torch.Tensor | None:
+        return torch.randperm(len(self.y), generator=g).to(self.x.device) if self.shuffle else None
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed)
         n = len(self.y)
-        order = torch.randperm(n, generator=g).to(self.x.device) if self.shuffle else None
+        order = self._order(g)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl
-            xb = self.x[idx].float().div_(255)
+            xb = self.x[idx].float().div_(255) if self.scaled else self.x[idx].float()
             if self.pad or self.flip:
                 xb = random_crop_flip(xb, self.pad, self.flip, g)
             xb, yb = (xb - self.mean) / self.std, self.y[idx]
@@ -109,8 +155,8 @@ class TensorLoader:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
-    xf = x.float().div(255)
+    """Per-channel mean and std of images: uint8 on the [0, 1] scale, float as given."""
+    xf = x.float().div(255) if x.dtype == torch.uint8 else x.float()
     return xf.mean(dim=(0, 2, 3)), xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
 
 

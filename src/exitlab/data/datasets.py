@@ -1,12 +1,15 @@
-"""Dataset readers (no torchvision): IDX (MNIST, Fashion-MNIST), CIFAR pickle batches, image folders, synthetic.
+"""Dataset readers (no torchvision): IDX (MNIST, Fashion-MNIST), CIFAR pickle batches, synthetic.
 
-Each reader returns a :class:`Dataset` of uint8 images ``[N, C, H, W]`` and int64 labels, held in memory.
+Each reader returns a :class:`Dataset` of uint8 images ``[N, C, H, W]`` and int64 labels, held in memory. Files
+that claim to be the official data set (the Debian path, the cache, a download) must match its checksums; a
+user's own files in ``data.root`` are checked by format instead and accepted with a warning.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import pickle
 import struct
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+
+log = logging.getLogger("exitlab")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -62,7 +67,8 @@ _CIFAR = {
 
 @dataclass
 class Dataset:
-    """Images as uint8 ``[N, C, H, W]`` and labels as int64 ``[N]``, for the train and test splits."""
+    """Images ``[N, C, H, W]`` (uint8, or float used as given) and int64 labels ``[N]``, for the train and test
+    splits, held in memory."""
 
     name: str
     train_x: torch.Tensor
@@ -84,7 +90,10 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def _read_gz(path: Path) -> bytes:
+def _read_idx_file(path: Path) -> bytes:
+    """The bytes of an IDX file, gunzipped when its name ends in .gz."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
@@ -93,38 +102,48 @@ def _read_gz(path: Path) -> bytes:
                         "dataset") from None
 
 
-def _verify(name: str, path: Path, raw: bytes) -> None:
-    md5, sha = _CHECKSUMS[name][path.name]
-    if _md5(path) == md5 or (sha is not None and hashlib.sha256(raw).hexdigest() == sha):
-        return
-    raise DataError(f"{path} fails its checksum (not the official {name} file); delete it and reinstall or "
-                    "re-download the dataset")
+def _official(name: str, path: Path, raw: bytes) -> bool:
+    """Whether a file is the official one: the md5 of the official .gz, or the sha256 of its decompressed bytes."""
+    md5, sha = _CHECKSUMS[name][path.name if path.suffix == ".gz" else path.name + ".gz"]
+    return (path.suffix == ".gz" and _md5(path) == md5) or (sha is not None and hashlib.sha256(raw).hexdigest() == sha)
 
 
-def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
-    if len(raw) < 8 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
+def _parse_idx(raw: bytes, path: Path, ndim: int) -> np.ndarray:
+    """An IDX array of unsigned bytes with ``ndim`` dimensions, checked by magic number and size."""
+    what = "images" if ndim == 3 else "labels"
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise DataError(f"{path}: magic number 0x{raw[:4].hex() or 'missing'} is not that of an IDX {what} file "
+                        f"(0x0000080{ndim}: unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''}); check that it "
+                        f"is the {what} file")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} ends inside its header: the file is truncated")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} holds {data.size} values but its header says {dims}: the file is truncated")
+    if data.size != int(np.prod(dims)) or 0 in dims[1:]:
+        raise DataError(f"{path} holds {data.size} values but its header says {'x'.join(map(str, dims))}: the file is "
+                        "truncated or its header is wrong")
     return data.reshape(dims)
 
 
-def _find_idx_dir(name: str, root: str | None, download: bool) -> Path:
-    """Where the four IDX files are: only ``root`` when it is given (a download goes there), else the Debian path
-    (Fashion-MNIST), then the cache, then a download into the cache."""
+def _idx_path(d: Path, f: str) -> Path:
+    """``f`` in ``d``, gzipped or not (user files may be plain IDX)."""
+    return d / f if (d / f).exists() or not (d / f[:-3]).exists() else d / f[:-3]
+
+
+def _find_idx_dir(name: str, root: str | None, download: bool) -> tuple[Path, bool]:
+    """Where the four IDX files are, and whether they must be the official files: only ``root`` when it is given
+    (a download goes there), else the Debian path (Fashion-MNIST), then the cache, then a download into the cache.
+    Files found in ``root`` are the user's own unless their checksums say otherwise."""
     if root:
         candidates = [Path(root).expanduser()]
     else:
         candidates = [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else []
         candidates.append(_cache_dir() / name)
     for c in candidates:
-        if all((c / f).exists() for f in _IDX_FILES):
-            return c
+        if all(_idx_path(c, f).exists() for f in _IDX_FILES):
+            return c, not root
     if download and _try_download_idx(name, candidates[-1]):
-        return candidates[-1]
+        return candidates[-1], True
     looked = ", ".join(str(c) for c in candidates)
     hint = " or run scripts/setup-system demo (Debian/Ubuntu)" if name == "fashion_mnist" and not root else ""
     raise DataError(f"{name} not found (looked in {looked}, download {'failed' if download else 'disabled'}); "
@@ -149,60 +168,127 @@ def _fetch(url: str, dest: Path) -> bool:
 
 
 def _try_download_idx(name: str, dest: Path) -> bool:
-    ok = all(_fetch(_URLS[name] + f, dest / f) for f in _IDX_FILES)
-    if ok:  # verify before anyone trusts the files
-        for f in _IDX_FILES:
-            _verify(name, dest / f, _read_gz(dest / f))
-    return ok
+    return all(_fetch(_URLS[name] + f, dest / f) for f in _IDX_FILES)  # load_idx verifies them (official files)
+
+
+def _check_idx_set(paths: list[Path], arrays: list[np.ndarray]) -> None:
+    """One label per image in each split, and the same image size in both."""
+    for i in (0, 2):
+        if len(arrays[i]) != len(arrays[i + 1]):
+            raise DataError(f"{paths[i + 1]} has {len(arrays[i + 1])} labels but {paths[i]} has {len(arrays[i])} "
+                            "images; give one label per image")
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise DataError(f"{paths[2]} holds {'x'.join(map(str, arrays[2].shape[1:]))} images but {paths[0]} holds "
+                        f"{'x'.join(map(str, arrays[0].shape[1:]))}; both splits need the same image size")
 
 
 def load_idx(name: str, root: str | None = None, download: bool = True) -> Dataset:
-    """MNIST or Fashion-MNIST from the gzipped IDX files, verified by checksum."""
-    d = _find_idx_dir(name, root, download)
-    arrays = []
-    for f in _IDX_FILES:
-        raw = _read_gz(d / f)
-        _verify(name, d / f, raw)
-        arrays.append(torch.from_numpy(_parse_idx(raw, d / f).copy()))
-    tx, ty, vx, vy = arrays
+    """MNIST or Fashion-MNIST from IDX files. Files in the Debian path, the cache or a download must match the
+    official checksums; files in ``root`` that do not are the user's own, accepted after format checks."""
+    d, official = _find_idx_dir(name, root, download)
+    paths = [_idx_path(d, f) for f in _IDX_FILES]
+    arrays, own = [], []
+    for p, ndim in zip(paths, (3, 1, 3, 1)):
+        raw = _read_idx_file(p)
+        if not _official(name, p, raw):
+            if official:
+                raise DataError(f"{p} fails its checksum (not the official {name} file); delete it and reinstall or "
+                                "re-download the dataset")
+            own.append(p.name)
+        arrays.append(_parse_idx(raw, p, ndim))
+    _check_idx_set(paths, arrays)
+    if own:
+        many = len(own) > 1
+        log.warning("%s: %s %s not the official %s file%s (checksums differ); using %s as your own IDX data after "
+                    "format checks", d, ", ".join(own), "are" if many else "is", name, "s" if many else "",
+                    "them" if many else "it")
+    tx, ty, vx, vy = (torch.from_numpy(a.copy()) for a in arrays)
     classes = FASHION_CLASSES if name == "fashion_mnist" else [str(i) for i in range(10)]
     return Dataset(name, tx.unsqueeze(1), ty.long(), vx.unsqueeze(1), vy.long(), classes)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only (CIFAR batches); any other class is refused, so a pickle
+    cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _unpickle(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+        raise DataError(f"{path} is not a CIFAR python batch ({e}); use the pickled batches of "
+                        "cifar-*-python") from None
+
+
+def _cifar_files(d: Path, name: str, official: bool) -> tuple[list[str], list[str]]:
+    """The training and test batch files in ``d``: all the official ones, or in a user folder the official names
+    found (at least one training batch)."""
+    train = sorted(p.name for p in d.glob("data_batch_*")) if name == "cifar10" else ["train"]
+    test = ["test_batch" if name == "cifar10" else "test"]
+    for f in (list(_CIFAR[name][2]) if official else (train or ["data_batch_1"]) + test):
+        if not (d / f).is_file():
+            raise DataError(f"{d / f} is missing; restore the full {_CIFAR[name][0]} folder")
+    return train, test
+
+
 def load_cifar(name: str, root: str | None = None, download: bool = True) -> Dataset:
-    """CIFAR-10/100 from the python pickle batches (the ``cifar-*-python`` folder or its .tar.gz)."""
+    """CIFAR-10/100 from the python pickle batches (the ``cifar-*-python`` folder or its .tar.gz). Files in the cache
+    must match the official checksums; batches in ``root`` that do not are the user's own, checked by format."""
     folder, tgz_md5, files = _CIFAR[name]
     bases = [Path(root).expanduser()] if root else [_cache_dir() / name]  # a given root is the only place looked
     d = next((b / folder for b in bases if (b / folder).is_dir()), None)
-    d = d or next((b for b in bases if all((b / f).exists() for f in files)), None)
+    d = d or next((b for b in bases if (b / ("test_batch" if name == "cifar10" else "test")).exists()), None)
+    official = not root
     if d is None:
-        d = _extract_cifar(name, bases, folder, tgz_md5, download)
-    for f, md5 in files.items():
-        if not (d / f).exists():
-            raise DataError(f"{d / f} is missing; restore the full {folder} folder")
-        if _md5(d / f) != md5:
-            raise DataError(f"{d / f} fails its checksum: truncated or altered; delete it and re-extract {folder}")
-    train = [f for f in files if f.startswith(("data_batch", "train"))]
-    test = [f for f in files if f not in train]
+        d, official = _extract_cifar(name, bases, folder, tgz_md5, download), True
+    train, test = _cifar_files(d, name, official)
+    own = [f for f in train + test if _md5(d / f) != files.get(f)] + sorted(set(files) - set(train + test))
+    if own and official:
+        raise DataError(f"{d / own[0]} fails its checksum: truncated or altered; delete it and re-extract {folder}")
     key = "labels" if name == "cifar10" else "fine_labels"
     tx, ty = _cifar_batches(d, train, key)
     vx, vy = _cifar_batches(d, test, key)
+    if own:
+        log.warning("%s: not the official %s batches (%s differ or are missing); using them as your own CIFAR-format "
+                    "data after format checks", d, name, ", ".join(own))
+    return Dataset(name, tx, ty, vx, vy, _cifar_classes(d, name))
+
+
+def _cifar_classes(d: Path, name: str) -> list[str]:
     meta = d / ("batches.meta" if name == "cifar10" else "meta")
     classes = [str(i) for i in range(10 if name == "cifar10" else 100)]
     if meta.exists():
-        with open(meta, "rb") as f:
-            m = pickle.load(f, encoding="latin1")  # the official CIFAR format is a pickle; checksummed above
-        classes = m.get("label_names") or m.get("fine_label_names") or classes
-    return Dataset(name, tx, ty, vx, vy, list(classes))
+        m = _unpickle(meta)
+        if isinstance(m, dict):
+            classes = m.get("label_names") or m.get("fine_label_names") or classes
+    return list(classes)
 
 
 def _cifar_batches(d: Path, files: list[str], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[N, 3, 32, 32]`` and labels of the batch files, each checked by format."""
     xs, ys = [], []
     for f in files:
-        with open(d / f, "rb") as fh:
-            b = pickle.load(fh, encoding="latin1")  # checksummed against the official md5 before loading
-        xs.append(np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(b[key], dtype=np.int64))
+        b = _unpickle(d / f)
+        if not isinstance(b, dict) or "data" not in b or key not in b:
+            raise DataError(f"{d / f} is not a CIFAR batch: expected a dict with 'data' and '{key}'")
+        x, y = np.asarray(b["data"]), np.asarray(b[key])
+        if x.ndim != 2 or x.shape[1] != 3072 or x.dtype != np.uint8:
+            raise DataError(f"{d / f}: 'data' is {x.dtype} {tuple(x.shape)}, expected uint8 [N, 3072] (N images of "
+                            "3x32x32, channel-major)")
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{d / f} has {y.size} '{key}' for {len(x)} images; give one integer label per image")
+        xs.append(x.reshape(-1, 3, 32, 32))
+        ys.append(y.astype(np.int64))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 

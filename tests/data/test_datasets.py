@@ -103,6 +103,30 @@ def test_a_user_idx_file_with_a_wrong_magic_or_inconsistent_sizes_is_one_line(fa
     assert "\n" not in str(e.value)
 
 
+def test_user_idx_labels_beyond_the_classes_are_refused_when_the_run_is_built(fashion, tmp_path):
+    from exitlab.data import build_run_data
+    from tests.data.helpers import data_config
+
+    d = tmp_path / "mine"
+    full = _idx_subset(fashion, d, gz=False)
+    y = full.train_y[:300].numpy().copy()
+    y[5] = 12
+    _write_idx(d / "train-labels-idx1-ubyte", y, gz=False)
+    with pytest.raises(DataError, match=r"fashion_mnist train: labels must be 0..9 \(one per class\), found 12"):
+        build_run_data(data_config(name="fashion_mnist", root=d, download=False), 0, torch.device("cpu"))
+
+
+def test_missing_files_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXITLAB_DATA", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"mnist not found .* set data.root"):
+        load_dataset("mnist", str(tmp_path), download=False)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar1000'; choose one of"):
+        load_dataset("cifar1000")
+
+
 def _cifar_batch(path, n, seed, key="labels"):
     rng = np.random.default_rng(seed)
     batch = {"batch_label": "mine", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),

@@ -1,11 +1,15 @@
-"""Data: data sets by name, the seeded split, loaders that follow one protocol, and a run's data built once."""
+"""Data: sources (named data sets, tensors, map-style datasets, image folders, WebDataset shards), the seeded
+stratified split, loaders that follow one protocol, and a run's data built once."""
 
 from __future__ import annotations
 
 from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, random_crop_flip, stratified_split, stratified_subset
 from .run import Loader, RunData, build_run_data
-from .sources import DATASETS, load_dataset
+from .sources import DATASETS, Source, StreamSource, from_datasets, from_tensors, load_dataset, load_source
+from .stream import Samples, StreamLoader
+from .transforms import AUGMENTS, Recipe
 
-__all__ = ["DATASETS", "Dataset", "Loader", "RunData", "TensorLoader", "build_run_data", "channel_stats",
-           "load_dataset", "random_crop_flip", "stratified_split", "stratified_subset"]
+__all__ = ["AUGMENTS", "DATASETS", "Dataset", "Loader", "Recipe", "RunData", "Samples", "Source", "StreamLoader",
+           "StreamSource", "TensorLoader", "build_run_data", "channel_stats", "from_datasets", "from_tensors",
+           "load_dataset", "load_source", "random_crop_flip", "stratified_split", "stratified_subset"]

@@ -1,9 +1,10 @@
-"""A run's data, built once: the dataset (by name, or a source passed in), the seeded stratified split, the
+"""A run's data, built once: the source (by name, or one passed in), the seeded stratified split and subset, the
 normalisation, and one loader per split.
 
 Every loader follows the :class:`Loader` protocol, whether it holds the data as tensors on the device
-(:class:`~exitlab.data.loader.TensorLoader`, the fast path for small data sets) or streams it. The trainer, the
-evaluation and the analyses only use the protocol.
+(:class:`~exitlab.data.loader.TensorLoader`, the fast path for in-memory data with the crop_flip recipe) or streams
+it (:class:`~exitlab.data.stream.StreamLoader`: map-style datasets, image folders with ``data.stream``, WebDataset
+shards, and the ImageNet recipe). The trainer, the evaluation and the analyses only use the protocol.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch
 
 from ..errors import ConfigError
 from .datasets import Dataset
-from .loader import TensorLoader, channel_stats, stratified_split
-from .sources import load_dataset
+from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
+from .sources import Source, StreamSource, as_stream, check_labels, load_source
+from .stream import StreamLoader, resolve_workers, stream_stats
+from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -39,6 +42,8 @@ class Loader(Protocol):
     @property
     def num_samples(self) -> int: ...  # samples in the split (all ranks)
     def sample(self, n: int, seed: int = 0, batch_size: int = 500) -> list[Batch]: ...  # fixed, unaugmented
+    def unaugmented(self, batch_size: int | None = None) -> Loader: ...  # in order, unaugmented, unsharded
+    def batch_indices(self) -> list[torch.Tensor]: ...  # positions in the split of this rank's next batches
 
 
 class DataSettings(Protocol):
@@ -55,6 +60,14 @@ class DataSettings(Protocol):
     flip: bool
     train_subset: int
     synthetic: dict
+    augment: str
+    crop_fraction: float
+    stream: bool
+    workers: int
+    wds_shards: str
+    wds_image: str
+    wds_label: str
+    shuffle_buffer: int
 
 
 @dataclass
@@ -74,17 +87,34 @@ class RunData:
         return getattr(self, name)
 
 
-def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: tuple[int, int] = (0, 1),
-                   channels_last: bool = False, source: Dataset | None = None) -> RunData:
-    """Load the dataset named by ``d`` (or use ``source``), split off a seeded stratified validation set, and build
-    the three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
-    ds = source if source is not None else load_dataset(d.name, d.root, download=d.download, img_size=d.img_size,
-                                                        synthetic_kwargs=d.synthetic)
-    tr, va = stratified_split(ds.train_y, d.val_fraction, seed)
+def split_indices(labels: torch.Tensor, d: DataSettings, seed: int, held_out: bool) -> tuple[torch.Tensor, ...]:
+    """Training and validation positions: a seeded stratified split (none when the source has its own validation
+    split), then the stratified ``train_subset``."""
+    tr, va = (torch.arange(len(labels)), None) if held_out else stratified_split(labels, d.val_fraction, seed)
     if d.train_subset:
-        tr = tr[: d.train_subset]
-    if len(tr) == 0 or len(va) == 0:
+        tr = tr[stratified_subset(labels[tr], d.train_subset, seed)]
+    if len(tr) == 0 or (va is not None and len(va) == 0):
         raise ConfigError("data: the train or validation split is empty; lower data.val_fraction or train_subset")
+    return tr, va
+
+
+def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: tuple[int, int] = (0, 1),
+                   channels_last: bool = False, source: Source | None = None) -> RunData:
+    """Load the source named by ``d`` (or use ``source``: a :class:`Dataset` from :func:`from_tensors` or a
+    :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
+    three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
+    src = source if source is not None else load_source(d)
+    if isinstance(src, Dataset) and d.augment == "crop_flip":
+        return _tensor_data(src, d, seed, device, shard, channels_last)
+    return _stream_data(as_stream(src) if isinstance(src, Dataset) else src, d, seed, device, shard, channels_last)
+
+
+def _tensor_data(ds: Dataset, d: DataSettings, seed: int, device: torch.device, shard: tuple[int, int],
+                 channels_last: bool) -> RunData:
+    """In-memory data as tensors on the device: the fast path."""
+    check_labels(ds.train_y, len(ds.classes), f"{ds.name} train")
+    check_labels(ds.test_y, len(ds.classes), f"{ds.name} test")
+    tr, va = split_indices(ds.train_y, d, seed, held_out=False)
     mean, std = channel_stats(ds.train_x[tr])
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last, shard=shard)
     return RunData(
@@ -95,4 +125,26 @@ def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: t
         classes=ds.classes,
         shape=ds.shape,
         normalize={"mean": mean.flatten().tolist(), "std": std.flatten().tolist()},
+    )
+
+
+def _stream_data(src: StreamSource, d: DataSettings, seed: int, device: torch.device, shard: tuple[int, int],
+                 channels_last: bool) -> RunData:
+    """Streamed data: per-sample decode and augmentation in DataLoader workers, normalised on the device."""
+    tr, va = split_indices(src.train.labels, d, seed, held_out=src.val is not None)
+    recipe = Recipe(d.augment, d.img_size, train=True, pad=d.crop_padding, flip=d.flip, crop_fraction=d.crop_fraction)
+    workers, n_cls = resolve_workers(d.workers), len(src.classes)
+    mean, std, shape, scaled = stream_stats(src.train, tr, recipe.evaluation(), seed, workers, n_cls)
+    common = dict(shape=shape, mean=mean, std=std, device=device, channels_last=channels_last, shard=shard,
+                  workers=workers, scaled=scaled, num_classes=n_cls)
+    val, va = (src.val, torch.arange(len(src.val))) if src.val is not None else (src.train, va)
+    return RunData(
+        train=StreamLoader(src.train, tr, d.batch_size, recipe=recipe, shuffle=True, drop_last=len(tr) > d.batch_size,
+                           **common),
+        val=StreamLoader(val, va, d.eval_batch_size, recipe=recipe.evaluation(), **common),
+        test=StreamLoader(src.test, torch.arange(len(src.test)), d.eval_batch_size, recipe=recipe.evaluation(),
+                          **common),
+        classes=src.classes,
+        shape=shape,
+        normalize={"mean": mean.tolist(), "std": std.tolist()},
     )

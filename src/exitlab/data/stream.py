@@ -1,0 +1,224 @@
+"""Streamed data: a map-style dataset read one sample at a time in DataLoader workers, with exact seeded epochs.
+
+The order of a pass and every sample's augmentation depend only on the epoch seed and the sample index. A pass cuts
+the seeded order into global batches; under DDP every rank takes its slice of each global batch, as
+:class:`~exitlab.data.loader.TensorLoader` does. So every rank gets the same number of batches, no sample is seen
+twice in an epoch, and the run is the same whatever the number of workers or ranks, which makes resume exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .transforms import Recipe, sample_rng, view
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+STATS_SAMPLES = 1000  # training samples (seeded draw, evaluation view) that the normalisation is estimated from
+
+
+@dataclass
+class Samples:
+    """A split read one sample at a time: ``data[i]`` is (image, label); ``labels`` ``[N]`` are known up front.
+
+    ``data`` may offer ``describe(i)`` (a name for error messages) and ``epoch_order(positions, seed)`` (the order
+    of a shuffled pass, e.g. shard by shard); otherwise a pass is a seeded ``randperm``.
+    """
+
+    data: torch.utils.data.Dataset
+    labels: torch.Tensor  # [N] int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _Views(torch.utils.data.Dataset):
+    """What a worker computes: sample ``i`` through ``recipe``, drawn with the generator of (seed, i)."""
+
+    def __init__(self, data: torch.utils.data.Dataset, recipe: Recipe, num_classes: int):
+        self.data, self.recipe, self.num_classes = data, recipe, num_classes
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        seed, i = key
+        name = self.data.describe(i) if hasattr(self.data, "describe") else f"sample {i}"
+        img, label = self.data[i]
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise DataError(f"{name} has label {label}, outside 0..{self.num_classes - 1}; labels must be 0..C-1")
+        return view(img, self.recipe, sample_rng(seed, i), name), label
+
+
+def _collate(items: list[tuple[torch.Tensor, int]], shape: tuple[int, int, int], dtype: torch.dtype) -> Batch:
+    """Stack one batch (in the worker); an empty rank slice becomes an empty batch of the known shape."""
+    if not items:
+        return torch.empty((0, *shape), dtype=dtype), torch.empty(0, dtype=torch.long)
+    for x, _ in items:
+        if tuple(x.shape) != shape:
+            raise DataError(f"a sample came out as {tuple(x.shape)} but the data set's images are {shape}; give every "
+                            "image the same number of channels (1 or 3)")
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def resolve_workers(workers: int) -> int:
+    """Worker processes per rank: ``workers`` itself, or for -1 the CPU cores of this process shared between the
+    ranks on this machine (``LOCAL_WORLD_SIZE``), at most 8."""
+    if workers >= 0:
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))))
+
+
+def loader_options(device: torch.device, workers: int, persistent: bool = True) -> dict:
+    """DataLoader options: pinned memory for CUDA, workers kept between passes, a deeper prefetch queue."""
+    return dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+                prefetch_factor=4 if workers > 0 else None)
+
+
+def worker_error(e: Exception) -> DataError:
+    """A DataError raised in a worker arrives wrapped in its traceback; keep only the one-line message."""
+    last = str(e).strip().splitlines()[-1]
+    return DataError(last.split("DataError: ", 1)[-1])
+
+
+class _Batches:
+    """The DataLoader's batch sampler: this rank's batches of the loader's next pass, as (seed, index) keys.
+
+    It holds the loader weakly: a cycle loader -> DataLoader -> sampler -> loader would leave the workers to the
+    garbage collector, whose late shutdown waits seconds per worker.
+    """
+
+    def __init__(self, loader: StreamLoader):
+        self.loader = weakref.ref(loader)
+
+    def __len__(self) -> int:
+        return len(self.loader())
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        loader = self.loader()
+        seed, base = loader.seed, loader.indices
+        for b in loader.batch_indices():
+            yield [(seed, int(i)) for i in base[b]]
+
+
+class StreamLoader:
+    """Batches of ``samples[indices]`` read in DataLoader workers, normalised on ``device``; follows ``Loader``."""
+
+    def __init__(self, samples: Samples, indices: torch.Tensor, batch_size: int, *, recipe: Recipe,
+                 shape: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor, device: str | torch.device = "cpu",
+                 shuffle: bool = False, drop_last: bool = False, channels_last: bool = False,
+                 shard: tuple[int, int] = (0, 1), workers: int = 0, scaled: bool = True, num_classes: int = 0):
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.samples, self.indices = samples, torch.as_tensor(indices, dtype=torch.long)
+        self.batch_size, self.recipe, self.shape = batch_size, recipe, shape
+        self.device = torch.device(device)
+        self.mean = mean.to(self.device).view(1, -1, 1, 1)
+        self.std = std.to(self.device).view(1, -1, 1, 1)
+        self.shuffle, self.drop_last, self.channels_last = shuffle, drop_last, channels_last
+        self.shard, self.workers = shard, workers  # shard: (rank, world); each rank takes its slice of every batch
+        self.scaled = scaled  # uint8 pixels are divided by 255; float images are used as given
+        self.num_classes = num_classes or int(samples.labels.max()) + 1
+        self.seed = 0
+        self._dl: torch.utils.data.DataLoader | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch_seed(self, seed: int) -> None:
+        """Fix the order and augmentation of the next pass (exact resume depends on it)."""
+        self.seed = seed
+
+    def _order(self) -> torch.Tensor:
+        """Positions in the split, in the order of the next pass."""
+        n = len(self.indices)
+        if not self.shuffle:
+            return torch.arange(n)
+        if hasattr(self.samples.data, "epoch_order"):
+            return torch.as_tensor(self.samples.data.epoch_order(self.indices, self.seed), dtype=torch.long)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+
+    def batch_indices(self) -> list[torch.Tensor]:
+        """Positions in the split of every batch this rank gets in the next pass (for checks; nothing is read)."""
+        order, (rank, world) = self._order(), self.shard
+        out = []
+        for i in range(len(self)):
+            b = order[i * self.batch_size : (i + 1) * self.batch_size]
+            chunk = -(-len(b) // world)
+            out.append(b[rank * chunk : (rank + 1) * chunk])
+        return out
+
+    def _make(self, persistent: bool) -> torch.utils.data.DataLoader:
+        views = _Views(self.samples.data, self.recipe, self.num_classes)
+        collate = functools.partial(_collate, shape=self.shape, dtype=torch.uint8 if self.scaled else torch.float32)
+        return torch.utils.data.DataLoader(views, batch_sampler=_Batches(self), collate_fn=collate,
+                                           **loader_options(self.device, self.workers, persistent))
+
+    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.to(self.device, non_blocking=True).float()  # [B, C, H, W]
+        xb = (xb.div_(255) if self.scaled else xb).sub_(self.mean).div_(self.std)
+        return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
+
+    def _iterate(self, dl: torch.utils.data.DataLoader) -> Iterator[Batch]:
+        try:
+            for xb, yb in dl:
+                yield self._normalise(xb), yb.to(self.device, non_blocking=True)
+        except DataError as e:
+            raise worker_error(e) from None
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._dl is None:
+            self._dl = self._make(persistent=True)
+        return self._iterate(self._dl)
+
+    def _subset(self, positions: torch.Tensor, batch_size: int, workers: int | None = None) -> StreamLoader:
+        """The same samples at ``positions``, in order, unaugmented and unsharded."""
+        return StreamLoader(self.samples, self.indices[positions], batch_size, recipe=self.recipe.evaluation(),
+                            shape=self.shape, mean=self.mean.flatten(), std=self.std.flatten(), device=self.device,
+                            channels_last=self.channels_last, workers=self.workers if workers is None else workers,
+                            scaled=self.scaled, num_classes=self.num_classes)
+
+    def sample(self, n: int, seed: int = 0, batch_size: int = 500) -> list[Batch]:
+        """``n`` samples drawn once with ``seed``, in index order, normalised but never augmented, in batches."""
+        if n > len(self.indices):
+            raise ConfigError(f"asked for {n} samples but the split holds only {len(self.indices)}")
+        pos = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        sub = self._subset(pos, batch_size)
+        return list(sub._iterate(sub._make(persistent=False)))
+
+    def unaugmented(self, batch_size: int | None = None) -> StreamLoader:
+        """The same split in order, without augmentation or sharding (for evaluation passes)."""
+        return self._subset(torch.arange(len(self.indices)), batch_size or self.batch_size)
+
+
+def stream_stats(samples: Samples, positions: torch.Tensor, recipe: Recipe, seed: int, workers: int,
+                 num_classes: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int], bool]:
+    """Per-channel mean and std (uint8 on the [0, 1] scale, float as given) of at most ``STATS_SAMPLES`` training
+    samples drawn with ``seed``, in their evaluation view; also the image shape and whether pixels are uint8."""
+    pick = positions[torch.randperm(len(positions), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLES]]
+    first, _ = _Views(samples.data, recipe, num_classes)[(0, int(pick[0]))]
+    shape, scaled = tuple(first.shape), first.dtype == torch.uint8
+    ones = torch.ones(shape[0])
+    probe = StreamLoader(samples, pick.sort().values, 250, recipe=recipe, shape=shape, mean=ones * 0, std=ones,
+                         workers=min(workers, -(-len(pick) // 250)), scaled=scaled, num_classes=num_classes)
+    s1 = s2 = torch.zeros(shape[0], dtype=torch.float64)
+    count = 0
+    for xb, _ in probe._iterate(probe._make(persistent=False)):
+        xd = xb.double()
+        s1, s2, count = s1 + xd.sum((0, 2, 3)), s2 + xd.square().sum((0, 2, 3)), count + xd[:, 0].numel()
+    mean = s1 / count
+    var = (s2 - s1 * s1 / count) / max(count - 1, 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-3), shape, scaled

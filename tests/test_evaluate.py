@@ -11,7 +11,22 @@ import yaml
 
 from exitlab.errors import CheckpointError, ConfigError, DataError
 from exitlab.policies import make_policy
-from exitlab.sweep import accuracy_at, auc, budget_table, ece, exit_indices, pareto_frontier, select, simulate
+from exitlab.sweep import (
+    Sweep,
+    accuracy_at,
+    auc,
+    budget_table,
+    budgeted_batch,
+    chosen_at,
+    chosen_auc,
+    chosen_budget_table,
+    ece,
+    exit_indices,
+    pareto_frontier,
+    score_thresholds,
+    select,
+    simulate,
+)
 from tests.conftest import tiny_overrides
 
 # ---------------------------------------------------------------- brute-force references
@@ -154,11 +169,15 @@ def test_evaluate_run_writes_a_consistent_eval_json(run_dir):
         [e["flops"] / res["costs"]["backbone_flops"] for e in res["exits"]])
     assert set(res["policies"]) == {"confidence", "entropy", "patience"}
     curve = res["policies"]["confidence"]
-    assert len(curve["thresholds"]) == 100
-    for key, value in res["budget_table"].items():  # the table equals a brute-force recomputation from the curve
+    assert res["chosen_on"] == "val" and len(curve["thresholds"]) > 100  # every distinct score, not a grid of 100
+    for key, value in res["test_frontier"]["budget_table"].items():  # the optimistic table: a brute-force check
         want = brute_budget(curve["fraction"], curve["accuracy"], int(key) / 100)
         assert value == pytest.approx(want, abs=1e-12) if want is not None else value is None
-    assert res["auc"] == pytest.approx(auc(torch.tensor(curve["fraction"]), torch.tensor(curve["accuracy"])))
+    assert res["test_frontier"]["auc"] == pytest.approx(auc(torch.tensor(curve["fraction"]),
+                                                            torch.tensor(curve["accuracy"])))
+    for key, value in res["budget_table"].items():  # the headline: chosen on val, reported on test
+        point = res["policies"]["confidence"]["chosen"][f"budget_{key}"]
+        assert (value is None) == (point is None) and (value is None or value == point["accuracy"])
     # the threshold at t=0 sends everyone out at exit 0; the largest keeps (almost) everyone to the end
     assert curve["exit_fractions"][0] == [1.0, 0.0, 0.0]
     assert curve["accuracy"][0] == pytest.approx(res["exits"][0]["accuracy"])
@@ -172,7 +191,8 @@ def test_selected_thresholds_come_from_val_and_are_reported_on_test(run_dir):
     res = evaluate_run(run_dir, policy="entropy", split="test", target_accuracy=0.0, write=False)
     val, test = cached_logits(run_dir, "val"), cached_logits(run_dir, "test")
     pol, costs = make_policy("entropy"), exit_costs(load(run_dir))
-    sv = simulate(*pol.scores(val[0]), val[1], costs.flops, pol.default_thresholds(3, 7), "below",
+    scores, _ = pol.scores(val[0])
+    sv = simulate(*pol.scores(val[0]), val[1], costs.flops, score_thresholds(scores, "below"), "below",
                   backbone_flops=costs.backbone_flops)
     for key, sel in res["selected"].items():
         if key == "accuracy":
@@ -240,3 +260,75 @@ def test_bad_input_gets_clear_errors(run_dir, tmp_path):
     (empty / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match="test split is empty"):
         evaluate_run(empty, split="test")
+
+
+# ---------------------------------------------------------------- honest headline tables
+
+
+def _sweep(cost, acc) -> Sweep:
+    cost, acc = torch.tensor(cost, dtype=torch.float64), torch.tensor(acc, dtype=torch.float64)
+    T = len(cost)
+    return Sweep(torch.arange(T, dtype=torch.float64), acc, cost, cost, torch.zeros(T, 2, dtype=torch.float64))
+
+
+def test_the_headline_table_reports_the_validation_choice_not_the_test_frontier():
+    """A constructed case: threshold 1 looks best on validation at the 50% budget, threshold 2 is best on test.
+    The test frontier (optimistic) reports threshold 2's accuracy; the headline must report threshold 1's."""
+    val = _sweep([0.2, 0.5, 0.5, 1.0], [0.60, 0.80, 0.70, 0.90])
+    test = _sweep([0.2, 0.5, 0.5, 1.0], [0.62, 0.70, 0.85, 0.90])
+    headline = chosen_budget_table(val, test, budgets=(0.5,))["50"]
+    optimistic = budget_table(test.fraction, test.accuracy, budgets=(0.5,))["50"]
+    assert headline == pytest.approx(0.70) and optimistic == pytest.approx(0.85)
+    # between validation frontier points the validation cost meets the budget exactly, test is mixed alike
+    point = chosen_at(val, test, 0.75)
+    assert point["val_fraction"] == pytest.approx(0.75) and point["mix"] == pytest.approx(0.5)
+    assert point["accuracy"] == pytest.approx((0.70 + 0.90) / 2)
+    assert chosen_at(val, test, 0.1) is None
+    # the AUC integrates exactly that curve: 0 below 0.2, then linear pieces of test accuracy
+    want = 0.5 * (0.62 + 0.70) * 0.3 + 0.5 * (0.70 + 0.90) * 0.5
+    assert chosen_auc(val, test) == pytest.approx(want)
+
+
+def test_score_thresholds_reach_the_brute_force_frontier_of_over_confident_logits():
+    """Over-confident logits crowd every confidence near 1, where an even grid of 100 has almost no points."""
+    g = torch.Generator().manual_seed(3)
+    E, N, C = 4, 3000, 100
+    labels = torch.randint(0, C, (N,), generator=g)
+    logits = torch.randn(E, N, C, generator=g) * 0.5
+    right = torch.rand(E, N, generator=g) < torch.tensor([0.3, 0.5, 0.65, 0.75])[:, None]
+    logits[right, labels.expand(E, N)[right]] += 15.0  # a correct prediction: confidence about 1 - 3e-5
+    logits[~right, torch.randint(0, C, (E, N), generator=g)[~right]] += 12.0  # a wrong one: about 1 - 6e-4
+    pol = make_policy("confidence")
+    scores, preds = pol.scores(logits)
+    costs = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+
+    def frontier_at(t, b):
+        sw = simulate(scores, preds, labels, costs, t, "above")
+        return accuracy_at(sw.fraction, sw.accuracy, b)
+
+    every = torch.unique(scores[:-1].double().cummax(0).values.flatten())  # brute force: every distinct value
+    every = torch.cat([every, every[-1:] + 1e-6])
+    for b in (0.4, 0.6, 0.8):
+        brute = frontier_at(every, b)
+        assert frontier_at(score_thresholds(scores), b) == pytest.approx(brute, abs=1e-12)  # all distinct: exact
+        assert frontier_at(score_thresholds(scores, max_n=256), b) == pytest.approx(brute, abs=5e-3)  # quantiles
+    assert scores[:-1].min() > 0.99  # every confidence is above the grid's second-to-last point
+    grid = pol.default_thresholds(E, C, 100)
+    assert frontier_at(every, 0.6) - frontier_at(grid, 0.6) > 0.03  # the even grid misses the operating points
+
+
+def test_budgeted_batch_meets_the_budget_on_validation_with_a_geometric_profile():
+    g = torch.Generator().manual_seed(0)
+    E, N = 4, 2000
+    scores = torch.rand(E, N, generator=g)
+    labels = torch.zeros(N, dtype=torch.long)
+    preds = (torch.rand(E, N, generator=g) < torch.tensor([0.5, 0.6, 0.7, 0.8])[:, None]).long() * 0  # all right
+    preds[torch.rand(E, N, generator=g) < 0.3] = 1
+    costs = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    res = budgeted_batch(scores, preds, labels, scores, preds, labels, costs, 0.6, backbone_flops=4.0)
+    assert res["val_fraction"] <= 0.6 + 1e-9 and res["val_fraction"] > 0.55  # the budget, met from below
+    counts = res["exit_counts"]
+    p = res["p"]
+    share = torch.tensor([p**k for k in range(E)]) / sum(p**k for k in range(E))
+    assert counts == pytest.approx((share * N).round().tolist(), abs=2)  # the geometric profile
+    assert budgeted_batch(scores, preds, labels, scores, preds, labels, costs, 0.1, backbone_flops=4.0) is None

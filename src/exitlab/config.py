@@ -85,6 +85,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     regime: Union[str, list[int]] = "mixed"  # joint, disjoint, mixed, or a list of phases like [1, 2, 3]  # noqa: UP007
     budget: int = 0  # > 0: total epochs, split between the regime's phases (matched-budget comparisons)
+    budget_flops: float = 0.0  # > 0: total training FLOPs (measured), split like budget: compute-matched comparisons
     phase1_share: float = 0.5  # with a budget: the share of it that phase 1 gets, when the regime has one
     phase1: PhaseConfig = field(default_factory=PhaseConfig)  # backbone only
     phase2: PhaseConfig = field(default_factory=PhaseConfig)  # backbone and all ICs
@@ -118,6 +119,10 @@ def validate(cfg: RunConfig) -> None:
         if not cfg.regime or any(p not in (1, 2, 3) for p in cfg.regime):
             raise ConfigError(f"regime: phase list {cfg.regime} must be non-empty and use only phases 1, 2 and 3")
     check_range("budget", cfg.budget, lo=0, unit="epochs")
+    check_range("budget_flops", cfg.budget_flops, lo=0, unit="FLOPs")
+    if cfg.budget and cfg.budget_flops:
+        raise ConfigError("budget and budget_flops are both set; match epochs (budget) or training compute "
+                          "(budget_flops), not both")
     check_range("phase1_share", cfg.phase1_share, lo=0, hi=1, lo_open=True, hi_open=True)
     for k in ("phase1", "phase2", "phase3"):
         _validate_phase(k, getattr(cfg, k))

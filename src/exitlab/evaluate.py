@@ -19,11 +19,39 @@ from .errors import ConfigError
 from .files import atomic_write
 from .policies import POLICIES, Policy, make_policy
 from .rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
-from .sweep import BUDGETS, auc, budget_table, ece, exit_accuracy, select, simulate
+from .sweep import (
+    BUDGETS,
+    MAX_THRESHOLDS,
+    Sweep,
+    auc,
+    budget_table,
+    budgeted_batch,
+    chosen_at,
+    chosen_auc,
+    chosen_budget_table,
+    ece,
+    exit_accuracy,
+    score_thresholds,
+    select,
+    simulate,
+)
 from .ztw import ztw_for_run
 
 log = logging.getLogger("exitlab")
-DEFAULT_POLICIES = ("confidence", "entropy", "patience")  # ztw is added when asked for (it needs a fitting phase)
+DEFAULT_POLICIES = ("confidence", "entropy", "patience")
+NOTES = {
+    "budget_table": "accuracy on this split at a mean cost of 25/50/75/100% of the bare backbone's FLOPs, the "
+                    "operating point chosen on the validation split (between two frontier thresholds a share of "
+                    "samples takes the costlier one, so the validation cost meets the budget); null = validation "
+                    "cannot reach the budget",
+    "auc": "mean of that accuracy over budgets uniform in [0, 1] of backbone FLOPs (0 where unreachable)",
+    "selected": "one threshold per budget chosen on validation (the most accurate within it), reported here",
+    "budgeted": "MSDNet's budgeted batch protocol: per-exit thresholds fitted on validation with a geometric exit "
+                "profile to meet the budget, reported here",
+    "test_frontier": "the Pareto frontier of this split's own sweep: thresholds chosen on the split they are reported "
+                     "on, so optimistic",
+    "thresholds": "every distinct running-maximum score (at most 4096 quantiles of them), not an even grid",
+}  # ztw is added when asked for (it needs a fitting phase)
 
 
 # ---------------------------------------------------------------- run directory and cached logits
@@ -41,44 +69,54 @@ def as_run(run_dir: str | Path | RunDir) -> RunDir:
 # ---------------------------------------------------------------- evaluation from logits
 
 
-def _at_threshold(policy: Policy, logits, labels, costs: ExitCosts, t: float) -> dict:
-    scores, preds = policy.scores(logits)
-    sw = simulate(scores, preds, labels, costs.flops, [t], policy.exit_when, backbone_flops=costs.backbone_flops)
-    return {"accuracy": sw.accuracy[0].item(), "fraction": sw.fraction[0].item(), "flops": sw.cost[0].item(),
-            "exit_fractions": sw.exit_fractions[0].tolist()}
-
-
-def _selection(policy: Policy, val, test, costs: ExitCosts, thresholds, budgets, target_accuracy) -> dict:
-    """Thresholds chosen on validation (per budget, and for a target accuracy), reported on the evaluated split."""
-    scores, preds = policy.scores(val[0])
-    vs = simulate(scores, preds, val[1], costs.flops, thresholds, policy.exit_when, backbone_flops=costs.backbone_flops)
+def _selection(vs: Sweep, ts: Sweep, budgets, target_accuracy) -> dict:
+    """One threshold chosen on validation per budget (the most accurate within it) and for a target accuracy (the
+    cheapest reaching it), reported on the evaluated split: what a deployment with a single threshold gets."""
     targets = {f"budget_{round(b * 100)}": dict(budget=b) for b in budgets}
     if target_accuracy is not None:
         targets["accuracy"] = dict(accuracy=target_accuracy)
     out = {}
     for key, target in targets.items():
         i = select(vs, **target)
-        if i is None:
-            out[key] = None
-            continue
-        t = vs.thresholds[i].item()
-        out[key] = {"threshold": t, "val_accuracy": vs.accuracy[i].item(), "val_fraction": vs.fraction[i].item(),
-                    **_at_threshold(policy, test[0], test[1], costs, t)}
+        out[key] = None if i is None else {
+            "threshold": vs.thresholds[i].item(), "val_accuracy": vs.accuracy[i].item(),
+            "val_fraction": vs.fraction[i].item(), "accuracy": ts.accuracy[i].item(),
+            "fraction": ts.fraction[i].item(), "flops": ts.cost[i].item(),
+            "exit_fractions": ts.exit_fractions[i].tolist()}
     return out
 
 
-def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds=None, n_thresholds: int = 100,
-                 val=None, budgets=BUDGETS, target_accuracy: float | None = None) -> dict:
-    """One policy's curve, budget table, AUC and (with ``val`` logits and labels) validation-selected thresholds."""
+def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds=None,
+                 n_thresholds: int = MAX_THRESHOLDS, val=None, budgets=BUDGETS, target_accuracy: float | None = None
+                 ) -> dict:
+    """One policy on the evaluated split: its curve, and with ``val`` logits and labels the headline budget table
+    and AUC with every operating point chosen on validation and reported here; the frontier of this split's own
+    sweep is kept under ``test_frontier`` (optimistic: it picks thresholds on the split it reports on).
+
+    Thresholds come from the scores (:func:`exitlab.sweep.score_thresholds`, at most ``n_thresholds``), unless
+    ``thresholds`` are given."""
     E, _, C = logits.shape
-    t = (policy.default_thresholds(E, C, n_thresholds) if thresholds is None
-         else policy.check_thresholds(thresholds, E, C))
+    given = None if thresholds is None else policy.check_thresholds(thresholds, E, C)
     scores, preds = policy.scores(logits)
+    t = given if given is not None else score_thresholds(scores, policy.exit_when, n_thresholds)
     sw = simulate(scores, preds, labels, costs.flops, t, policy.exit_when, backbone_flops=costs.backbone_flops)
-    out = {**sw.to_dict(), "exit_when": policy.exit_when,
-           "budget_table": budget_table(sw.fraction, sw.accuracy, budgets), "auc": auc(sw.fraction, sw.accuracy)}
-    if val is not None:
-        out["selected"] = _selection(policy, val, (logits, labels), costs, t, budgets, target_accuracy)
+    frontier = {"budget_table": budget_table(sw.fraction, sw.accuracy, budgets), "auc": auc(sw.fraction, sw.accuracy),
+                "note": "thresholds chosen on this split itself: an optimistic upper bound"}
+    out = {**sw.to_dict(), "exit_when": policy.exit_when, "test_frontier": frontier, "chosen_on": "test",
+           "budget_table": frontier["budget_table"], "auc": frontier["auc"]}
+    if val is None:
+        return out
+    v_scores, v_preds = policy.scores(val[0])
+    tv = given if given is not None else score_thresholds(v_scores, policy.exit_when, n_thresholds)
+    vs = simulate(v_scores, v_preds, val[1], costs.flops, tv, policy.exit_when, backbone_flops=costs.backbone_flops)
+    ts = simulate(scores, preds, labels, costs.flops, tv, policy.exit_when, backbone_flops=costs.backbone_flops)
+    out.update(chosen_on="val", budget_table=chosen_budget_table(vs, ts, budgets), auc=chosen_auc(vs, ts),
+               chosen={f"budget_{round(b * 100)}": chosen_at(vs, ts, b) for b in budgets},
+               selected=_selection(vs, ts, budgets, target_accuracy))
+    if not policy.integer:
+        out["budgeted"] = {f"budget_{round(b * 100)}": budgeted_batch(
+            v_scores, v_preds, val[1], scores, preds, labels, costs.flops, b, backbone_flops=costs.backbone_flops,
+            exit_when=policy.exit_when) for b in budgets}
     return out
 
 
@@ -94,14 +132,14 @@ def _resolve_policy(run: RunDir, name: str) -> Policy:
 
 
 def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split: str = "test", *, thresholds=None,
-                 n_thresholds: int = 100, budgets=BUDGETS, target_accuracy: float | None = None,
+                 n_thresholds: int = MAX_THRESHOLDS, budgets=BUDGETS, target_accuracy: float | None = None,
                  policies=DEFAULT_POLICIES, write: bool = True) -> dict:
     """Evaluate a finished run and (with ``write``) save the result as ``RUN_DIR/eval.json``; returns it.
 
     Curves are computed for ``policies`` plus ``policy``; ``thresholds`` (checked against the policy's range)
-    replace the default ``n_thresholds`` for ``policy`` only. The top-level ``budget_table``, ``auc`` and
-    ``selected`` (thresholds fitted on the validation split for each budget, reported on ``split``) are
-    ``policy``'s.
+    replace the score-derived ones for ``policy`` only. The top-level ``budget_table`` and ``auc`` (operating points
+    chosen on the validation split, reported on ``split``), ``selected`` (one threshold per budget, chosen on
+    validation) and ``test_frontier`` (chosen on ``split`` itself: optimistic) are ``policy``'s.
     """
     POLICIES.get(policy)  # an unknown name fails before any work
     if split not in SPLITS:
@@ -127,11 +165,9 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split
         "run_dir": str(run.path), "split": split, "samples": len(labels), "policy": policy,
         "model_sha256": run.model_digest(), "costs": costs.to_dict(), "exits": exits,
         "final_accuracy": exits[-1]["accuracy"], "budget_table": curves[policy]["budget_table"],
-        "auc": curves[policy]["auc"], "selected": curves[policy]["selected"], "policies": curves,
-        "notes": {"budgets": "accuracy at a fraction of the bare backbone's FLOPs, linearly interpolated between "
-                             "neighbouring points of the Pareto frontier of the threshold sweep; null = unreachable",
-                  "auc": "mean frontier accuracy over budgets uniform in [0, 1] of backbone FLOPs (0 if unreachable)",
-                  "selected": "thresholds chosen on the validation split, reported on this split"},
+        "auc": curves[policy]["auc"], "chosen_on": curves[policy]["chosen_on"],
+        "selected": curves[policy].get("selected"), "budgeted": curves[policy].get("budgeted"),
+        "test_frontier": curves[policy]["test_frontier"], "policies": curves, "notes": NOTES,
     }
     if write:
         atomic_write(run / RunDir.EVAL, lambda p: p.write_text(json.dumps(result, indent=1)))
@@ -147,19 +183,33 @@ def format_report(result: dict) -> str:
     for e in result["exits"]:
         lines.append(f"{e['exit']:>4} {e['block']:>5} {e['flops'] / 1e6:>9.3f} {e['fraction']:>8.1%} "
                      f"{e['params']:>9,d} {e['accuracy']:>7.2%} {e['ece']:>6.3f}")
-    bt = result["budget_table"]
-    lines.append(f"\npolicy {result['policy']}: accuracy at a share of backbone FLOPs (Pareto-interpolated)")
-    lines.append("  ".join(f"{k + '%':>7}" for k in bt) + f"  {'AUC':>7}")
-    lines.append("  ".join(f"{v:>7.2%}" if v is not None else f"{'-':>7}" for v in bt.values())
-                 + f"  {result['auc']:>7.4f}")
-    lines.append("\nthresholds chosen on val, reported on " + result["split"] + ":")
-    for key, sel in result["selected"].items():
-        if sel is None:
-            lines.append(f"  {key:<11} no threshold meets it on val")
-        else:
-            lines.append(f"  {key:<11} t={sel['threshold']:<8.4g} val acc {sel['val_accuracy']:.2%} at "
-                         f"{sel['val_fraction']:.1%} -> acc {sel['accuracy']:.2%} at {sel['fraction']:.1%}")
+    lines += _budget_lines(result)
+    if result.get("selected"):
+        lines.append("\none threshold chosen on val, reported on " + result["split"] + ":")
+        for key, sel in result["selected"].items():
+            if sel is None:
+                lines.append(f"  {key:<11} no threshold meets it on val")
+            else:
+                lines.append(f"  {key:<11} t={sel['threshold']:<8.4g} val acc {sel['val_accuracy']:.2%} at "
+                             f"{sel['val_fraction']:.1%} -> acc {sel['accuracy']:.2%} at {sel['fraction']:.1%}")
+    if result.get("budgeted"):
+        lines.append("\nbudgeted batch (MSDNet protocol: per-exit thresholds fitted on val, geometric exit profile):")
+        for key, bb in result["budgeted"].items():
+            lines.append(f"  {key:<11} " + ("val cannot meet it" if bb is None else
+                         f"acc {bb['accuracy']:.2%} at {bb['fraction']:.1%} (val {bb['val_fraction']:.1%})"))
     return "\n".join(lines)
+
+
+def _budget_lines(result: dict) -> list[str]:
+    """The headline budget table (chosen on val) and the optimistic test frontier under it."""
+    def row(table: dict, value: float) -> str:
+        return "  ".join(f"{v:>7.2%}" if v is not None else f"{'-':>7}" for v in table.values()) + f"  {value:>7.4f}"
+
+    bt, tf = result["budget_table"], result["test_frontier"]
+    return [f"\npolicy {result['policy']}: accuracy on {result['split']} at a share of backbone FLOPs, operating "
+            f"points chosen on {result['chosen_on']}",
+            "  ".join(f"{k + '%':>7}" for k in bt) + f"  {'AUC':>7}", row(bt, result["auc"]),
+            f"  (optimistic: chosen on {result['split']} itself)", row(tf["budget_table"], tf["auc"])]
 
 
 __all__ = ["as_run", "cached_logits", "compute_logits", "evaluate_run", "exit_table", "format_report",

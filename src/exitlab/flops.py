@@ -84,11 +84,12 @@ class _OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_flops(fn: Callable[[], object]) -> FlopReport:
-    """Run ``fn()`` under FlopCounterMode (plus the CPU attention mapping) and report what was and wasn't counted."""
+def count_flops(fn: Callable[[], object], *, grad: bool = False) -> FlopReport:
+    """Run ``fn()`` under FlopCounterMode (plus the CPU attention mapping) and report what was and wasn't counted.
+    With ``grad`` autograd stays on, so a backward pass inside ``fn`` is counted too (a training step)."""
     counter = FlopCounterMode(display=False, custom_mapping=dict(_custom_mapping()))
     recorder = _OpRecorder()
-    with torch.no_grad(), counter, recorder:
+    with torch.set_grad_enabled(grad), counter, recorder:
         fn()
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     counted = set(counter.flop_registry)

@@ -53,7 +53,7 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
     suffix = f"-{variant}" if variant else ""
     jobs: list[Job] = []
     for seed in seeds:
-        shared: dict[int, Job] = {}
+        shared: dict[tuple[int, float], Job] = {}
         for regime in regimes:
             cfg = dataclasses.replace(base, regime=regime, seed=seed)
             cfg = from_dict(RunConfig, to_dict(cfg))  # re-validate the combination
@@ -62,14 +62,14 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
             job = Job(f"seed{seed}/{label}", cfg, out / f"seed{seed}" / label, epochs=sum(p.epochs for p in phases))
             kinds = phase_kinds(regime)
             if kinds[0] == 1 and len(kinds) > 1:
-                e1 = phases[0].epochs
-                if e1 not in shared:
-                    p1cfg = from_dict(RunConfig, {**to_dict(cfg), "regime": [1], "budget": 0,
-                                                  "phase1": {**to_dict(cfg)["phase1"], "epochs": e1}})
+                e1, f1 = phases[0].epochs, phases[0].flops
+                if (e1, f1) not in shared:
+                    p1cfg = from_dict(RunConfig, {**to_dict(cfg), "regime": [1], "budget": 0, "budget_flops": f1,
+                                                  "phase1": {**to_dict(cfg)["phase1"], "epochs": e1 or 1}})
                     name = f"phase1{suffix}" if len(shared) == 0 else f"phase1-e{e1}{suffix}"
-                    shared[e1] = Job(f"seed{seed}/{name}", p1cfg, out / f"seed{seed}" / name, epochs=e1)
-                    jobs.append(shared[e1])
-                job.after = shared[e1].name
+                    shared[(e1, f1)] = Job(f"seed{seed}/{name}", p1cfg, out / f"seed{seed}" / name, epochs=e1)
+                    jobs.append(shared[(e1, f1)])
+                job.after = shared[(e1, f1)].name
                 job.epochs -= e1
             jobs.append(job)
     return jobs

@@ -13,6 +13,7 @@ from torch import nn
 from . import faults
 from .distributed import SINGLE, DistInfo, all_sum
 from .errors import ConfigError, TrainingError
+from .flops import count_flops
 from .models.core import MultiExitModel, eval_mode
 from .phases import Phase, exit_weights
 from .registries import OPTIMIZERS, SCHEDULES
@@ -117,16 +118,48 @@ def make_optimizer(params: list[nn.Parameter], phase: Phase, model: nn.Module | 
     return OPTIMIZERS.get(o.optimizer)(groups, lr=o.lr, momentum=o.momentum)
 
 
+def step_flops(model: MultiExitModel, phase: Phase, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Measured FLOPs of one training step of ``phase`` on the batch: the forward and backward pass of its objective
+    (FlopCounterMode; a frozen backbone costs its forward only), not the optimizer update. The model's flags, modes,
+    buffers (BatchNorm statistics), gradients and the random state are left exactly as they were."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.grad for p in model.parameters()}
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+
+    def step() -> None:
+        loss, _ = phase_loss(phase_module(model, phase), phase, x, y)
+        loss.backward()
+
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    try:
+        set_trainable(model, phase)
+        set_modes(model, phase)
+        with torch.random.fork_rng(devices=devices):
+            return count_flops(step, grad=True).total
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p in model.parameters():
+            p.requires_grad_(flags[p])
+            p.grad = grads[p]
+        for m, training in modes:
+            m.train(training)
+
+
 @dataclass
 class EpochStats:
     loss: float = 0.0
     exit_losses: list[float] = field(default_factory=list)
     steps: int = 0
+    samples: int = 0  # on this rank
 
 
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
                 amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
-                on_step: Callable[[int], None] | None = None, warmup_steps: int = 0) -> tuple[EpochStats, int]:
+                on_step: Callable[[int], None] | None = None, warmup_steps: int = 0, max_steps: int | None = None
+                ) -> tuple[EpochStats, int]:
     """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
 
     Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
@@ -135,6 +168,8 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
     sums: torch.Tensor | None = None
     device_type = loader.device.type
     for x, y in progress(loader) if progress else loader:
+        if max_steps is not None and stats.steps >= max_steps:
+            break  # a FLOPs-budgeted phase ends mid-epoch
         for g in opt.param_groups:
             g["lr"] = lr_at(phase, step, total_steps, warmup_steps)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
@@ -158,6 +193,7 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
         if on_step is not None:  # probe point: e.g. gradient-contribution logging
             on_step(step)
         stats.steps += 1
+        stats.samples += len(y)
         stats.loss += float(loss_value)
         sums = per_exit if sums is None else sums + per_exit
     if stats.steps:

@@ -6,6 +6,7 @@ per-exit losses, and phase 3 trains the ICs alone on a frozen backbone (no gradi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,8 @@ class Phase:
     epochs: int
     options: PhaseConfig
     weights: tuple[float, ...] = ()
+    flops: float = 0.0  # under budget_flops: this phase's share of the training FLOPs (else 0)
+    steps: int = 0  # > 0: stop after this many optimizer steps (resolved from ``flops``), else run ``epochs``
 
     @property
     def trains(self) -> str:
@@ -73,6 +76,8 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
     """
     kinds = phase_kinds(cfg.regime)
     options = [getattr(cfg, f"phase{k}") for k in kinds]
+    if cfg.budget_flops:
+        return _plan_flops(cfg, kinds, options, num_exits)
     epochs = split_budget(kinds, cfg.budget, cfg.phase1_share) if cfg.budget else [o.epochs for o in options]
     if cfg.budget and min(epochs) < 1:
         raise ConfigError(f"budget: {cfg.budget} epochs cannot be split over phases {list(kinds)} "
@@ -88,6 +93,46 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
                               "shorten the warm-up")
     weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
     return [Phase(k, e, o, w) for k, e, o, w in zip(kinds, epochs, options, weights)]
+
+
+def _plan_flops(cfg: RunConfig, kinds: tuple[int, ...], options: list[PhaseConfig], num_exits: int | None
+               ) -> list[Phase]:
+    """Phases under a training-FLOPs budget: shares as :func:`split_budget` gives epochs, in FLOPs. Their steps are
+    resolved by :func:`resolve_steps` once the per-sample cost of each phase has been measured."""
+    F = cfg.budget_flops
+    if len(kinds) == 1:
+        shares = [F]
+    elif kinds[0] == 1:
+        shares = [F * cfg.phase1_share] + [F * (1 - cfg.phase1_share) / (len(kinds) - 1)] * (len(kinds) - 1)
+    else:
+        shares = [F / len(kinds)] * len(kinds)
+    for k, o in zip(kinds, options):
+        check_used(k, o)
+    weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
+    return [Phase(k, 0, o, w, flops=f) for k, o, w, f in zip(kinds, options, weights, shares)]
+
+
+def resolve_steps(phases: list[Phase], step_flops: dict[int, float], batches_per_epoch: int) -> list[Phase]:
+    """Steps and epochs of FLOPs-budgeted phases from the measured FLOPs of one training step of each phase kind.
+    What a phase's whole steps leave of its share carries over to the next, so the run's total is within one step
+    of the budget."""
+    out, carry = [], 0.0
+    for p in phases:
+        if not p.flops:
+            out.append(p)
+            continue
+        budget = p.flops + carry
+        steps = int(budget // step_flops[p.kind])
+        carry = budget - steps * step_flops[p.kind]
+        if steps < 1:
+            raise ConfigError(f"budget_flops: phase {p.kind} gets {budget:.3g} FLOPs, less than one of its training "
+                              f"steps ({step_flops[p.kind]:.3g}); raise budget_flops")
+        epochs = -(-steps // batches_per_epoch)
+        if p.options.warmup_epochs > epochs:
+            raise ConfigError(f"phase{p.kind}.warmup_epochs is {p.options.warmup_epochs:g}, longer than the phase "
+                              f"({epochs} epochs under budget_flops); shorten the warm-up")
+        out.append(dataclasses.replace(p, steps=steps, epochs=epochs))
+    return out
 
 
 def _label(regime: str | list[int]) -> str:

@@ -171,3 +171,143 @@ def select(sweep: Sweep, *, budget: float | None = None, accuracy: float | None 
     if not cands:
         return None
     return max(cands, key=lambda i: (key_primary[i].item(), key_secondary[i].item()))
+
+
+# ---------------------------------------------------------------- thresholds from the scores themselves
+MAX_THRESHOLDS = 4096
+
+
+def score_thresholds(scores: torch.Tensor, exit_when: str = "above", max_n: int = MAX_THRESHOLDS) -> torch.Tensor:
+    """Thresholds that reach every operating point of ``scores`` ``[E, N]``.
+
+    A sample's exit depends on the running maximum of its IC scores, so only those values matter: between two
+    neighbouring distinct values every threshold gives the same exits. Returns all distinct running maxima (plus
+    one beyond the last, where nobody leaves early) when there are at most ``max_n``, else ``max_n`` quantiles of
+    them. An evenly spaced grid misses the operating points of over-confident models, whose scores crowd near 1.
+    """
+    E = scores.shape[0]
+    if E == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    s = scores[:-1].double() if exit_when == "above" else -scores[:-1].double()
+    values = torch.unique(s.cummax(0).values.flatten())  # sorted
+    if len(values) > max_n:
+        values = torch.quantile(values, torch.linspace(0, 1, max_n, dtype=torch.float64))
+    beyond = values[-1:] + values[-1:].abs().clamp_min(1.0) * 1e-6  # nobody leaves early
+    t = torch.cat([values, beyond])
+    return t if exit_when == "above" else -t
+
+
+# ---------------------------------------------------------------- choosing on validation, reporting on test
+
+
+def pareto_indices(cost: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """Indices of the non-dominated points, by increasing cost and strictly increasing accuracy."""
+    cost = torch.as_tensor(cost, dtype=torch.float64)
+    acc = torch.as_tensor(acc, dtype=torch.float64)
+    order = torch.argsort(-acc, stable=True)
+    order = order[torch.argsort(cost[order], stable=True)]
+    a = acc[order]
+    best_before = torch.cat([torch.tensor([-math.inf], dtype=torch.float64), a.cummax(0).values[:-1]])
+    return order[a > best_before]
+
+
+def chosen_at(val: Sweep, test: Sweep, budget: float) -> dict | None:
+    """The operating point for ``budget`` chosen on the validation sweep, reported on the test sweep (both at the
+    same thresholds). Between two validation-frontier thresholds a share ``lam`` of samples is routed with the
+    costlier one, so the validation cost meets the budget exactly; test accuracy and cost are mixed alike."""
+    idx = pareto_indices(val.fraction, val.accuracy)
+    c = val.fraction[idx]
+    if len(idx) == 0 or budget < c[0]:
+        return None
+    k = int(torch.searchsorted(c, torch.tensor([budget], dtype=torch.float64), right=True)) - 1  # c[k] <= b
+    i0 = int(idx[k])
+    i1, lam = i0, 0.0
+    if k + 1 < len(idx):
+        i1 = int(idx[k + 1])
+        lam = (budget - c[k].item()) / (c[k + 1].item() - c[k].item())
+    mix = lambda s: (1 - lam) * s[i0].item() + lam * s[i1].item()  # noqa: E731
+    return {"accuracy": mix(test.accuracy), "fraction": mix(test.fraction), "val_accuracy": mix(val.accuracy),
+            "val_fraction": mix(val.fraction), "thresholds": [val.thresholds[i0].item(), val.thresholds[i1].item()],
+            "mix": lam}
+
+
+def chosen_budget_table(val: Sweep, test: Sweep, budgets=BUDGETS) -> dict[str, float | None]:
+    """Test accuracy at each budget with the operating point chosen on validation; keyed by percent."""
+    out = {}
+    for b in budgets:
+        point = chosen_at(val, test, b)
+        out[f"{round(b * 100):d}"] = None if point is None else point["accuracy"]
+    return out
+
+
+def chosen_auc(val: Sweep, test: Sweep, upper: float = 1.0) -> float:
+    """Mean test accuracy over budgets uniform in [0, ``upper``], each budget's point chosen on validation (0 where
+    validation cannot reach the budget). Exact: between validation-frontier costs the test accuracy is linear."""
+    idx = pareto_indices(val.fraction, val.accuracy)
+    c, a = val.fraction[idx], test.accuracy[idx]
+    if len(c) == 0 or c[0] >= upper:
+        return 0.0
+    inside = c < upper
+    end = chosen_at(val, test, upper)["accuracy"]
+    xs = torch.cat([c[inside], torch.tensor([upper], dtype=torch.float64)])
+    ys = torch.cat([a[inside], torch.tensor([end], dtype=torch.float64)])
+    return torch.trapezoid(ys, xs).item() / upper
+
+
+# ---------------------------------------------------------------- MSDNet's budgeted batch classification
+
+
+def exits_per_exit_thresholds(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: str = "above"
+                              ) -> torch.Tensor:
+    """Exit of every sample ``[N]`` when exit ``k`` has its own threshold ``thresholds[k]`` (scores ``[E, N]``)."""
+    E, N = scores.shape
+    s = scores[:-1] if exit_when == "above" else -scores[:-1]
+    t = thresholds[:-1, None].to(s.dtype) if exit_when == "above" else -thresholds[:-1, None].to(s.dtype)
+    leave = torch.cat([s >= t, torch.ones(1, N, dtype=torch.bool)])  # [E, N]; the final exit takes the rest
+    return leave.to(torch.int8).argmax(0)
+
+
+def geometric_thresholds(scores: torch.Tensor, p: float, exit_when: str = "above") -> torch.Tensor:
+    """Per-exit thresholds on ``scores`` ``[E, N]`` so that shares proportional to ``p ** k`` leave at exit ``k``
+    (Huang et al. 2018): at each exit, the most confident of the samples still running leave."""
+    E, N = scores.shape
+    share = torch.tensor([p**k for k in range(E)], dtype=torch.float64)
+    counts = (share / share.sum() * N).round().long()
+    s = scores.double() if exit_when == "above" else -scores.double()
+    alive = torch.ones(N, dtype=torch.bool)
+    thresholds = torch.full((E,), math.inf, dtype=torch.float64)
+    for k in range(E - 1):
+        vals = s[k][alive].sort(descending=True).values
+        n = int(min(counts[k], len(vals)))
+        if n > 0:
+            thresholds[k] = vals[n - 1]
+            alive &= ~(s[k] >= thresholds[k])
+    thresholds[-1] = -math.inf
+    return thresholds if exit_when == "above" else -thresholds
+
+
+def budgeted_batch(val_scores, val_preds, val_labels, test_scores, test_preds, test_labels, costs, budget: float, *,
+                   backbone_flops: float, exit_when: str = "above") -> dict | None:
+    """MSDNet's budgeted batch protocol: per-exit thresholds fitted on validation with a geometric exit profile
+    whose parameter is searched (bisection on log p) until the mean validation cost meets ``budget`` (a fraction of
+    backbone FLOPs); reported on test. None when even everyone leaving first costs more than the budget."""
+    costs = torch.as_tensor(costs, dtype=torch.float64)
+
+    def run(scores, preds, labels, t):
+        e = exits_per_exit_thresholds(scores, t, exit_when)
+        acc = (preds[e, torch.arange(len(e))] == labels).double().mean().item()
+        return acc, costs[e].mean().item() / backbone_flops, torch.bincount(e, minlength=len(costs)).tolist()
+
+    lo, hi = math.log(1e-4), math.log(1e4)  # small p: everyone leaves first; large p: everyone goes to the end
+    if run(val_scores, val_preds, val_labels, geometric_thresholds(val_scores, 1e-4, exit_when))[1] > budget:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        cost = run(val_scores, val_preds, val_labels, geometric_thresholds(val_scores, math.exp(mid), exit_when))[1]
+        lo, hi = (mid, hi) if cost <= budget else (lo, mid)
+    p = math.exp(lo)
+    t = geometric_thresholds(val_scores, p, exit_when)
+    v_acc, v_cost, _ = run(val_scores, val_preds, val_labels, t)
+    acc, cost, counts = run(test_scores, test_preds, test_labels, t)
+    return {"p": p, "thresholds": [x if math.isfinite(x) else None for x in t.tolist()], "val_accuracy": v_acc, "val_fraction": v_cost,
+            "accuracy": acc, "fraction": cost, "exit_counts": counts}

@@ -27,9 +27,18 @@ from .data import RunData, build_run_data
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
 from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
-from .loop import evaluate, make_optimizer, phase_module, phase_score, set_modes, set_trainable, train_epoch
+from .loop import (
+    evaluate,
+    make_optimizer,
+    phase_module,
+    phase_score,
+    set_modes,
+    set_trainable,
+    step_flops,
+    train_epoch,
+)
 from .models.core import MultiExitModel
-from .phases import Phase
+from .phases import Phase, resolve_steps
 from .planning import model_from_config, preflight, resolve_device
 from .rundir import (
     MEMORY,
@@ -103,7 +112,7 @@ def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
     keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
     keep["data"].pop("eval_batch_size", None)
     keep["phase1"].pop("epochs")  # the planned epochs below count, whether they come from budget or phase1.epochs
-    return signature({**keep, "epochs": phases[0].epochs})
+    return signature({**keep, "epochs": phases[0].epochs, "flops": phases[0].flops})
 
 
 def run_signature(cfg: RunConfig) -> str:
@@ -140,9 +149,21 @@ class _Run:
         self.model = (make_model(cfg, self.data) if model is None else _fits(model, self.data)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.flops_per_sample = self._measure_flops()  # before compiling: the counter sees the eager model
+        per_step = {k: f * cfg.data.batch_size for k, f in self.flops_per_sample.items()}
+        planned, self.phases = self.phases, resolve_steps(self.phases, per_step, len(self.data.train))
         maybe_compile(self.model, cfg.compile)
         self.sig = run_signature(cfg)
-        self.p1sig = phase1_signature(cfg, self.phases) if self.phases[0].kind == 1 else None
+        self.p1sig = phase1_signature(cfg, planned) if planned[0].kind == 1 else None  # as _phase1_source sees it
+
+    def _measure_flops(self) -> dict[int, float]:
+        """Training FLOPs per sample of each phase kind the run has: one measured step on a batch of zeros."""
+        b = self.cfg.data.batch_size // self.info.world
+        x = torch.zeros(b, *self.data.shape, device=self.device)
+        if self.cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.zeros(b, dtype=torch.long, device=self.device)
+        return {p.kind: step_flops(self.model, p, x, y) / b for p in {p.kind: p for p in self.phases}.values()}
 
     # ------------------------------------------------------------ checkpoints
     def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, best_score: float, bad: int,
@@ -185,7 +206,7 @@ class _Run:
         params = set_trainable(self.model, phase)
         opt = make_optimizer(params, phase, self.model)
         net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
-        total = phase.epochs * len(self.data.train)
+        total = phase.steps or phase.epochs * len(self.data.train)
         warmup = round(phase.options.warmup_epochs * len(self.data.train))
         start, step, best, best_score, bad = 0, 0, None, -1.0, 0
         if resume is not None:
@@ -195,7 +216,7 @@ class _Run:
             if meta["has_best"]:
                 best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
         for epoch in range(start, phase.epochs):
-            if phase.options.patience and bad >= phase.options.patience:
+            if (phase.options.patience and bad >= phase.options.patience) or (phase.steps and step >= phase.steps):
                 break
             self.data.train.set_epoch_seed(seed_epoch(cfg.seed, pi, epoch, self.info.rank))
             set_modes(self.model, phase)
@@ -204,7 +225,8 @@ class _Run:
             stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
                                       where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"),
                                       info=self.info, on_step=self._probe(self.probes.on_step, phase, pi, epoch),
-                                      warmup_steps=warmup)
+                                      warmup_steps=warmup, max_steps=phase.steps - step if phase.steps else None)
+            samples = stats.samples * self.info.world
             accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
             score = phase_score(phase, accs)
             if phase.options.patience:
@@ -213,9 +235,9 @@ class _Run:
                     best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 else:
                     bad += 1
-            self.log(dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step,
-                                            train_loss=stats.loss, train_exit_losses=stats.exit_losses, val_acc=accs,
-                                            score=score, seconds=time.perf_counter() - t0))
+            self.log(dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step, train_loss=stats.loss,
+                          train_exit_losses=stats.exit_losses, val_acc=accs, score=score, samples=samples,
+                          train_flops=samples * self.flops_per_sample[phase.kind], seconds=time.perf_counter() - t0))
             log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
             end_of_epoch = self._probe(self.probes.on_epoch, phase, pi, epoch + 1)
             if end_of_epoch is not None:
@@ -330,10 +352,40 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
         normalize = run.data.normalize
         ckpt.save_pretrained(run.model, out, extra={"dataset": cfg.data.name, "regime": cfg.regime},
                              classes=run.data.classes, normalize=normalize)
-    status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0)
+    status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0,
+                  compute=compute_summary(run.rundir.metrics(), run.phases, run.flops_per_sample, cfg,
+                                          shared=_shared_phase1(status)))
     run.write_status(status)
     barrier(info)
     return out
+
+
+def _shared_phase1(status: dict) -> dict | None:
+    """The compute record of a phase 1 trained by another run and shared with this one."""
+    if not status.get("phase1_from"):
+        return None
+    source = Path(status["phase1_from"]).parent.parent  # <run>/checkpoints/00-phase1-end.safetensors
+    phases = RunDir(source).status().get("compute", {}).get("phases", [])
+    return {**phases[0], "shared_from": str(source)} if phases else None
+
+
+def compute_summary(records: list[dict], phases: list[Phase], flops_per_sample: dict[int, float], cfg: RunConfig,
+                    shared: dict | None = None) -> dict:
+    """Measured training compute per phase and in all: steps, samples, FLOPs (per sample x samples: forward and
+    backward, frozen parts at their forward cost, the optimizer update and validation passes not counted), seconds."""
+    out = []
+    for pi, p in enumerate(phases):
+        mine = [r for r in records if r.get("phase_index") == pi]
+        samples = sum(r.get("samples", 0) for r in mine)
+        out.append({"phase": p.kind, "epochs": len(mine), "steps": mine[-1]["step"] if mine else 0, "samples": samples,
+                    "flops_per_sample": flops_per_sample.get(p.kind), "train_flops": sum(r.get("train_flops", 0)
+                                                                                        for r in mine),
+                    "seconds": sum(r.get("seconds", 0) for r in mine)})
+    if shared is not None:
+        out[0] = shared  # phase 1 ran in the run it is shared from: its compute counts here too
+    matched = "flops" if cfg.budget_flops else "epochs" if cfg.budget else "none"
+    return {"phases": out, "train_flops": sum(p["train_flops"] for p in out), "seconds": sum(p["seconds"] for p in out),
+            "budget": {"matched": matched, "value": cfg.budget_flops or cfg.budget or None}}
 
 
 def _phase1_source(cfg: RunConfig, phases: list[Phase], source: str | Path) -> tuple[Path, dict, dict]:

@@ -1,4 +1,5 @@
-"""Gradient contributions: per-exit gradients add up to the joint loss's gradient, and the model is left untouched."""
+"""Gradient contributions: per-exit contributions add up to the gradient of the phase objective the optimiser sees
+(weights, self-distillation, gradient equilibrium), frozen parts are null, and the model is left untouched."""
 
 import json
 
@@ -7,11 +8,12 @@ import torch
 from torch import nn
 
 from exitlab.analysis.common import block_groups
-from exitlab.analysis.gradients import gradient_contributions, per_exit_gradients
+from exitlab.analysis.gradients import gradient_contributions, objective_phase, per_exit_gradients
+from exitlab.config import PhaseConfig
 from exitlab.errors import ExitlabError
-from exitlab.loop import exit_losses
+from exitlab.loop import exit_losses, phase_loss, phase_module
 from exitlab.models import build_model, from_module
-from exitlab.phases import loss_weights
+from exitlab.phases import Phase, exit_weights, loss_weights
 
 
 def _model():
@@ -37,11 +39,71 @@ def test_weighted_per_exit_gradients_equal_the_joint_gradient():
     batches = _batches()
     params = list(model.backbone.parameters())
     w = loss_weights("sdn", model.num_exits)  # unequal weights, so a wrong weighting would show
-    per_exit = per_exit_gradients(model, batches, params)
+    per_exit = per_exit_gradients(model, batches, params, objective_phase(3, w))
     joint = _joint_grad(model, batches, w, params)
     for i, ref in enumerate(joint):
-        combined = sum(w[k].double() * per_exit[k][i] for k in range(model.num_exits))
+        combined = sum(per_exit[k][i] for k in range(model.num_exits))  # contributions are already weighted
         assert torch.allclose(combined.float(), ref, atol=1e-6, rtol=1e-4)
+
+
+def _phase(kind, **options):
+    o = PhaseConfig(**options)
+    return Phase(kind, 1, o, exit_weights(kind, o, 3))
+
+
+def _phase_grad(model, phase, batches, params):
+    """Reference: torch.autograd.grad of exitlab.loop.phase_loss itself, averaged over the equal-sized batches."""
+    net = phase_module(model, phase)
+    total = sum(phase_loss(net, phase, x, y)[0] for x, y in batches) / len(batches)
+    return torch.autograd.grad(total, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("kind", [1, 2])
+def test_contributions_sum_to_the_gradient_of_phase_loss_with_distillation_and_equilibrium(kind):
+    model = _model().train()  # BatchNorm batch statistics, as in training
+    extras = dict(distill=0.7, distill_temperature=2.0, label_smoothing=0.1, loss_weights=[1.0, 2.0, 3.0])
+    if kind == 2:
+        extras["grad_equilibrium"] = True
+    else:
+        extras = dict(label_smoothing=0.1)  # phase 1 refuses the IC-only settings
+    phase = _phase(kind, **extras)
+    batches = _batches()
+    params = list(model.backbone.parameters())
+    per_exit = per_exit_gradients(model, batches, params, phase)
+    ref = _phase_grad(model, phase, batches, params)
+    for i, r in enumerate(ref):
+        total = sum(per_exit[k][i] for k in range(3))
+        assert torch.allclose(total.float(), r, atol=1e-6, rtol=1e-4), i
+    if kind == 1:
+        assert all(float(g.abs().max()) == 0 for k in (0, 1) for g in per_exit[k])  # phase 1: the ICs send nothing
+        return
+    # the extras matter: without distillation or equilibrium the gradient is a different one
+    for other in (_phase(2, **{**extras, "grad_equilibrium": False}), _phase(2, **{**extras, "distill": 0.0})):
+        diff = _phase_grad(model, other, batches, params)
+        assert any(not torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(ref, diff))
+    out = gradient_contributions(model, batches, phase=phase, mode="current")
+    assert out["objective"] == {"phase": 2, "weights": list(phase.weights), "label_smoothing": 0.1, "distill": 0.7,
+                                "distill_temperature": 2.0, "grad_equilibrium": True, "trains": "all"}
+    groups = block_groups(model)
+    i = 0
+    for j, (_, g) in enumerate(groups):
+        norm = torch.cat([t.flatten() for t in ref[i:i + len(g)]]).norm()
+        i += len(g)
+        assert out["total_norm"][j] == pytest.approx(float(norm), rel=1e-4)
+
+
+def test_phase3_backbone_parts_are_null():
+    model = _model()
+    phase = _phase(3, distill=0.5)
+    out = gradient_contributions(model, _batches(), phase=phase, mode="train")
+    assert out["frozen"] == [True] * 5 and out["objective"]["trains"] == "heads"
+    for key in ("norm", "share_norm", "share_projection", "cosine"):
+        assert all(v is None for row in out[key] for v in row)
+    assert out["total_norm"] == [None] * 5
+    assert out["weights"] == [0.5, 0.5, 0.0]
+    json.dumps(out, allow_nan=False)
+    with pytest.raises(ExitlabError, match="either a phase or loss weights"):
+        gradient_contributions(model, _batches(), torch.ones(3) / 3, phase=phase)
 
 
 def test_contribution_table_matches_joint_gradient_and_shares_add_up():
@@ -49,6 +111,7 @@ def test_contribution_table_matches_joint_gradient_and_shares_add_up():
     batches = _batches()
     w = loss_weights([1.0, 2.0, 3.0], 3)
     out = gradient_contributions(model, batches, w, mode="eval")
+    assert out["frozen"] == [False] * 5 and out["objective"]["phase"] == 2
     assert out["blocks"] == ["stem", "block 0", "block 1", "block 2", "final"]
     assert len(out["norm"]) == 3 and len(out["norm"][0]) == 5
     groups = block_groups(model)

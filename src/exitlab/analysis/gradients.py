@@ -1,11 +1,19 @@
-"""Gradient contributions: how hard each exit's loss pulls on each part of the backbone.
+"""Gradient contributions: how hard each exit's part of the training objective pulls on each part of the backbone.
 
-For exit ``k`` and backbone part ``j`` (stem, block 0..n-1, final), ``g_kj`` is the gradient of exit ``k``'s mean
-cross-entropy over a fixed set of batches with respect to part ``j``'s parameters. With loss weights ``w``, the joint
-loss ``sum_k w_k L_k`` has gradient ``G_j = sum_k w_k g_kj`` on part ``j``, and exit ``k``'s share of it is reported two
-ways: by norm, ``||w_k g_kj|| / sum_k' ||w_k' g_k'j||`` (in [0, 1]), and by projection onto the total,
-``<w_k g_kj, G_j> / ||G_j||^2``. The projection shares of a part sum to exactly 1; a negative one means the exit pulls
-against the joint update.
+The objective is the one the optimiser sees in a phase (:func:`exitlab.loop.phase_loss`): per-exit cross-entropies
+(with the phase's label smoothing) weighted by ``phase.weights``, plus ``distill`` times the mean KL from the
+detached final exit to each IC, computed through the phase's forward (the bare backbone in phase 1, gradient
+equilibrium in phase 2 when set). It is a sum of one term per exit,
+
+    L = sum_k T_k,   T_k = w_k CE_k + distill / (E - 1) * KL_k   (ICs),   T_final = w_final CE_final,
+
+(the distillation target is detached, so the KL terms send nothing through the final exit), and ``c_kj``, the
+gradient of ``T_k`` averaged over a fixed set of batches with respect to backbone part ``j`` (stem, block 0..n-1,
+final), is exit ``k``'s contribution to the phase gradient ``G_j = sum_k c_kj`` exactly. Exit ``k``'s share of it is
+reported two ways: by norm, ``||c_kj|| / sum_k' ||c_k'j||`` (in [0, 1]), and by projection onto the total,
+``<c_kj, G_j> / ||G_j||^2`` (the shares of a part sum to exactly 1; a negative one pulls against the update).
+Parts the phase does not train (the whole backbone in phase 3) get ``null`` everywhere: the optimiser never sees
+their gradient.
 """
 
 from __future__ import annotations
@@ -13,52 +21,106 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import PhaseConfig
 from ..errors import ExitlabError
 from ..files import append_jsonl
-from ..loop import exit_losses
+from ..loop import distill_loss, exit_losses, set_modes
 from ..models.core import MultiExitModel
+from ..phases import Phase, exit_weights
 from ..rundir import RunDir
 from .common import Batches, block_groups, exit_names, finite, preserved
 
 MODES = ("current", "train", "eval")
 
 
-def per_exit_gradients(model: MultiExitModel, batches: Batches, params: list[nn.Parameter]) -> list[list[torch.Tensor]]:
-    """Gradient of each exit's loss with respect to each of ``params``: ``[E][P]`` tensors (zeros where unused).
+def objective_phase(num_exits: int, weights=None) -> Phase:
+    """A phase-2 objective with plain per-exit weights (uniform by default, the paper's mean) and no extras."""
+    w = torch.full((num_exits,), 1.0 / num_exits, dtype=torch.float64) if weights is None else \
+        torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (num_exits,):
+        raise ExitlabError(f"weights must hold one loss weight per exit ({num_exits}), got shape {tuple(w.shape)}")
+    return Phase(2, 1, PhaseConfig(), tuple(w.tolist()))
 
-    The losses are averaged over all samples of ``batches`` (batches weighted by their size). Uses
-    ``torch.autograd.grad``, so no ``.grad`` field is touched. The caller sets modes and ``requires_grad``.
+
+def phase_outputs(model: MultiExitModel, phase: Phase, x: torch.Tensor) -> list[torch.Tensor]:
+    """What the phase's forward returns (as :func:`exitlab.loop.phase_loss` runs it); phase 1: the final exit only."""
+    if phase.kind == 1:
+        return [model.backbone(x)]
+    if phase.kind == 2:
+        return model(x, grad_equilibrium=phase.options.grad_equilibrium)
+    return model(x)
+
+
+def exit_terms(outs: list[torch.Tensor], y: torch.Tensor, phase: Phase, num_exits: int) -> torch.Tensor:
+    """Each exit's additive term ``T_k`` of the phase objective, ``[num_exits]``; they sum to ``phase_loss``."""
+    opts = phase.options
+    ce = exit_losses(outs, y, opts.label_smoothing)
+    if phase.kind == 1:  # the backbone alone: the final exit's loss, nothing from the ICs
+        return torch.cat([ce.new_zeros(num_exits - 1), ce])
+    weights = phase.weights or exit_weights(phase.kind, opts, len(ce))
+    if len(weights) != num_exits:
+        raise ExitlabError(f"{phase.name} has {len(weights)} loss weights but the model has {num_exits} exits")
+    terms = torch.tensor(weights, device=ce.device, dtype=ce.dtype) * ce
+    if opts.distill > 0 and len(outs) > 1:
+        kl = distill_loss(outs, opts.distill_temperature)  # [E-1]
+        terms = terms + torch.cat([opts.distill * kl / len(kl), kl.new_zeros(1)])
+    return terms
+
+
+def per_exit_gradients(model: MultiExitModel, batches: Batches, params: list[nn.Parameter],
+                       phase: Phase | None = None) -> list[list[torch.Tensor]]:
+    """Exit ``k``'s contribution to the gradient of the phase objective, for each of ``params``: ``[E][P]`` float64
+    tensors (zeros where the exit's term does not reach a parameter). Summed over ``k`` they are the gradient of
+    the objective averaged over all samples of ``batches`` (batches weighted by their size).
+
+    ``phase`` defaults to :func:`objective_phase` (uniform weights). Uses ``torch.autograd.grad``, so no ``.grad``
+    field is touched. The caller sets modes and ``requires_grad``.
     """
+    E = model.num_exits
+    phase = phase or objective_phase(E)
     n_total = sum(len(y) for _, y in batches)
     if not n_total:
         raise ExitlabError("gradient contributions need at least one non-empty batch")
-    sums = [[torch.zeros_like(p, dtype=torch.float64) for p in params] for _ in range(model.num_exits)]
+    sums = [[torch.zeros_like(p, dtype=torch.float64) for p in params] for _ in range(E)]
     for x, y in batches:
-        per_exit = exit_losses(model(x), y)  # [E]
-        for k in range(model.num_exits):
-            grads = torch.autograd.grad(per_exit[k], params, retain_graph=k < model.num_exits - 1, allow_unused=True)
+        terms = exit_terms(phase_outputs(model, phase, x), y, phase, E)  # [E]
+        live = [k for k in range(E) if terms[k].requires_grad]  # a zero-weight exit of phase 1 is a constant
+        for i, k in enumerate(live):
+            grads = torch.autograd.grad(terms[k], params, retain_graph=i < len(live) - 1, allow_unused=True)
             for acc, g in zip(sums[k], grads):
                 if g is not None:
                     acc.add_(g.double(), alpha=len(y) / n_total)
     return sums
 
 
-def _set_mode(model: MultiExitModel, mode: str) -> None:
+def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ExitlabError(f"gradient mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def _set_mode(model: MultiExitModel, mode: str, phase: Phase) -> None:
     if mode == "train":
-        model.train()
+        set_modes(model, phase)  # as the training loop: train mode, a frozen backbone in eval mode
     elif mode == "eval":
         model.eval()
 
 
-def gradient_contributions(model: MultiExitModel, batches: Batches, weights: torch.Tensor | None = None, *,
-                           mode: str = "current") -> dict:
-    """Per-exit, per-block gradient norms and shares on ``batches`` (a list of ``(x, y)``); JSON-serialisable.
+def _objective(phase: Phase) -> dict:
+    o = phase.options
+    return {"phase": phase.kind, "weights": list(phase.weights), "label_smoothing": o.label_smoothing,
+            "distill": o.distill if phase.kind != 1 else 0.0, "distill_temperature": o.distill_temperature,
+            "grad_equilibrium": bool(o.grad_equilibrium and phase.kind == 2), "trains": phase.trains}
 
-    ``weights``: loss weight per exit, ``[num_exits]`` (default: uniform, the paper's plain mean). ``mode``:
-    ``"current"`` keeps the modes the model is in (inside the training loop, exactly the gradients the optimiser
-    sees), ``"train"`` uses BatchNorm batch statistics, ``"eval"`` running statistics.
+
+def gradient_contributions(model: MultiExitModel, batches: Batches, weights=None, *, phase: Phase | None = None,
+                           mode: str = "current") -> dict:
+    """Per-exit, per-part gradient contributions and shares under a phase's objective; JSON-serialisable.
+
+    ``phase``: the :class:`~exitlab.phases.Phase` whose objective is measured (weights, label smoothing,
+    self-distillation, gradient equilibrium, what is frozen). Without it, ``weights`` (one per exit, default
+    uniform) give a plain phase-2 objective. ``mode``: ``"current"`` keeps the modes the model is in (inside the
+    training loop, exactly the gradients the optimiser sees), ``"train"`` sets them as the training loop does for
+    the phase (BatchNorm batch statistics; a frozen backbone in eval mode), ``"eval"`` uses running statistics.
 
     Nothing about the model changes: parameters are only read (``autograd.grad``, ``.grad`` untouched); BatchNorm
     buffers, which a train-mode forward updates, are saved and restored; train/eval modes and ``requires_grad``
@@ -66,24 +128,37 @@ def gradient_contributions(model: MultiExitModel, batches: Batches, weights: tor
     random stream.
     """
     E = model.num_exits
-    w = torch.full((E,), 1.0 / E, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
-    if w.shape != (E,):
-        raise ExitlabError(f"weights must hold one loss weight per exit ({E}), got shape {tuple(w.shape)}")
+    _check_mode(mode)
+    if phase is not None and weights is not None:
+        raise ExitlabError("pass either a phase or loss weights, not both: the phase carries its own weights")
+    if phase is None:
+        phase = objective_phase(E, weights)
+    elif not phase.weights:
+        phase = Phase(phase.kind, phase.epochs, phase.options, exit_weights(phase.kind, phase.options, E))
     if not batches:
         raise ExitlabError("gradient contributions need at least one batch")
     groups = block_groups(model, batches[0][0])
-    params = [p for _, g in groups for p in g]
-    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    with preserved(model), torch.random.fork_rng(devices=devices):
-        _set_mode(model, mode)
-        for p in params:
-            p.requires_grad_(True)
-        grads = per_exit_gradients(model, batches, params)
+    frozen = phase.trains == "heads"  # phase 3: the optimiser never sees a backbone gradient
+    params = [] if frozen else [p for _, g in groups for p in g]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    grads = None
+    if params:
+        with preserved(model), torch.random.fork_rng(devices=devices):
+            _set_mode(model, mode, phase)
+            for p in params:
+                p.requires_grad_(True)
+            grads = per_exit_gradients(model, batches, params, phase)
     sizes = [len(g) for _, g in groups]
-    table = _contribution_table(grads, sizes, w.cpu())
+    table = _contribution_table(grads, sizes) if grads is not None else _frozen_table(E, len(groups))
     return {"analysis": "gradients", "exits": exit_names(model), "blocks": [name for name, _ in groups],
-            "params": [sum(p.numel() for p in g) for _, g in groups], "weights": w.tolist(), "mode": mode,
+            "params": [sum(p.numel() for p in g) for _, g in groups], "weights": list(phase.weights),
+            "objective": _objective(phase), "frozen": [frozen] * len(groups), "mode": mode,
             "samples": sum(len(y) for _, y in batches), "batches": len(batches), **table}
+
+
+def _frozen_table(E: int, J: int) -> dict:
+    nulls = [[None] * J for _ in range(E)]
+    return {"norm": nulls, "share_norm": nulls, "share_projection": nulls, "cosine": nulls, "total_norm": [None] * J}
 
 
 def _flat_by_group(grads: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
@@ -95,35 +170,34 @@ def _flat_by_group(grads: list[torch.Tensor], sizes: list[int]) -> list[torch.Te
     return out
 
 
-def _contribution_table(grads: list[list[torch.Tensor]], sizes: list[int], w: torch.Tensor) -> dict:
-    """Norms, norm shares, projection shares and cosines from per-exit gradients, grouped by backbone part."""
-    by_exit = [_flat_by_group(g, sizes) for g in grads]  # [E][J] flat float64 vectors
-    E, J = len(by_exit), len(sizes)
-    norm = [[float(by_exit[k][j].norm()) for j in range(J)] for k in range(E)]
+def _contribution_table(grads: list[list[torch.Tensor]], sizes: list[int]) -> dict:
+    """Norms, norm shares, projection shares and cosines from per-exit contributions, grouped by backbone part."""
+    contrib = [_flat_by_group(g, sizes) for g in grads]  # [E][J] flat float64 vectors
+    E, J = len(contrib), len(sizes)
+    norm = [[float(contrib[k][j].norm()) for j in range(J)] for k in range(E)]
     share_norm = [[None] * J for _ in range(E)]
     share_proj = [[None] * J for _ in range(E)]
     cosine = [[None] * J for _ in range(E)]
     total_norm = []
     for j in range(J):
-        contrib = [w[k] * by_exit[k][j] for k in range(E)]  # exit k's part of the joint gradient on part j
-        total = torch.stack(contrib).sum(0) if contrib[0].numel() else contrib[0]
+        total = torch.stack([contrib[k][j] for k in range(E)]).sum(0)  # the phase gradient on part j
         tn = float(total.norm())
         total_norm.append(tn)
-        norm_sum = sum(float(c.norm()) for c in contrib)
+        norm_sum = sum(norm[k][j] for k in range(E))
         for k in range(E):
             if norm_sum > 0:
-                share_norm[k][j] = float(contrib[k].norm()) / norm_sum
+                share_norm[k][j] = norm[k][j] / norm_sum
             if tn > 0:
-                share_proj[k][j] = finite(float(contrib[k] @ total) / tn ** 2)
+                share_proj[k][j] = finite(float(contrib[k][j] @ total) / tn ** 2)
                 if norm[k][j] > 0:
-                    cosine[k][j] = finite(float(by_exit[k][j] @ total) / (norm[k][j] * tn))
+                    cosine[k][j] = finite(float(contrib[k][j] @ total) / (norm[k][j] * tn))
     return {"norm": norm, "share_norm": share_norm, "share_projection": share_proj, "cosine": cosine,
             "total_norm": total_norm}
 
 
 def gradient_logger(every: int, samples: int = 256):
     """A training probe: every ``every`` optimizer steps, append the per-exit gradient contributions on ``samples``
-    fixed validation samples, under the phase's own loss weights, to the run's ``gradients.jsonl``."""
+    fixed validation samples, under the running phase's own objective, to the run's ``gradients.jsonl``."""
     batches: list = []
 
     def probe(ctx) -> None:  # ctx: exitlab.train.ProbeContext
@@ -132,7 +206,7 @@ def gradient_logger(every: int, samples: int = 256):
         if not batches:
             n = min(samples, ctx.data.val.num_samples)
             batches.extend(ctx.data.val.sample(n, seed=0, batch_size=128))
-        record = gradient_contributions(ctx.model, batches, torch.tensor(ctx.phase.weights))
+        record = gradient_contributions(ctx.model, batches, phase=ctx.phase)
         append_jsonl(ctx.run / RunDir.GRADIENTS, {"phase": ctx.phase.kind, "step": ctx.step, **record})
 
     return probe

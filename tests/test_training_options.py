@@ -103,3 +103,51 @@ def test_flops_placement_picks_the_best_distinct_blocks(seed):
     got = nearest_distinct(values, targets)
     assert got == sorted(set(got)) and len(got) == k
     assert cost(got) == pytest.approx(min(cost(c) for c in itertools.combinations(range(m), k)))
+
+
+def test_stop_rules_and_plateau_cuts():
+    from exitlab.stopping import Stopper
+
+    mean = Stopper(patience=2, rule="mean")
+    every = Stopper(patience=2, rule="every")
+    # head 0 keeps improving while head 1 stalls and the mean stalls too
+    for scores in ([0.5, 0.9], [0.51, 0.5], [0.52, 0.5]):
+        for s in (mean, every):
+            s.update(sum(scores) / 2, scores)
+    assert mean.done and not every.done  # the paper code's rule waits for every head
+    for scores in ([0.52, 0.5], [0.52, 0.5]):
+        every.update(sum(scores) / 2, scores)
+    assert every.done
+    plateau = Stopper(plateau=True, plateau_patience=2, plateau_factor=0.1)
+    for score in (0.5, 0.4, 0.4, 0.6, 0.5, 0.5):
+        plateau.update(score, [score])
+    assert plateau.lr_scale == pytest.approx(0.01)  # cut after epochs 3 and 6
+    assert Stopper.from_state(plateau.state()) == plateau  # checkpoints carry it exactly
+
+
+def test_plateau_schedule_scales_the_learning_rate_it_records(tiny_cfg, tmp_path):
+    from exitlab.rundir import read_jsonl
+    from exitlab.train import train
+
+    cfg = tiny_cfg(regime="joint", **{"phase2.schedule": "plateau", "phase2.plateau_patience": 1,
+                                      "phase2.plateau_factor": 0.5, "phase2.epochs": 3, "phase2.patience": 3})
+    records = read_jsonl(train(cfg, tmp_path / "run") / "metrics.jsonl")
+    scales = [r["lr_scale"] for r in records]
+    assert scales[0] == 1.0 and all(b in (a, a * 0.5) for a, b in zip(scales, scales[1:]))
+    phase = Phase(2, 1, cfg.phase2)
+    assert lr_at(phase, 5, 100, scale=0.5) == pytest.approx(0.5 * cfg.phase2.lr)  # constant, times the cuts
+
+
+def test_seeds_for_init_data_order_and_split_can_be_set_apart(tiny_cfg, tmp_path):
+    from exitlab.train import _Run
+
+    base = _Run(tiny_cfg(regime="joint"), tmp_path / "a")
+    init = _Run(tiny_cfg(regime="joint", init_seed=5), tmp_path / "b")
+    split = _Run(tiny_cfg(regime="joint", split_seed=5), tmp_path / "c")
+    w = lambda r: next(r.model.parameters())  # noqa: E731
+    assert not torch.equal(w(base), w(init)) and torch.equal(w(base), w(split))  # init_seed: the weights only
+    assert torch.equal(base.data.val.y, init.data.val.y)  # the same split
+    assert not torch.equal(base.data.val.x, split.data.val.x)  # split_seed: another split
+    from exitlab.train import seed_epoch
+
+    assert seed_epoch(0, 1, 2) != seed_epoch(5, 1, 2)  # order_seed feeds the per-epoch data seed

@@ -66,11 +66,14 @@ class PhaseConfig:
     momentum: float = 0.9  # SGD momentum, in [0, 1)
     weight_decay: float = 5e-4  # weight decay
     decay_params: str = "all"  # all, or weights: no decay on norm layers, biases, position embeddings, CLS tokens
-    schedule: str = "cosine"  # cosine (per step, to zero) or constant
+    schedule: str = "cosine"  # cosine (per step, to zero), constant, or plateau (constant, cut on plateaus)
     warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0 over this many epochs, then the schedule
     grad_clip: float = 0.0  # > 0: clip the global gradient norm of the trained parameters to this value
     label_smoothing: float = 0.0  # label smoothing of every exit's cross-entropy, in [0, 1)
     patience: int = 0  # > 0: stop after this many epochs without a better validation score, restore the best
+    stop_rule: str = "mean"  # mean: the mean accuracy of the trained exits stalls; every: every trained exit stalls
+    plateau_patience: int = 2  # schedule plateau: epochs without a better score before the lr is cut
+    plateau_factor: float = 0.1  # schedule plateau: the cut, in (0, 1)
     loss_weights: Union[str, list[float]] = "uniform"  # uniform, sdn, or one weight per trained exit  # noqa: UP007
     grad_equilibrium: bool = False  # gradient equilibrium of Li et al. 2019 (phase 2 only)
     distill: float = 0.0  # weight of self-distillation from the final exit into the ICs (phase 2 and 3)
@@ -90,7 +93,10 @@ class RunConfig:
     phase1: PhaseConfig = field(default_factory=PhaseConfig)  # backbone only
     phase2: PhaseConfig = field(default_factory=PhaseConfig)  # backbone and all ICs
     phase3: PhaseConfig = field(default_factory=PhaseConfig)  # ICs only, backbone frozen
-    seed: int = 0  # seeds the split, the initial weights, the batch order and augmentation
+    seed: int = 0  # seeds the split, the initial weights, the batch order and augmentation (unless set apart below)
+    init_seed: Union[int, None] = None  # the initial weights only (default: seed)  # noqa: UP007
+    order_seed: Union[int, None] = None  # batch order, augmentation and dropout only (default: seed)  # noqa: UP007
+    split_seed: Union[int, None] = None  # the train/validation split only (default: seed)  # noqa: UP007
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     amp: str = "none"  # none or bf16 (autocast)
     channels_last: bool = False  # channels_last memory format for CNNs
@@ -104,6 +110,18 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @property
+    def seed_init(self) -> int:
+        return self.seed if self.init_seed is None else self.init_seed
+
+    @property
+    def seed_data_order(self) -> int:
+        return self.seed if self.order_seed is None else self.order_seed
+
+    @property
+    def seed_split(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def validate(cfg: RunConfig) -> None:
@@ -193,6 +211,11 @@ def _validate_phase(key: str, p: PhaseConfig) -> None:
     for name in ("weight_decay", "warmup_epochs", "grad_clip", "patience", "distill"):
         check_range(f"{key}.{name}", getattr(p, name), lo=0)
     check_range(f"{key}.label_smoothing", p.label_smoothing, lo=0, hi=1, hi_open=True)
+    check_range(f"{key}.plateau_patience", p.plateau_patience, lo=1)
+    check_range(f"{key}.plateau_factor", p.plateau_factor, lo=0, hi=1, lo_open=True, hi_open=True)
+    if p.stop_rule not in ("mean", "every"):
+        raise ConfigError(f"{key}.stop_rule: {p.stop_rule!r}; choose mean (the trained exits' mean accuracy stalls) "
+                          "or every (every trained exit stalls, as in the paper's code)")
     check_range(f"{key}.distill_temperature", p.distill_temperature, lo=0, lo_open=True)
     if isinstance(p.loss_weights, str) and p.loss_weights not in LOSS_WEIGHTS:
         raise ConfigError(f"{key}.loss_weights: unknown weighting {p.loss_weights!r}; choose "

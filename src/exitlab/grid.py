@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from . import faults
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, apply_overrides, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
 from .phases import phase_kinds, regime_label  # noqa: F401  (regime_label re-exported)
 from .planning import preflight
 from .procs import worker_pool
 from .recipes import train
 from .rundir import read_jsonl, read_status
-from .train import run_signature
+from .train import phase1_signature, run_signature
 
 
 @dataclass
@@ -43,9 +43,12 @@ class Job:
         return self.out / "checkpoints" / "00-phase1-end.safetensors"
 
 
-def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, variant: str = "") -> list[Job]:
-    """Jobs for every regime and seed. Regimes that start with phase 1 followed by more phases share one phase-1
-    job per seed when their phase-1 epochs agree (they do under a matched budget with one ``phase1_share``)."""
+def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, variant: str = "",
+              overrides: dict[str, list[str]] | None = None) -> list[Job]:
+    """Jobs for every regime and seed. ``overrides``: per regime label, ``--set``-style changes of its config (e.g.
+    a learning rate for joint's from-scratch phase 2 and another for mixed's fine-tuning phase 2). Regimes that
+    start with phase 1 followed by more phases share one phase-1 job per seed when everything that decides their
+    phase 1 agrees (its settings, and its epochs or FLOPs under a matched budget)."""
     if not seeds:
         raise ConfigError("seeds: the seed list is empty; give at least one seed, e.g. seeds: [0]")
     if not regimes:
@@ -53,23 +56,24 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
     suffix = f"-{variant}" if variant else ""
     jobs: list[Job] = []
     for seed in seeds:
-        shared: dict[tuple[int, float], Job] = {}
+        shared: dict[str, Job] = {}
         for regime in regimes:
             cfg = dataclasses.replace(base, regime=regime, seed=seed)
-            cfg = from_dict(RunConfig, to_dict(cfg))  # re-validate the combination
+            changes = (overrides or {}).get(regime_label(regime), [])
+            cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), changes))  # re-validate the combination
             phases = preflight(cfg)  # every cell fails now, before any trains, if it can fail without data
             label = f"{regime_label(regime)}{suffix}"
             job = Job(f"seed{seed}/{label}", cfg, out / f"seed{seed}" / label, epochs=sum(p.epochs for p in phases))
             kinds = phase_kinds(regime)
             if kinds[0] == 1 and len(kinds) > 1:
-                e1, f1 = phases[0].epochs, phases[0].flops
-                if (e1, f1) not in shared:
+                e1, f1, key = phases[0].epochs, phases[0].flops, phase1_signature(cfg, phases)
+                if key not in shared:
                     p1cfg = from_dict(RunConfig, {**to_dict(cfg), "regime": [1], "budget": 0, "budget_flops": f1,
                                                   "phase1": {**to_dict(cfg)["phase1"], "epochs": e1 or 1}})
-                    name = f"phase1{suffix}" if len(shared) == 0 else f"phase1-e{e1}{suffix}"
-                    shared[(e1, f1)] = Job(f"seed{seed}/{name}", p1cfg, out / f"seed{seed}" / name, epochs=e1)
-                    jobs.append(shared[(e1, f1)])
-                job.after = shared[(e1, f1)].name
+                    name = f"phase1{suffix}" if len(shared) == 0 else f"phase1-{len(shared)}{suffix}"
+                    shared[key] = Job(f"seed{seed}/{name}", p1cfg, out / f"seed{seed}" / name, epochs=e1)
+                    jobs.append(shared[key])
+                job.after = shared[key].name
                 job.epochs -= e1
             jobs.append(job)
     return jobs

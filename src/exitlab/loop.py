@@ -83,10 +83,10 @@ def phase_module(model: MultiExitModel, phase: Phase) -> nn.Module:
     return model.backbone if phase.kind == 1 else model
 
 
-def lr_at(phase: Phase, step: int, total: int, warmup: int = 0) -> float:
-    """Learning rate after ``step`` of ``total`` steps: a linear warm-up over the first ``warmup`` steps, then
-    cosine to zero over the rest, or constant."""
-    base = phase.options.lr
+def lr_at(phase: Phase, step: int, total: int, warmup: int = 0, scale: float = 1.0) -> float:
+    """Learning rate after ``step`` of ``total`` steps: a linear warm-up over the first ``warmup`` steps, then the
+    phase's schedule over the rest (cosine to zero, constant, plateau), times ``scale`` (plateau cuts)."""
+    base = phase.options.lr * scale
     if step < warmup:
         return base * (step + 1) / warmup
     if total <= warmup:
@@ -158,8 +158,8 @@ class EpochStats:
 
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
                 amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
-                on_step: Callable[[int], None] | None = None, warmup_steps: int = 0, max_steps: int | None = None
-                ) -> tuple[EpochStats, int]:
+                on_step: Callable[[int], None] | None = None, warmup_steps: int = 0, max_steps: int | None = None,
+                lr_scale: float = 1.0) -> tuple[EpochStats, int]:
     """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
 
     Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
@@ -171,7 +171,7 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
         if max_steps is not None and stats.steps >= max_steps:
             break  # a FLOPs-budgeted phase ends mid-epoch
         for g in opt.param_groups:
-            g["lr"] = lr_at(phase, step, total_steps, warmup_steps)
+            g["lr"] = lr_at(phase, step, total_steps, warmup_steps, lr_scale)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             loss, per_exit = phase_loss(model, phase, x, y)
         synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), info) / info.world
@@ -239,9 +239,12 @@ def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = 
     return (correct.double() / max(n, 1)).tolist(), n
 
 
+def trained_scores(phase: Phase, accs: list[float]) -> list[float]:
+    """Validation accuracies of the exits the phase trains."""
+    return accs[-1:] if phase.kind == 1 else accs if phase.kind == 2 else accs[:-1]
+
+
 def phase_score(phase: Phase, accs: list[float]) -> float:
     """Early-stopping score: mean validation accuracy over the exits the phase trains."""
-    if phase.kind == 1:
-        return accs[-1]
-    trained = accs if phase.kind == 2 else accs[:-1]
+    trained = trained_scores(phase, accs)
     return sum(trained) / len(trained)

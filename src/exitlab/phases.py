@@ -7,6 +7,7 @@ per-exit losses, and phase 3 trains the ICs alone on a frozen backbone (no gradi
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,8 @@ import torch
 from .config import PhaseConfig, RunConfig
 from .errors import ConfigError
 from .registries import LOSS_WEIGHTS, REGIMES
+
+log = logging.getLogger("exitlab")
 
 TRAINS = {1: "backbone", 2: "all", 3: "heads"}
 
@@ -88,6 +91,10 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
                               f"nothing; set phase{k}.epochs >= 1, or set budget")
     for k, o, e in zip(kinds, options, epochs):
         check_used(k, o)
+        if o.patience and o.schedule == "cosine":
+            log.warning("phase%d: patience %d with a cosine schedule over the maximum %d epochs: a phase stopped "
+                        "early has not annealed; schedule: plateau (or constant) suits early stopping",
+                        k, o.patience, e)
         if o.warmup_epochs > e:
             raise ConfigError(f"phase{k}.warmup_epochs is {o.warmup_epochs:g}, longer than the phase ({e} epochs); "
                               "shorten the warm-up")

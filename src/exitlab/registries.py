@@ -46,6 +46,12 @@ def cosine(done: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
 
 
+@SCHEDULES.register("plateau")
+def plateau(done: float) -> float:
+    """The peak learning rate, cut by the trainer whenever validation stalls (``plateau_patience``)."""
+    return 1.0
+
+
 @SCHEDULES.register("constant")
 def constant(done: float) -> float:
     """The peak learning rate throughout."""

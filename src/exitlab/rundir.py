@@ -166,7 +166,7 @@ class RunDir:
                 raise DataError(f"{self.path} was trained on data passed in memory, which its directory cannot "
                                 "rebuild; evaluate it from Python, passing the data: RunDir(path, data=...)")
             cfg = self.config()
-            self._data = build_run_data(cfg.data, cfg.seed, torch.device("cpu"))
+            self._data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"))
         return self._data
 
     def loader(self, split: str):
@@ -203,7 +203,7 @@ class RunDir:
         data = to_dict(cfg.data)
         data.pop("eval_batch_size", None)
         data.pop("batch_size", None)
-        return signature({"data": data, "seed": cfg.seed})
+        return signature({"data": data, "seed": cfg.seed_split})
 
 
 def _read_cache(path: Path, tag: dict) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -36,6 +36,7 @@ from .loop import (
     set_trainable,
     step_flops,
     train_epoch,
+    trained_scores,
 )
 from .models.core import MultiExitModel
 from .phases import Phase, resolve_steps
@@ -57,6 +58,7 @@ from .rundir import (
     signature,
 )
 from .speed import maybe_compile
+from .stopping import Stopper
 
 log = logging.getLogger("exitlab")
 
@@ -90,7 +92,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, 
     """The run's data (see :func:`exitlab.data.build_run_data`): the data set ``cfg.data`` names, or ``source``.
     Under DDP every rank takes its slice of each global batch."""
     check_batch(cfg.data.batch_size, info)
-    return build_run_data(cfg.data, cfg.seed, device, shard=(info.rank, info.world), channels_last=cfg.channels_last,
+    return build_run_data(cfg.data, cfg.seed_split, device, shard=(info.rank, info.world), channels_last=cfg.channels_last,
                           source=source)
 
 
@@ -103,7 +105,7 @@ def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
 
 
 def make_model(cfg: RunConfig, data: RunData) -> MultiExitModel:
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed_init)
     return model_from_config(cfg.model, len(data.classes), data.shape)
 
 
@@ -166,8 +168,7 @@ class _Run:
         return {p.kind: step_flops(self.model, p, x, y) / b for p in {p.kind: p for p in self.phases}.values()}
 
     # ------------------------------------------------------------ checkpoints
-    def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, best_score: float, bad: int,
-             end: bool) -> Path:
+    def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, stop: Stopper, end: bool) -> Path:
         """Rank 0 writes the checkpoint; the other ranks wait for it."""
         phase = self.phases[pi]
         name = f"{pi:02d}-{phase.name}-{'end' if end else f'e{epochs_done:03d}'}.safetensors"
@@ -180,8 +181,8 @@ class _Run:
         tensors.update(opt_t)
         if best is not None:
             tensors.update({f"best.{k}": v for k, v in best.items()})
-        meta = dict(phase_index=pi, phase=phase.kind, epochs_done=epochs_done, step=step, best_score=best_score,
-                    bad_epochs=bad, has_best=best is not None, optimizer=opt_info, run_signature=self.sig,
+        meta = dict(phase_index=pi, phase=phase.kind, epochs_done=epochs_done, step=step, stopper=stop.state(),
+                    best_score=stop.best_score, has_best=best is not None, optimizer=opt_info, run_signature=self.sig,
                     phase1_signature=self.p1sig if pi == 0 else None, metrics_lines=len(read_jsonl(self.metrics)),
                     end=end)
         ckpt.save_tensors(path, tensors, meta)
@@ -203,51 +204,55 @@ class _Run:
     # ------------------------------------------------------------ phases
     def run_phase(self, pi: int, resume: tuple[dict, dict] | None) -> None:
         phase, cfg = self.phases[pi], self.cfg
-        params = set_trainable(self.model, phase)
-        opt = make_optimizer(params, phase, self.model)
+        opt = make_optimizer(set_trainable(self.model, phase), phase, self.model)
         net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
-        total = phase.steps or phase.epochs * len(self.data.train)
-        warmup = round(phase.options.warmup_epochs * len(self.data.train))
-        start, step, best, best_score, bad = 0, 0, None, -1.0, 0
-        if resume is not None:
-            tensors, meta = resume
-            ckpt.restore_optimizer(opt, tensors, meta["optimizer"])
-            start, step, best_score, bad = meta["epochs_done"], meta["step"], meta["best_score"], meta["bad_epochs"]
-            if meta["has_best"]:
-                best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
+        start, step, best, stop = self._phase_state(phase, opt, resume)
         for epoch in range(start, phase.epochs):
-            if (phase.options.patience and bad >= phase.options.patience) or (phase.steps and step >= phase.steps):
+            if stop.done or (phase.steps and step >= phase.steps):
                 break
-            self.data.train.set_epoch_seed(seed_epoch(cfg.seed, pi, epoch, self.info.rank))
-            set_modes(self.model, phase)
-            t0 = time.perf_counter()
-            where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
-            stats, step = train_epoch(net, phase, self.data.train, opt, step=step, total_steps=total, amp=cfg.amp,
-                                      where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"),
-                                      info=self.info, on_step=self._probe(self.probes.on_step, phase, pi, epoch),
-                                      warmup_steps=warmup, max_steps=phase.steps - step if phase.steps else None)
-            samples = stats.samples * self.info.world
-            accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
-            score = phase_score(phase, accs)
-            if phase.options.patience:
-                if score > best_score:
-                    best_score, bad = score, 0
-                    best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                else:
-                    bad += 1
-            self.log(dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step, train_loss=stats.loss,
-                          train_exit_losses=stats.exit_losses, val_acc=accs, score=score, samples=samples,
-                          train_flops=samples * self.flops_per_sample[phase.kind], seconds=time.perf_counter() - t0))
-            log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
+            step, record = self._epoch(pi, epoch, net, opt, step, stop)
+            if stop.update(record["score"], trained_scores(phase, record["val_acc"])):
+                best = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if stop.patience else None
+            self.log(record)
             end_of_epoch = self._probe(self.probes.on_epoch, phase, pi, epoch + 1)
             if end_of_epoch is not None:
                 end_of_epoch(step)
             faults.point("epoch")
             if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < phase.epochs:
-                self.save(pi, epoch + 1, step, opt, best, best_score, bad, end=False)
+                self.save(pi, epoch + 1, step, opt, best, stop, end=False)
         if best is not None:
             self.model.load_state_dict(best)
-        self.save(pi, phase.epochs, step, None, None, best_score, bad, end=True)
+        self.save(pi, phase.epochs, step, None, None, stop, end=True)
+
+    def _phase_state(self, phase: Phase, opt, resume) -> tuple[int, int, dict | None, Stopper]:
+        """Where a phase starts: epoch, step, best weights so far and the stopping state (fresh, or resumed)."""
+        if resume is None:
+            return 0, 0, None, Stopper.for_phase(phase.options)
+        tensors, meta = resume
+        ckpt.restore_optimizer(opt, tensors, meta["optimizer"])
+        best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")} or None
+        return meta["epochs_done"], meta["step"], best, Stopper.from_state(meta["stopper"])
+
+    def _epoch(self, pi: int, epoch: int, net, opt, step: int, stop: Stopper) -> tuple[int, dict]:
+        """One training epoch and its validation pass; returns the step count and the epoch's metrics record."""
+        phase, cfg = self.phases[pi], self.cfg
+        self.data.train.set_epoch_seed(seed_epoch(cfg.seed_data_order, pi, epoch, self.info.rank))
+        set_modes(self.model, phase)
+        t0 = time.perf_counter()
+        where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
+        stats, step = train_epoch(
+            net, phase, self.data.train, opt, step=step, total_steps=phase.steps or phase.epochs * len(self.data.train),
+            amp=cfg.amp, where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"), info=self.info,
+            on_step=self._probe(self.probes.on_step, phase, pi, epoch),
+            warmup_steps=round(phase.options.warmup_epochs * len(self.data.train)),
+            max_steps=phase.steps - step if phase.steps else None, lr_scale=stop.lr_scale)
+        accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
+        samples = stats.samples * self.info.world
+        log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
+        return step, dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step, train_loss=stats.loss,
+                          train_exit_losses=stats.exit_losses, val_acc=accs, score=phase_score(phase, accs),
+                          samples=samples, train_flops=samples * self.flops_per_sample[phase.kind],
+                          lr_scale=stop.lr_scale, seconds=time.perf_counter() - t0)
 
     def _probe(self, fns: list, phase: Phase, pi: int, epoch: int):
         """The step probe point: calls every function in ``fns`` (rank 0 only), or None when there are none."""
@@ -425,5 +430,5 @@ def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple
     path, tensors, meta = phase1_from
     ckpt.load_state(run.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     status["phase1_from"] = str(path.resolve())
-    run.save(0, run.phases[0].epochs, 0, None, None, meta["best_score"], 0, end=True)
+    run.save(0, run.phases[0].epochs, 0, None, None, Stopper.from_state(meta["stopper"]), end=True)
     return 1, None

@@ -32,13 +32,17 @@ def test_grid_shares_phase1_and_tables_match_the_evaluations(compared):
     assert by["disjoint"]["phase1_from"] == [shared] and by["mixed"]["phase1_from"] == [shared]
     assert by["joint"]["phase1_from"] == [None]
     md = (out / "tables" / "paper.md").read_text().splitlines()
-    assert md[0] == "| regime | acc@25% | acc@50% | acc@75% | acc@100% | final exit | AUC |"
+    assert md[0] == ("| regime | acc@25% | acc@50% | acc@75% | acc@100% | final exit | AUC | train PFLOPs | "
+                     "train min |")
+    assert "n = 1 seed." in md[-1] and "chosen on the validation split" in md[-1] and "epochs" in md[-1]
     for line, regime in zip(md[2:], ["joint", "disjoint", "mixed"]):
         ev = json.loads((out / "seed0" / regime / "eval.json").read_text())
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == regime
         assert cells[5] == f"{100 * ev['final_accuracy']:.2f} ± 0.00"
         assert cells[6] == f"{100 * ev['auc']:.2f} ± 0.00"
+        status = json.loads((out / "seed0" / regime / "run.json").read_text())
+        assert cells[7] == f"{status['compute']['train_flops'] * 1e-15:.3f} ± 0.000"
     for ext in ("md", "csv", "tex"):
         assert (out / "tables" / f"exits.{ext}").read_text().count("mixed") == 1
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
@@ -78,3 +82,18 @@ def test_variants_get_their_own_runs(tmp_path):
     jobs = {j.name: j for j in plan(cc, tmp_path / "out")}
     assert jobs["seed0/mixed-sdn-weights"].cfg.phase2.loss_weights == "sdn"
     assert jobs["seed0/joint-wide"].cfg.model.exits == [1]
+
+
+def test_regime_overrides_change_one_regime_and_keep_phase1_shared(tmp_path):
+    over = {"joint": {"phase2.lr": 0.1}, "mixed": {"phase2.lr": 0.01}}
+    cc = load_compare_config(write_config(tmp_path / "o.yaml", regime_overrides=over))
+    from exitlab.compare.run import plan
+
+    jobs = {j.name: j for j in plan(cc, tmp_path / "out")}
+    assert jobs["seed0/joint"].cfg.phase2.lr == 0.1 and jobs["seed0/mixed"].cfg.phase2.lr == 0.01
+    assert jobs["seed0/disjoint"].cfg.phase2.lr == 0.02  # the base
+    assert jobs["seed0/mixed"].after == jobs["seed0/disjoint"].after == "seed0/phase1"  # phase 1 is unchanged
+    with pytest.raises(ConfigError, match=r"regime_overrides: 'mixd' is not one of the regimes"):
+        load_compare_config(write_config(tmp_path / "bad.yaml", regime_overrides={"mixd": {"phase2.lr": 0.1}}))
+    with pytest.raises(ConfigError, match=r"regime_overrides: 'joint': phase2.lr must be > 0"):
+        load_compare_config(write_config(tmp_path / "bad2.yaml", regime_overrides={"joint": {"phase2.lr": 0}}))

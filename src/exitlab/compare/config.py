@@ -40,6 +40,7 @@ class CompareConfig:
     policy: str = "confidence"  # exit policy for the tables and curves
     distribution_budget: float = 0.5  # budget (fraction of backbone FLOPs) at which the exit distribution is drawn
     analyses: list[str] = field(default_factory=list)  # analysis plots to add: gradients, rank, mi, landscape, ...
+    regime_overrides: dict = field(default_factory=dict)  # per regime, {dotted.key: value}: e.g. phase2.lr for joint
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -63,6 +64,16 @@ class CompareConfig:
             raise ConfigError(f"analyses: unknown analysis {bad[0]!r}; choose from {', '.join(ANALYSES)}")
         for variant in self.variant_overrides():  # unknown variants and bad override keys fail here
             self.run_config(variant)
+        labels = [r if isinstance(r, str) else "phases" + "".join(map(str, r)) for r in self.regimes]
+        for regime, changes in self.regime_overrides.items():
+            if regime not in labels:
+                raise ConfigError(f"regime_overrides: {regime!r} is not one of the regimes {labels}")
+            if not isinstance(changes, dict):
+                raise ConfigError(f"regime_overrides: {regime!r} must map dotted config keys to values")
+            try:
+                from_dict(RunConfig, apply_overrides(to_dict(self.base), self.overrides_for(regime)))
+            except ConfigError as e:
+                raise ConfigError(f"regime_overrides: {regime!r}: {e}") from None
 
     def variant_overrides(self) -> dict[str, dict]:
         """Variant name -> overrides; the empty name is the base config itself (when no variants are listed)."""
@@ -90,6 +101,11 @@ class CompareConfig:
             return from_dict(RunConfig, apply_overrides(to_dict(self.base), overrides))
         except ConfigError as e:
             raise ConfigError(f"variants: {variant!r}: {e}") from None
+
+    def overrides_for(self, regime_label: str) -> list[str]:
+        """A regime's overrides as ``--set`` strings."""
+        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for k, v in self.regime_overrides.get(regime_label, {}).items()]
 
     def signature_dict(self) -> dict:
         """What decides the results (not how many processes ran them)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..checkpoint import atomic_write
 from ..errors import ExitlabError
 from ..rundir import read_json
-from .tables import BUDGET_COLS, exit_table, mean_std, paper_table
+from .tables import BUDGET_COLS, caption, cell_text, exit_table, paper_table
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -26,8 +26,7 @@ document.body.setAttribute('data-images',ok+'/'+im.length);});"""
 
 def _table_html(header: list[str], body: list[list]) -> str:
     def cell(v):
-        ms = mean_std(v)
-        return "n/a" if ms is None else f"{ms[0]:.2f} &plusmn; {ms[1]:.2f}"
+        return html.escape(cell_text(v)).replace("±", "&plusmn;")
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     rows = "".join("<tr><td>" + html.escape(r[0]) + "</td>" + "".join(f"<td>{cell(v)}</td>" for v in r[1:]) + "</tr>"
@@ -94,9 +93,11 @@ def _page(d: Path, summary: dict) -> str:
         f"seeds {seeds}, {summary['samples']} test samples, policy <b>{html.escape(summary['policy'])}</b>. "
         f"All numbers are measured; accuracy in %, mean &plusmn; sample std over seeds.</p>",
         "<h2>Accuracy at a fraction of the backbone's FLOPs</h2>", _table_html(*paper_table(summary)),
-        f"<p class='note'>Columns acc@{'/'.join(BUDGET_COLS)}%: accuracy interpolated on the Pareto frontier of the "
-        "threshold sweep at that mean cost; n/a = some seed cannot spend that little. AUC = mean frontier accuracy "
-        "over budgets in [0, 100%].</p>",
+        f"<p class='note'>{html.escape(caption(summary))} Columns acc@{'/'.join(BUDGET_COLS)}%: test accuracy at that "
+        "mean cost, with the operating point (one threshold, or a mix of two neighbouring ones) chosen on the "
+        "validation split; n/a = on some seed validation cannot spend that little. AUC = mean of that accuracy over "
+        "budgets in [0, 100%]. train PFLOPs: measured training compute of the run, forward and backward, a shared "
+        "phase 1 included. The test split's own frontier (optimistic) is in summary.json under test_frontier.</p>",
         "<h2>Per-exit accuracy</h2>", _table_html(*exit_table(summary)),
         "<h2>Plots</h2>", figures,
         *(["<h2>Analyses</h2>", analysis_html] if analysis_html else []),

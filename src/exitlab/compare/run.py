@@ -30,7 +30,8 @@ def plan(cc: CompareConfig, out: Path) -> list[Job]:
     jobs: list[Job] = []
     for variant in cc.variant_overrides():
         cfg = dataclasses.replace(cc.run_config(variant), threads=cc.threads, progress=False)
-        jobs += plan_grid(cfg, cc.regimes, cc.seeds, out, variant)
+        overrides = {label: cc.overrides_for(label) for label in cc.regime_overrides}
+        jobs += plan_grid(cfg, cc.regimes, cc.seeds, out, variant, overrides)
     return jobs
 
 
@@ -105,11 +106,18 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
     table = []
     for label, regime, variant in rows(cc):
         seeds = [evals[run_dir(out, s, regime, variant)] for s in cc.seeds]
+        compute = [read_status(run_dir(out, s, regime, variant)).get("compute", {}) for s in cc.seeds]
         table.append({
             "row": label, "regime": regime, "variant": variant, "seeds": cc.seeds,
             "budget": {b: [e["budget_table"][b] for e in seeds] for b in seeds[0]["budget_table"]},
             "final": [e["final_accuracy"] for e in seeds],
             "auc": [e["auc"] for e in seeds],
+            "test_frontier": {"budget": {b: [e["test_frontier"]["budget_table"][b] for e in seeds]
+                                         for b in seeds[0]["budget_table"]},
+                              "auc": [e["test_frontier"]["auc"] for e in seeds]},
+            "train_flops": [c.get("train_flops") for c in compute],
+            "train_seconds": [c.get("seconds") for c in compute],
+            "compute": compute,
             "exit_accuracy": [[x["accuracy"] for x in e["exits"]] for e in seeds],
             "exit_fraction_flops": [x["fraction"] for x in seeds[0]["exits"]],
             "curves": [_curve(e, cc.policy) for e in seeds],
@@ -117,5 +125,6 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],
             "phase1_from": [read_status(run_dir(out, s, regime, variant)).get("phase1_from") for s in cc.seeds],
         })
+    matched = "flops" if cc.base.budget_flops else "epochs" if cc.base.budget else "none"
     return {"config": dataclasses.asdict(cc), "policy": cc.policy, "distribution_budget": cc.distribution_budget,
-            "rows": table, "samples": next(iter(evals.values()))["samples"]}
+            "rows": table, "samples": next(iter(evals.values()))["samples"], "budget_matched": matched}

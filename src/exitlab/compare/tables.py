@@ -5,34 +5,66 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 BUDGET_COLS = ("25", "50", "75", "100")
 
 
-def mean_std(values: list) -> tuple[float, float] | None:
-    """Mean and sample std (0 for one seed) in percent; None when any seed could not reach the budget."""
+@dataclass
+class Values:
+    """One table cell: the per-seed values of a number, shown as mean ± std after multiplying by ``scale``."""
+
+    values: list
+    scale: float = 1.0
+    digits: int = 2
+
+
+def _as_values(v) -> Values:
+    return v if isinstance(v, Values) else Values(v, 100.0)  # a plain list is an accuracy: shown in percent
+
+
+def mean_std(values: list, scale: float = 100.0) -> tuple[float, float] | None:
+    """Mean and sample std (0 for one seed), times ``scale`` (percent by default); None when any seed has no
+    value (it could not reach the budget)."""
     if not values or any(v is None for v in values):
         return None
     n = len(values)
     m = sum(values) / n
     s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return 100 * m, 100 * s
+    return scale * m, scale * s
 
 
-def _cell(values: list, latex: bool = False) -> str:
-    ms = mean_std(values)
+def cell_text(v, latex: bool = False) -> str:
+    v = _as_values(v)
+    ms = mean_std(v.values, v.scale)
     if ms is None:
         return "--" if latex else "n/a"
-    return f"{ms[0]:.2f} $\\pm$ {ms[1]:.2f}" if latex else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+    pm = " $\\pm$ " if latex else " ± "
+    return f"{ms[0]:.{v.digits}f}{pm}{ms[1]:.{v.digits}f}"
+
+
+_cell = cell_text
 
 
 def paper_table(summary: dict) -> tuple[list[str], list[list]]:
-    """Rows = regime (and variant); columns = accuracy at 25/50/75/100% of backbone FLOPs, final exit, AUC."""
-    header = ["regime"] + [f"acc@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC"]
-    body = [[r["row"], *[r["budget"].get(b, [None]) for b in BUDGET_COLS], r["final"], r["auc"]]
+    """Rows = regime (and variant); columns = accuracy at 25/50/75/100% of backbone FLOPs (operating points chosen
+    on validation), final exit, AUC, and the measured training compute (PFLOPs) and time (minutes) per run."""
+    header = ["regime"] + [f"acc@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC", "train PFLOPs", "train min"]
+    body = [[r["row"], *[r["budget"].get(b, [None]) for b in BUDGET_COLS], r["final"], r["auc"],
+             Values(r.get("train_flops", [None]), 1e-15, 3), Values(r.get("train_seconds", [None]), 1 / 60, 1)]
             for r in summary["rows"]]
     return header, body
+
+
+def caption(summary: dict) -> str:
+    """What every table shows: the seeds behind each mean, how budgets were chosen, which budget was matched."""
+    n = len(summary["config"]["seeds"])
+    matched = summary.get("budget_matched", "epochs")
+    what = {"flops": "training FLOPs (compute-matched)", "epochs": "epochs (not compute: phase 3 steps are cheaper)",
+            "none": "nothing (each phase ran its own epochs or early stopping)"}.get(matched, matched)
+    return (f"Mean ± sample std over n = {n} seed{'s' if n != 1 else ''}. Accuracy at a budget: the operating point "
+            f"chosen on the validation split, reported on test. Budget matched across regimes: {what}.")
 
 
 def exit_table(summary: dict) -> tuple[list[str], list[list]]:
@@ -47,7 +79,7 @@ def exit_table(summary: dict) -> tuple[list[str], list[list]]:
 
 def markdown(header: list[str], body: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([row[0], *map(_cell, row[1:])]) + " |" for row in body]
+    lines += ["| " + " | ".join([row[0], *map(cell_text, row[1:])]) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
@@ -55,7 +87,7 @@ def latex(header: list[str], body: list[list]) -> str:
     esc = lambda s: s.replace("%", "\\%").replace("_", "\\_")  # noqa: E731
     lines = ["\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule",
              " & ".join(map(esc, header)) + " \\\\", "\\midrule"]
-    lines += [" & ".join([esc(row[0]), *(_cell(v, latex=True) for v in row[1:])]) + " \\\\" for row in body]
+    lines += [" & ".join([esc(row[0]), *(cell_text(v, latex=True) for v in row[1:])]) + " \\\\" for row in body]
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
 
@@ -66,8 +98,8 @@ def csv_text(header: list[str], body: list[list]) -> str:
     w.writerow([header[0]] + [f"{h} {s}" for h in header[1:] for s in ("mean", "std")])
     for row in body:
         cells = []
-        for v in row[1:]:
-            ms = mean_std(v)
+        for v in map(_as_values, row[1:]):
+            ms = mean_std(v.values, v.scale)
             cells += ["", ""] if ms is None else [f"{ms[0]:.4f}", f"{ms[1]:.4f}"]
         w.writerow([row[0], *cells])
     return buf.getvalue()
@@ -78,7 +110,7 @@ def write_tables(summary: dict, directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     texts = {}
     for name, (header, body) in (("paper", paper_table(summary)), ("exits", exit_table(summary))):
-        texts[name] = markdown(header, body)
+        texts[name] = markdown(header, body) + "\n" + caption(summary) + "\n"
         (directory / f"{name}.md").write_text(texts[name])
         (directory / f"{name}.csv").write_text(csv_text(header, body))
         (directory / f"{name}.tex").write_text(latex(header, body))

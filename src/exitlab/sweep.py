@@ -309,5 +309,6 @@ def budgeted_batch(val_scores, val_preds, val_labels, test_scores, test_preds, t
     t = geometric_thresholds(val_scores, p, exit_when)
     v_acc, v_cost, _ = run(val_scores, val_preds, val_labels, t)
     acc, cost, counts = run(test_scores, test_preds, test_labels, t)
-    return {"p": p, "thresholds": [x if math.isfinite(x) else None for x in t.tolist()], "val_accuracy": v_acc, "val_fraction": v_cost,
-            "accuracy": acc, "fraction": cost, "exit_counts": counts}
+    finite = [x if math.isfinite(x) else None for x in t.tolist()]  # JSON has no infinity
+    return {"p": p, "thresholds": finite, "val_accuracy": v_acc, "val_fraction": v_cost, "accuracy": acc,
+            "fraction": cost, "exit_counts": counts}

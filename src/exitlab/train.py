@@ -92,8 +92,8 @@ def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, 
     """The run's data (see :func:`exitlab.data.build_run_data`): the data set ``cfg.data`` names, or ``source``.
     Under DDP every rank takes its slice of each global batch."""
     check_batch(cfg.data.batch_size, info)
-    return build_run_data(cfg.data, cfg.seed_split, device, shard=(info.rank, info.world), channels_last=cfg.channels_last,
-                          source=source)
+    return build_run_data(cfg.data, cfg.seed_split, device, shard=(info.rank, info.world),
+                          channels_last=cfg.channels_last, source=source)
 
 
 def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:

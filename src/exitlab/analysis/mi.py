@@ -55,7 +55,7 @@ def se(terms: torch.Tensor) -> float:
 
 
 def _log2_freq(x: torch.Tensor) -> torch.Tensor:
-    """``log2 p(x_i)`` of each sample under the empirical distribution of ``x`` ``[N]`` (or of the rows of ``[N, D]``)."""
+    """``log2 p(x_i)`` of each sample under the empirical distribution of ``x`` ``[N]`` (or of rows ``[N, D]``)."""
     x = x.reshape(len(x), -1)
     if x.shape[1] > 1:  # rows: one symbol each
         x = torch.unique(x, dim=0, return_inverse=True)[1]

@@ -123,7 +123,8 @@ def spectrum_stats(s: torch.Tensor, tau: float = 1e-3, convention: str = DEFAULT
 
 def matrix_rank_stats(a: torch.Tensor, *, tau: float = 1e-3, convention: str = DEFAULT_CONVENTION,
                       center: bool = True, method: str = "auto") -> dict:
-    """Rank statistics and the normalised spectrum of one ``[N, D]`` matrix (columns centred unless ``center=False``)."""
+    """Rank statistics and the normalised spectrum of one ``[N, D]`` matrix (columns centred unless ``center``
+    is False)."""
     if a.dim() != 2:
         raise ExitlabError(f"rank needs an N x D matrix, got shape {tuple(a.shape)}")
     if not 0 < tau < 1:

@@ -7,8 +7,9 @@ imported only here, when asked for.
 
 from __future__ import annotations
 
+import difflib
 import importlib
-import re
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .adapter import HookedBackbone, from_module
-from .core import MultiExitModel
+from .core import MultiExitModel, eval_mode
 from .placement import nearest_distinct
 
+log = logging.getLogger("exitlab")
 STAGE_LISTS = ("layers", "blocks", "stages", "features", "encoder.layers", "encoder.layer", "layer")  # in this order
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -56,9 +58,13 @@ def call_factory(path: str, kwargs: dict) -> nn.Module:
 
 
 def tap_candidates(module: nn.Module) -> list[str]:
-    """The natural exit points of a network: its stage or block list (the children of the first of
-    ``layers``, ``blocks``, ``stages``, ``features``, ``encoder.layers`` it has), or ResNet-style ``layer1..4``."""
+    """The natural exit points of a network, in call order: the modules timm's ``feature_info`` names, else its
+    stage or block list (the children of the first of ``layers``, ``blocks``, ``stages``, ``features``,
+    ``encoder.layers`` it has), or ResNet-style ``layer1..4``."""
     names = dict(module.named_modules())
+    listed = feature_modules(module, names)
+    if len(listed) > 1:
+        return listed
     if all(n in names for n in RESNET_STAGES):
         return list(RESNET_STAGES)
     for prefix in STAGE_LISTS:
@@ -67,6 +73,16 @@ def tap_candidates(module: nn.Module) -> list[str]:
             return [f"{prefix}.{k}" for k, _ in seq.named_children()]
     raise ConfigError(f"{type(module).__name__} has no stage list exitlab recognises ({', '.join(STAGE_LISTS)}); "
                       "name the modules to exit after, e.g. exits=['features.3', 'features.6']")
+
+
+def feature_modules(module: nn.Module, names: dict[str, nn.Module]) -> list[str]:
+    """The module names of timm's ``feature_info`` (a list of ``{module, num_chs, reduction}``), when every one
+    of them is a submodule; else ``[]``."""
+    info = getattr(module, "feature_info", None)
+    if not isinstance(info, list) or not all(isinstance(d, dict) and "module" in d for d in info):
+        return []
+    listed = [d["module"] for d in info]
+    return listed if all(n in names for n in listed) else []
 
 
 def choose_taps(module: nn.Module, exits, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
@@ -100,25 +116,60 @@ def choose_taps(module: nn.Module, exits, input_shape: tuple[int, ...], num_clas
     return [places[i] for i in nearest_distinct(cum[:-1], targets)]
 
 
-def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (safetensors, or a torch file read with ``weights_only=True``) into ``module``."""
+def load_weights(module: nn.Module, path: str | Path, num_classes: int) -> None:
+    """Load a local state dict (safetensors, or a torch file read with ``weights_only=True``) into ``module``.
+
+    Every tensor must fit by name and shape, except the classifier's: weights trained for another number of
+    classes load into everything else, and the classifier keeps its fresh initialisation."""
     p = Path(path).expanduser()
+    state = read_state(p)
+    own = module.state_dict()
+    head = classifier_name(module, num_classes)
+    in_head = (lambda k: k.startswith(f"{head}.")) if head else (lambda k: False)
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not in_head(k)]
+    resized = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    resized_body = [k for k in resized if not in_head(k)]
+    bad = missing + resized_body + unexpected
+    if bad:
+        raise ConfigError(f"model.pretrained {p} does not fit this {type(module).__name__}: {len(missing)} of its "
+                          f"tensors missing, {len(resized_body)} of another shape, {len(unexpected)} unknown (e.g. "
+                          f"{bad[0]!r}); give weights of the same architecture")
+    kept = [k for k in own if in_head(k) and (k in resized or k not in state)]
+    if kept:
+        log.info("model.pretrained: the classifier %r keeps its fresh weights (%s)", head, ", ".join(kept))
+    module.load_state_dict({k: v for k, v in state.items() if k not in resized}, strict=False)
+
+
+def read_state(p: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a torch file (``weights_only``; a ``state_dict`` entry unwrapped)."""
     if not p.is_file():
         raise ConfigError(f"model.pretrained {p} not found; give a local .safetensors or .pth file of the weights")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(p))
-    else:
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for unreadable files
-            raise ConfigError(f"model.pretrained {p} is not a readable weights file ({type(e).__name__})") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
-        module.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise ConfigError(f"model.pretrained {p} does not fit this model ({str(e).splitlines()[0]})") from None
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise several types for unreadable files
+        raise ConfigError(f"model.pretrained {p} is not a readable weights file ({type(e).__name__})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.pretrained {p} holds no state dict (a mapping of names to tensors)")
+    return state
+
+
+def classifier_name(module: nn.Module, num_classes: int) -> str | None:
+    """The classifier's module name: timm's ``get_classifier()``, else the last Linear with ``num_classes`` outputs
+    (torchvision's ``fc``, ``classifier.N``, ``heads.head``)."""
+    get = getattr(module, "get_classifier", None)
+    target = get() if callable(get) else None
+    found = None
+    for name, m in module.named_modules():
+        if m is target or (target is None and isinstance(m, nn.Linear) and m.out_features == num_classes):
+            found = name
+    return found or None
 
 
 def _import(extra: str, module: str):
@@ -130,29 +181,76 @@ def _import(extra: str, module: str):
 
 
 def build_timm(name: str, num_classes: int, kwargs: dict, pretrained) -> tuple[nn.Module, tuple[int, ...]]:
-    """A timm model with ``num_classes`` outputs, and its default input shape."""
+    """A timm model with ``num_classes`` outputs, and its input shape (``in_chans``/``img_size`` when given)."""
     timm = _import("timm", "timm")
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{re.sub(r'[^a-z0-9]', '', name.lower())[:6]}*")[:5]
-        raise ConfigError(f"timm has no model {name!r}" + (f"; close names: {', '.join(close)}" if close else ""))
-    model = timm.create_model(name, num_classes=num_classes, pretrained=pretrained is True, **kwargs)
+    if not timm.is_model(name):
+        raise ConfigError(f"timm has no model {name!r}{close_names(name, timm.list_models())}; see timm.list_models()")
+    try:
+        model = timm.create_model(name, num_classes=num_classes, pretrained=pretrained is True, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"timm model {name!r} with {kwargs}: {e}") from None
+    except OSError as e:  # pretrained=True and the weights are neither in timm's cache nor reachable
+        raise ConfigError(f"timm model {name!r}: cannot load its pretrained weights ({type(e).__name__}); offline, "
+                          "give a local weights file: pretrained=/path/to/weights.safetensors") from None
     if isinstance(pretrained, str):
-        load_weights(model, pretrained)
-    shape = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
-    return model, shape
+        load_weights(model, pretrained, num_classes)
+    cfg = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    return model, sized(cfg, kwargs.get("in_chans"), kwargs.get("img_size"))
 
 
 def build_torchvision(name: str, num_classes: int, kwargs: dict, pretrained) -> tuple[nn.Module, tuple[int, ...]]:
-    """A torchvision model with ``num_classes`` outputs (weights from a local file only), and its input shape."""
+    """A torchvision model with ``num_classes`` outputs (weights from a local file only), and its input shape
+    (``image_size`` when given)."""
     models = _import("torchvision", "torchvision.models")
     if name not in models.list_models():
-        raise ConfigError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
-    model = models.get_model(name, num_classes=num_classes, weights=None, **kwargs)
+        raise ConfigError(f"torchvision has no model {name!r}{close_names(name, models.list_models())}; see "
+                          "torchvision.models.list_models()")
     if pretrained is True:
         raise ConfigError("model.pretrained: true downloads torchvision weights; give a local file path instead")
+    try:
+        model = models.get_model(name, num_classes=num_classes, weights=None, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"torchvision model {name!r} with {kwargs}: {e}") from None
     if isinstance(pretrained, str):
-        load_weights(model, pretrained)
-    return model, (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
+        load_weights(model, pretrained, num_classes)
+    return model, sized((3, 299, 299) if name == "inception_v3" else (3, 224, 224), None, kwargs.get("image_size"))
+
+
+def close_names(name: str, names: list[str]) -> str:
+    """``"; close names: a, b"`` for the registered names nearest ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    return f"; close names: {', '.join(close)}" if close else ""
+
+
+def sized(shape: tuple[int, ...], chans, size) -> tuple[int, ...]:
+    """``shape`` (C, H, W) with the channels and image size a model was built with, where given."""
+    c, h, w = shape
+    if isinstance(size, int):
+        h = w = size
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        h, w = size
+    return (chans or c, h, w)
+
+
+def check_layout(model: MultiExitModel, source: str) -> None:
+    """Refuse channels-last maps: a tapped ``[B, H, W, C]`` output (Swin's stages) would be read as ``[B, C, H, W]``.
+    On a square input, a channels-first map is square; ``[B, H, W, C]`` shows as H == W != C."""
+    backbone = model.backbone
+    if len(backbone.input_shape) != 3 or backbone.input_shape[1] != backbone.input_shape[2]:
+        return
+    shapes: dict[int, tuple[int, ...]] = {}
+
+    def record(i: int, t: torch.Tensor) -> torch.Tensor:
+        shapes[i] = tuple(t.shape)
+        return t
+
+    with torch.no_grad(), eval_mode(backbone):
+        backbone.run(torch.zeros(1, *backbone.input_shape), set(range(len(backbone.tap_names))), record)
+    for i, s in sorted(shapes.items()):
+        if len(s) == 4 and s[1] == s[2] != s[3]:
+            raise ConfigError(f"{source}: exit after {backbone.tap_names[i]!r} gives a channels-last map {list(s)} "
+                              "([B, H, W, C]); exitlab's heads read [B, C, H, W] maps, so this model's stages cannot "
+                              "take exits yet (see docs/models.md)")
 
 
 def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled", head_kwargs: dict | None = None,
@@ -168,12 +266,21 @@ def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled",
     else:
         module, shape = call_factory(source, kwargs), None
         if isinstance(pretrained, str):
-            load_weights(module, pretrained)
+            load_weights(module, pretrained, num_classes)
     shape = tuple(input_shape or shape or ())
     if not shape:
         raise ConfigError(f"{source}: give the input shape of one sample, e.g. input_shape=(3, 32, 32)")
-    taps = choose_taps(module, exits, shape, num_classes)
-    model = from_module(module, taps, num_classes=num_classes, input_shape=shape, head=head, head_kwargs=head_kwargs)
+    try:
+        taps = choose_taps(module, exits, shape, num_classes)
+        model = from_module(module, taps, num_classes=num_classes, input_shape=shape, head=head,
+                            head_kwargs=head_kwargs)
+    except (RuntimeError, AssertionError, ValueError) as e:  # the model's own forward refused the dry run
+        first = (str(e).splitlines() or [""])[0]
+        raise ConfigError(f"{source}: a dry run on one sample of shape {list(shape)} failed ({type(e).__name__}: "
+                          f"{first}); give the input shape the model was built for, or build it for yours (timm: "
+                          "img_size=..., torchvision ViTs: image_size=...)") from None
+    if kind in ("timm", "torchvision"):
+        check_layout(model, source)
     model.spec.update(adapter=kind if kind in ("timm", "torchvision") else "module", source=source,
                       factory=source if kind not in ("timm", "torchvision") else None, factory_kwargs=kwargs)
     return model

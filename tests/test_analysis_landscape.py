@@ -103,3 +103,23 @@ def test_landscape_bad_input():
         grid_coords(1, 1.0)
     with pytest.raises(ExitlabError, match="needs batches"):
         landscape_1d(model, _batches(), steps=3, bn="reestimate")
+
+
+def test_landscape_figure_shares_colour_levels_and_labels_the_direction_axes():
+    from exitlab.analysis.plots import draw
+
+    model = _trained_ish_model()
+    a = landscape_2d(model, _batches(), steps=3, span=0.5)
+    b = landscape_2d(model, _batches(), steps=3, span=0.5, seed=1)
+    b["objective"] = [[v * 3 for v in row] for row in b["objective"]]  # a panel with another range of values
+    fig = draw({"analysis": "landscape", "runs": [{"label": "a", **a}, {"label": "b", **b}]})
+    sets = [c.levels.tolist() for ax in fig.axes for c in ax.collections if getattr(c, "filled", False)]
+    assert len(sets) == 2 * 4 and all(s == sets[0] for s in sets)  # 3 exits + objective per run, one scale
+    lo, hi = sets[0][0], sets[0][-1]
+    for run in (a, b):
+        for z in [*run["loss"], run["objective"]]:
+            vals = torch.tensor(z).log()
+            assert lo <= float(vals.min()) + 1e-9 and float(vals.max()) <= hi + 1e-9
+    labels = {ax.get_xlabel() for ax in fig.axes} | {ax.get_ylabel() for ax in fig.axes}
+    assert "alpha along d1" in labels and "beta along d2" in labels
+    assert "filter-normalised" in fig.get_suptitle()

@@ -7,6 +7,7 @@ and restores the model's modes, ``requires_grad`` flags, parameters and buffers 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Iterator
@@ -17,11 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_state, load_tensors
 from ..config import RunConfig
 from ..data import RunData
 from ..errors import ExitlabError
 from ..models.core import BlocksBackbone, MultiExitModel
-from ..rundir import RunDir
+from ..phases import regime_label
+from ..planning import model_from_config
+from ..rundir import RunDir, checkpoints
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -31,27 +35,72 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class Run:
-    """A finished run directory, its model (on CPU, eval mode) and its data splits."""
+    """A run directory, its model (on CPU, eval mode: the final one, or an intermediate ``checkpoint``) and its data
+    splits."""
 
     path: Path
     model: MultiExitModel
     cfg: RunConfig
     data: RunData
+    checkpoint: Path | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
 
     @property
     def label(self) -> str:
-        """The regime when the run recorded one, else the directory name."""
+        """The regime (as recorded with the model, else from the config), with ``@<checkpoint>`` for a checkpoint."""
         regime = getattr(self.model, "info", {}).get("regime")
-        return str(regime) if isinstance(regime, str) else self.path.name
+        label = str(regime) if isinstance(regime, str) else regime_label(self.cfg.regime)
+        return label + (f"@{self.checkpoint.stem}" if self.checkpoint is not None else "")
 
 
-def load_run(path: str | Path | RunDir) -> Run:
-    """Load a finished run directory: its model and the data its config names (see :class:`RunDir`)."""
+def find_checkpoint(run: RunDir, name: str | Path) -> Path:
+    """A checkpoint of ``run`` by file name (with or without ``.safetensors``) or path."""
+    direct = Path(name)
+    if direct.is_file():
+        return direct
+    d = run / RunDir.CHECKPOINTS
+    for cand in (d / str(name), d / f"{name}.safetensors"):
+        if cand.is_file():
+            return cand
+    have = ", ".join(p.stem for p in checkpoints(run.path)) or "none"
+    raise ExitlabError(f"{run.path} has no checkpoint {str(name)!r} (it has: {have}); pass --checkpoint with one of "
+                       "those names, or a checkpoint file")
+
+
+def _checkpoint_model(run: RunDir, cfg: RunConfig, data: RunData, path: Path) -> MultiExitModel:
+    """The run's architecture (from model.json when the run finished, else from its config) with ``path``'s weights."""
+    if (run / RunDir.MODEL_INFO).is_file():
+        model = run.model()  # this RunDir is private to load_run: its cached model may take other weights
+    else:  # an unfinished run: build the architecture its config names (weights come from the checkpoint)
+        model = model_from_config(dataclasses.replace(cfg.model, pretrained=False), len(data.classes), data.shape)
+    tensors, _ = load_tensors(path)
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    return model.eval()
+
+
+def load_run(path: str | Path | RunDir, checkpoint: str | Path | None = None) -> Run:
+    """Load a run directory: its model and the data its config names (see :class:`RunDir`).
+
+    ``checkpoint``: an intermediate checkpoint (a name in ``RUN/checkpoints/`` or a path) to load instead of the final
+    model. ``path`` may itself be a checkpoint file inside a run's ``checkpoints/``."""
+    if not isinstance(path, RunDir) and Path(path).is_file():
+        file = Path(path)
+        if file.parent.name != RunDir.CHECKPOINTS:
+            raise ExitlabError(f"{file} is not a run directory or a checkpoint in one (RUN/checkpoints/*.safetensors)")
+        path, checkpoint = file.parent.parent, file
     run = path if isinstance(path, RunDir) else RunDir(path)
     if not (run / RunDir.CONFIG).is_file():
         raise ExitlabError(f"{run.path} is not a run directory (no config.yaml); pass directories written by exitlab "
                            "train")
-    return Run(run.path, run.model(), run.config(), run.data())
+    cfg, data = run.config(), run.data()
+    if checkpoint is None:
+        return Run(run.path, run.model(), cfg, data)
+    file = find_checkpoint(run, checkpoint)
+    model = _checkpoint_model(run, cfg, data, file)
+    return Run(run.path, model, cfg, data, checkpoint=file)
 
 
 def split_loader(run: Run, split: str):

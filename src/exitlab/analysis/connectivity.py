@@ -313,6 +313,7 @@ def connectivity(models: list[MultiExitModel], labels: list[str], batches: Batch
         raise ExitlabError(f"connectivity compares 2 or 3 regimes (several seeds each allowed), got {len(regimes)}: "
                            f"{', '.join(regimes)}")
     members = {r: [(s, m) for m, lab, s in zip(models, labels, seeds) if lab == r] for r in regimes}
+    compared = {r: list(v) for r, v in members.items()}  # regime pairs come from these; baselines from all
     for m, lab, s in extra:
         if lab not in members:
             raise ExitlabError(f"baseline run {_name(lab, s)} matches none of the compared regimes "
@@ -332,7 +333,7 @@ def connectivity(models: list[MultiExitModel], labels: list[str], batches: Batch
 
     for i, r1 in enumerate(regimes):
         for r2 in regimes[i + 1:]:
-            for a, b in _pairs(members, r1, r2):
+            for a, b in _pairs(compared, r1, r2):
                 connect(a, b, r1, r2, "pair")
     for r in regimes:
         for other in members[r][1:]:

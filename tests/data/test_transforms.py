@@ -106,6 +106,21 @@ def test_training_view_is_seeded_per_sample():
     assert len({x.numpy().tobytes() for x in views}) == 8  # different samples draw different crops
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**62), a=st.integers(-5, 5), span=st.integers(0, 10**6))
+def test_sample_generator_draws_stay_in_their_ranges(seed, a, span):
+    rng = sample_rng(seed, 3)
+    assert a <= rng.randint(a, a + span) <= a + span and 0 <= rng.random() < 1 and 2 <= rng.uniform(2, 3) <= 3
+
+
+def test_sample_generator_draws_are_uniform():
+    rng = sample_rng(0, 0)
+    u = [rng.random() for _ in range(20_000)]
+    assert abs(np.mean(u) - 0.5) < 0.01 and abs(np.var(u) - 1 / 12) < 0.003
+    counts = np.bincount([rng.randint(0, 6) for _ in range(7_000)], minlength=7)
+    assert counts.min() > 850 and counts.max() < 1150
+
+
 def test_sample_generators_depend_only_on_seed_and_index():
     first = {(s, i): sample_rng(s, i).random() for s in range(30) for i in range(300)}
     assert len(set(first.values())) == len(first)  # no two (seed, index) pairs share a stream

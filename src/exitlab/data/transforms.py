@@ -23,12 +23,42 @@ AUGMENTS = ("crop_flip", "imagenet")
 _MASK = (1 << 64) - 1
 
 
-def sample_rng(seed: int, index: int) -> random.Random:
-    """The generator of one sample in one pass: a splitmix64 hash of (epoch seed, sample index)."""
-    z = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) & _MASK
-    for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-        z = ((z ^ (z >> shift)) * mul) & _MASK
-    return random.Random(z ^ (z >> 31))
+def _mix(z: int) -> int:
+    """splitmix64's output function: a 64-bit integer hash."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+class SampleRng:
+    """A splitmix64 stream with the few ``random.Random`` methods the recipes use; seeding costs nothing (a
+    Mersenne Twister's seeding would cost about as much as the crop arithmetic of a sample)."""
+
+    def __init__(self, state: int):
+        self.state = state & _MASK
+
+    def _next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK
+        return _mix(self.state)
+
+    def random(self) -> float:
+        """Uniform in [0, 1), 53 bits."""
+        return (self._next() >> 11) * (1.0 / (1 << 53))
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+    def randint(self, a: int, b: int) -> int:
+        """Uniform integer in [a, b] (the modulo bias is below 2^-40 for any image size)."""
+        return a + self._next() % (b - a + 1)
+
+
+Rng = random.Random | SampleRng  # what the recipes draw from
+
+
+def sample_rng(seed: int, index: int) -> SampleRng:
+    """The generator of one sample in one pass, from (epoch seed, sample index) only."""
+    return SampleRng(_mix((seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) & _MASK))
 
 
 @dataclass(frozen=True)
@@ -49,7 +79,7 @@ class Recipe:
         return replace(self, train=False)
 
 
-def random_resized_box(w: int, h: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0),
+def random_resized_box(w: int, h: int, rng: Rng, scale: tuple[float, float] = (0.08, 1.0),
                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """(left, top, width, height) of a crop as torchvision's ``RandomResizedCrop.get_params``: ten tries at an area
     share in ``scale`` and a log-uniform aspect ratio in ``ratio``, then the central crop clamped to ``ratio``."""
@@ -83,7 +113,7 @@ def center_box(w: int, h: int, size: int, crop_fraction: float) -> tuple[float, 
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
 
-def _box(w: int, h: int, r: Recipe, rng: random.Random) -> tuple[float, float, float, float]:
+def _box(w: int, h: int, r: Recipe, rng: Rng) -> tuple[float, float, float, float]:
     """The source region that becomes the ``size`` x ``size`` output (crop_flip squashes the whole image)."""
     if r.augment != "imagenet":
         return 0, 0, w, h
@@ -93,7 +123,7 @@ def _box(w: int, h: int, r: Recipe, rng: random.Random) -> tuple[float, float, f
     return left, top, left + cw, top + ch
 
 
-def _finish(x: torch.Tensor, r: Recipe, rng: random.Random) -> torch.Tensor:
+def _finish(x: torch.Tensor, r: Recipe, rng: Rng) -> torch.Tensor:
     """Training draws after the resize: the padded crop (crop_flip) and the flip, on ``[C, size, size]``."""
     if not r.train:
         return x
@@ -119,7 +149,7 @@ def _draft(im, box: tuple[float, float, float, float], size: int) -> tuple[float
     return tuple(c / s for c in box)
 
 
-def pil_view(im, r: Recipe, rng: random.Random, *, draft: bool = False) -> torch.Tensor:
+def pil_view(im, r: Recipe, rng: Rng, *, draft: bool = False) -> torch.Tensor:
     """A PIL image through the recipe: one crop-and-resize by PIL (bilinear), then ``[C, size, size]`` uint8."""
     from PIL import Image
 
@@ -135,7 +165,7 @@ def pil_view(im, r: Recipe, rng: random.Random, *, draft: bool = False) -> torch
     return _finish(x, r, rng)
 
 
-def file_view(src: bytes | str | Path, r: Recipe, rng: random.Random, name: str = "") -> torch.Tensor:
+def file_view(src: bytes | str | Path, r: Recipe, rng: Rng, name: str = "") -> torch.Tensor:
     """An encoded image (a path or the file's bytes) decoded as RGB through the recipe; JPEGs decode at reduced
     scale when the output allows it. An unreadable file raises a DataError naming ``name``."""
     from PIL import Image, UnidentifiedImageError
@@ -157,7 +187,7 @@ def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def tensor_view(x: torch.Tensor, r: Recipe, rng: random.Random) -> torch.Tensor:
+def tensor_view(x: torch.Tensor, r: Recipe, rng: Rng) -> torch.Tensor:
     """A ``[C, H, W]`` tensor through the recipe, with torch ops: crop, resize, then the training draws."""
     _, h, w = x.shape
     if r.augment == "imagenet" and not r.train:
@@ -183,7 +213,7 @@ def channels_first(a: np.ndarray | torch.Tensor, layout: str = "auto") -> torch.
     return x.permute(2, 0, 1) if hwc else x
 
 
-def view(img, r: Recipe, rng: random.Random, name: str = "") -> torch.Tensor:
+def view(img, r: Recipe, rng: Rng, name: str = "") -> torch.Tensor:
     """Any supported image through the recipe: an encoded file (path or bytes), a PIL image, an array or a tensor."""
     if isinstance(img, (bytes, str, Path)):
         return file_view(img, r, rng, name)

@@ -43,8 +43,8 @@ class Skip(nn.Module):
         return self.out((self.mid(h) + h).mean((2, 3)))
 
 
-def make_net(num_classes: int = 7, width: int = 8) -> Net:
-    return Net(num_classes=num_classes, width=width)
+def make_net(num_classes: int = 7, width: int = 8, in_chans: int = 3) -> Net:
+    return Net(num_classes=num_classes, width=width, in_chans=in_chans)
 
 
 def make_skip() -> Skip:

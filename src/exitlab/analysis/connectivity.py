@@ -227,6 +227,8 @@ def plane(models: list[MultiExitModel], batches: Batches, bn_batches: Batches, *
     names = [k for k, _ in work.named_parameters()]
     pa, pb, pc = (_flat(s, names) for s in states)
     u, v = pb - pa, pc - pa
+    if float(u.norm()) == 0:
+        raise ExitlabError("the first two models of the plane have the same parameters; the plane is undefined")
     e1 = u / u.norm()
     v_perp = v - (v @ e1) * e1
     if float(v_perp.norm()) <= 1e-12 * float(u.norm()):

@@ -88,7 +88,7 @@ def _mark_exits(ax, exits: list[int]) -> None:
         ax.axvline(e, color="0.85", lw=0.8, zorder=0)
 
 
-def _draw_spectrum(ax, run: dict) -> None:
+def _draw_spectrum(ax, run: dict, grouped: bool) -> None:
     cmap = colormaps["viridis"]
     n = len(run["blocks"])
     for i, (b, idx, vals) in enumerate(zip(run["blocks"], run.get("spectrum_index", []), run.get("spectrum", []))):
@@ -98,7 +98,8 @@ def _draw_spectrum(ax, run: dict) -> None:
     ax.axhline(tau, color="0.3", ls=":", lw=0.8, label=f"tau = {tau:g} (singular)")
     ax.axhline(tau ** 0.5, color="0.3", ls="--", lw=0.8, label=f"sqrt(tau) = {tau ** 0.5:.3g} (covariance)")
     ax.set(xlabel="index i", ylabel="s_i / s_1", ylim=(max(1e-7, ax.get_ylim()[0]), 1.5))
-    ax.set_title(f"{run.get('label') or 'model'}: normalised singular values", fontsize=9)
+    who = f"{run.get('label') or 'model'}" + (f", spectrum of seed {run.get('seed')}" if grouped else "")
+    ax.set_title(f"{who}: normalised singular values", fontsize=9)
     ax.legend(fontsize=6, ncols=2)
 
 
@@ -121,15 +122,15 @@ def draw_rank(data: dict) -> Figure:
                 if other in run:
                     ax.plot(run["blocks"], arr(run[other]), ls="--", color=line.get_color(), lw=1, alpha=0.6)
     thresholds = {"covariance": "lambda_i > tau*lambda_1", "singular": "s_i > tau*s_1"}
-    titles = (f"numerical rank, {thresholds.get(conv, conv)} (tau={r0['tau']:g}); dashed: the other convention, "
-              "dotted: ceiling", "effective rank", "stable rank")
+    titles = (f"numerical rank, {conv}: {thresholds.get(conv, conv)}, tau={r0['tau']:g}\n"
+              "(dashed: the other convention; dotted: ceiling)", "effective rank", "stable rank")
     for ax, title in zip(axes[0], titles):
         _mark_exits(ax, r0.get("exits", []))
         ax.set_xlabel("block (grey: IC positions)")
         ax.set_title(title, fontsize=8)
     axes[0][0].legend(fontsize=8)
-    for ax, (run, _) in zip(axes[1], rows):
-        _draw_spectrum(ax, run)
+    for ax, (run, std) in zip(axes[1], rows):
+        _draw_spectrum(ax, run, std is not None)
     for ax in [*axes[0][3:], *axes[1][len(rows):]]:
         ax.set_axis_off()
     pooled = f", maps pooled to {r0['pool']}x{r0['pool']}" if r0.get("pool") else ", flattened"
@@ -176,20 +177,21 @@ def draw_mi(data: dict) -> Figure:
     """Information plane (KDE) and the estimators of I(Z;Y) and I(X;Z) against depth, one colour per run; error bars
     are standard errors (one run) or the std over seeds (a group); red rings mark saturated estimates."""
     rows = entries(data)
-    fig = Figure(figsize=(13, 4.0), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(15, 4.6), dpi=DPI, layout="constrained")
     plane, zy, xz = fig.subplots(1, 3)
     for run, std in rows:
         _mi_run(plane, zy, xz, run, std)
     r0 = rows[0][0]
     plane.set(xlabel="I(X;T) bits (KDE upper bound)", ylabel="I(T;Y) bits (KDE estimate, reads high)")
-    plane.set_title("information plane over depth (numbers: block; stars: exits' H(Yhat), I(Yhat;Y); red ring: "
-                    "saturated)", fontsize=8)
+    plane.set_title("information plane over depth (numbers: block; red ring: saturated)\nstars: exits' "
+                    "(H(Yhat), I(Yhat;Y))", fontsize=8)
     plane.legend(fontsize=7)
     zy.axhline(r0["h_y"], color="0.5", lw=0.8)
-    zy.set(xlabel="block", ylabel="bits", title="I(Z;Y): probe lower bound, KDE estimate, binning (x); grey H(Y)")
+    zy.set(xlabel="block", ylabel="bits", title="I(Z;Y): probe lower bound, KDE estimate, binning (x)\ngrey: H(Y); "
+           "red ring: binning saturated")
     xz.axhline(r0["log2_n"], color="0.5", lw=0.8)
     xz.set(xlabel="block", ylabel="bits",
-           title="I(X;Z): KDE bounds, binning (x); grey log2 N; red ring: saturated at log2 N")
+           title="I(X;Z): KDE upper and lower bounds, binning (x)\ngrey: log2 N; red ring: saturated at log2 N")
     for ax in (zy, xz):
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)

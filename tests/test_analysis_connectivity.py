@@ -100,7 +100,7 @@ def test_three_models_give_three_paths_and_a_plane_with_true_geometry():
     assert float(pos[2].norm()) == pytest.approx(float((flat[2] - flat[0]).norm()), rel=1e-9)
     assert float((pos[2] - pos[1]).norm()) == pytest.approx(float((flat[2] - flat[1]).norm()), rel=1e-9)
     assert torch.tensor(out["plane"]["loss"]).shape == (3, 3, 3)
-    assert out["notes"] and "permutation" in " ".join(out["notes"])
+    assert out["notes"] and "permutation" in " ".join(out["notes"]) and "no seed baseline" in out["notes"][-1]
 
 
 def test_seed_baselines_appear_next_to_the_regime_pairs():
@@ -118,6 +118,7 @@ def test_seed_baselines_appear_next_to_the_regime_pairs():
     assert pair["barrier_objective"]["mean"] == pytest.approx(sum(vals) / 2)
     assert pair["barrier_objective"]["std"] == pytest.approx(float(torch.tensor(vals).std()))
     assert summary[("baseline", "mixed", "mixed")]["barrier_objective"]["std"] is None  # one baseline: no spread
+    assert not any("no seed baseline" in n for n in out["notes"])
     with pytest.raises(ExitlabError, match="matches none of the compared regimes"):
         connectivity([j0, m0], ["joint", "mixed"], _batches(1), _batches(1), baselines=[(j2, "disjoint", 2)])
     json.dumps(out, allow_nan=False)

@@ -51,6 +51,10 @@ NOTES = [
 ]
 
 
+NO_BASELINE = ("this comparison has no seed baseline (no regime with two runs): its barriers have no same-regime scale "
+               "and cannot be put down to the regime")
+
+
 def check_same_architecture(models: list[MultiExitModel], names: list[str]) -> None:
     """Connectivity needs one architecture: the same spec (when recorded) and the same parameter names and shapes."""
     ref, ref_name = models[0], names[0]
@@ -344,7 +348,8 @@ def connectivity(models: list[MultiExitModel], labels: list[str], batches: Batch
            "regimes": regimes, "exits": exit_names(models[0]),
            "weights": _weights(models[0].num_exits, weights).tolist(),
            "samples": sum(len(y) for _, y in batches), "bn_samples": sum(len(y) for _, y in bn_batches),
-           "aligned": align, "paths": paths, "summary": summarise(paths), "notes": NOTES,
+           "aligned": align, "paths": paths, "summary": summarise(paths), "notes": NOTES + ([] if any(
+               p["role"] == "baseline" for p in paths) else [NO_BASELINE]),
            "bn": "every point, endpoints included: BatchNorm statistics re-estimated on the same bn_samples"}
     if len(regimes) == 3 and plane_steps:
         firsts = [members[r][0] for r in regimes]

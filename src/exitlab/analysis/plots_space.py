@@ -145,8 +145,10 @@ def draw_connectivity(data: dict) -> Figure:
         _summary_bars(axes[2], summary)
     if has_plane:
         _plane_panel(fig, axes[-1], data["plane"], data["runs"])
+    scale = "" if any(p.get("role") == "baseline" for p in data["paths"]) else \
+        "\nno seed baseline: a barrier here has no same-regime scale (give several seeds of a regime)"
     fig.suptitle(f"Mode connectivity ({data['samples']} samples; every point, endpoints included, with BatchNorm "
                  f"re-estimated on {data['bn_samples']} train samples"
-                 f"{'; weight-matched' if data.get('aligned') else '; not aligned: permutations not removed'})",
+                 f"{'; weight-matched' if data.get('aligned') else '; not aligned: permutations not removed'}){scale}",
                  fontsize=10)
     return fig

@@ -159,6 +159,12 @@ def test_stage_lists_come_from_timm_feature_info_and_torchvision_layouts():
     vit = _build("torchvision:vit_b_16", exits=[10], image_size=SIZE)
     assert vit.spec["exits"] == ["encoder.layers.encoder_layer_10"]
     assert vit.backbone.feature_info[0].kind == "tokens"
+    regnet = _build("torchvision:regnet_y_400mf", exits="every:1", input_shape=SMALL)
+    assert regnet.spec["exits"] == ["trunk_output.block1", "trunk_output.block2", "trunk_output.block3"]
+    shufflenet = _build("torchvision:shufflenet_v2_x0_5", exits="every:1", input_shape=SMALL)
+    assert shufflenet.spec["exits"] == ["stage2", "stage3", "stage4"]
+    for model in (regnet, shufflenet):
+        model.backbone.check_compaction()  # stage outputs: real early exit allowed
 
 
 def test_the_input_shape_follows_the_image_size_the_model_was_built_for():

@@ -23,7 +23,11 @@ from .placement import nearest_distinct
 
 log = logging.getLogger("exitlab")
 STAGE_LISTS = ("layers", "blocks", "stages", "features", "encoder.layers", "encoder.layer", "layer")  # in this order
-RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+NAMED_STAGES = (  # stages a model names one by one, in call order
+    ("layer1", "layer2", "layer3", "layer4"),  # ResNet, ResNeXt, Wide ResNet
+    tuple(f"trunk_output.block{i}" for i in range(1, 5)),  # torchvision RegNet
+    ("stage2", "stage3", "stage4", "conv5"),  # torchvision ShuffleNetV2
+)
 
 
 def resolve_factory(path: str) -> Callable[..., nn.Module]:
@@ -60,13 +64,14 @@ def call_factory(path: str, kwargs: dict) -> nn.Module:
 def tap_candidates(module: nn.Module) -> list[str]:
     """The natural exit points of a network, in call order: the modules timm's ``feature_info`` names, else its
     stage or block list (the children of the first of ``layers``, ``blocks``, ``stages``, ``features``,
-    ``encoder.layers`` it has), or ResNet-style ``layer1..4``."""
+    ``encoder.layers`` it has), or stages named one by one (ResNet's ``layer1..4``, RegNet, ShuffleNetV2)."""
     names = dict(module.named_modules())
     listed = feature_modules(module, names)
     if len(listed) > 1:
         return listed
-    if all(n in names for n in RESNET_STAGES):
-        return list(RESNET_STAGES)
+    for stages in NAMED_STAGES:
+        if all(n in names for n in stages):
+            return list(stages)
     for prefix in STAGE_LISTS:
         seq = names.get(prefix)
         if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 1:

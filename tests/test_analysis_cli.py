@@ -193,8 +193,9 @@ def test_intermediate_checkpoints_are_analysed_instead_of_the_final_model(tmp_pa
     part, other2 = _checkpoint(unfinished, "00-phase2-e001", 8)
     loaded = load_run(part)
     assert all(torch.equal(v, other2.state_dict()[k]) for k, v in loaded.model.state_dict().items())
-    assert main(["analyze", "rank", str(run), "--split", "train", "--samples", "20", "--checkpoint",
-                 "00-phase2-e001"]) == 2  # the CLI flag is wired in exitlab/cli.py; until then it is refused
+    assert main(["analyze", "rank", str(path), "--split", "train", "--samples", "20", "--out",
+                 str(tmp_path / "cli")]) == 0  # a checkpoint file in place of a run
+    assert (tmp_path / "cli" / "rank-00-phase2-e001.json").is_file()
     json_path, _ = analyze("rank", [run], Options(split="train", samples=20, checkpoint="00-phase2-e001"))
     assert json_path == run / "analysis" / "rank-00-phase2-e001.json"
     data = json.loads(json_path.read_text())

@@ -239,7 +239,7 @@ def analyze(kind: str, run_dirs: list[str | Path], opts: Options | None = None, 
         results = []
         for run, label in zip(runs, labels):
             log.info("analyze %s: %s", kind, run.path)
-            results.append({"label": label, "run_dir": str(run.path), "seed": run.seed,
+            results.append({"label": label, "run_dir": str(run.path), "run_seed": run.seed,
                             "checkpoint": run.checkpoint.stem if run.checkpoint else None, **_one(run, kind, opts)})
         data = {"analysis": kind, "runs": results}
         groups = aggregate(kind, results, labels, [r.seed for r in runs])

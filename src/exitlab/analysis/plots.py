@@ -98,7 +98,7 @@ def _draw_spectrum(ax, run: dict, grouped: bool) -> None:
     ax.axhline(tau, color="0.3", ls=":", lw=0.8, label=f"tau = {tau:g} (singular)")
     ax.axhline(tau ** 0.5, color="0.3", ls="--", lw=0.8, label=f"sqrt(tau) = {tau ** 0.5:.3g} (covariance)")
     ax.set(xlabel="index i", ylabel="s_i / s_1", ylim=(max(1e-7, ax.get_ylim()[0]), 1.5))
-    who = f"{run.get('label') or 'model'}" + (f", spectrum of seed {run.get('seed')}" if grouped else "")
+    who = f"{run.get('label') or 'model'}" + (f", spectrum of seed {run.get('run_seed')}" if grouped else "")
     ax.set_title(f"{who}: normalised singular values", fontsize=9)
     ax.legend(fontsize=6, ncols=2)
 

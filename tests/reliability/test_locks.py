@@ -15,11 +15,13 @@ import yaml
 
 from exitlab.errors import ExitlabError
 from exitlab.rundir import RunLock
+from tests.compare.test_compare import TINY
 
 HOLD = """
 import sys, time
 from pathlib import Path
 from exitlab.rundir import RunLock
+from tests.compare.test_compare import TINY
 with RunLock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)
@@ -75,16 +77,6 @@ def test_a_held_lock_names_its_holder_and_dies_with_it(tmp_path):
     with RunLock(tmp_path):  # no stale lock to take over
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
     assert (tmp_path / ".lock").read_text() == ""  # released, and the file stays (deleting it would race)
-
-
-TINY = {
-    "base": {"data": {"name": "synthetic", "synthetic": {"size": 16, "n_train": 560, "n_test": 140},
-                      "batch_size": 64, "eval_batch_size": 256},
-             "model": {"backbone": "resnet8", "exits": [0, 1]}, "budget": 2, "device": "cpu",
-             "phase1": {"lr": 0.02}, "phase2": {"lr": 0.02}, "phase3": {"lr": 0.02}},
-    "regimes": ["joint", "disjoint", "mixed"],
-    "seeds": [0],
-}
 
 
 def _group(pgid: int) -> list[int]:

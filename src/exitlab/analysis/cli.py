@@ -90,6 +90,8 @@ def run_phase(run: Run, kind: int) -> Phase:
     """Phase ``kind`` as the run's config sets it (its options and per-exit weights), for the gradient analysis."""
     if kind not in (1, 2, 3):
         raise ExitlabError(f"--phase must be 1, 2 or 3, got {kind}")
+    if kind != 1 and run.model.num_exits < 2:
+        raise ExitlabError(f"this model has no IC, so phase {kind} has no objective here; use --phase 1")
     options = getattr(run.cfg, f"phase{kind}")
     return Phase(kind, 1, options, exit_weights(kind, options, run.model.num_exits, run.cfg.regime))
 

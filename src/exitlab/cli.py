@@ -265,7 +265,12 @@ def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="training-dynamics analyses of finished runs -> JSON + PNG (docs/analysis.md)")
     p.add_argument("kind", choices=["gradients", "rank", "mi", "landscape", "connectivity", "plot"],
                    help="the analysis; 'plot' redraws PNGs from analysis JSON files given instead of run dirs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories (2 or 3 for connectivity)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories, or checkpoint files (RUN/checkpoints/*.safetensors) in their place; "
+                   "connectivity: runs of 2 or 3 regimes, several seeds each allowed")
+    p.add_argument("--checkpoint", metavar="NAME",
+                   help="analyse every run's intermediate checkpoint NAME (file name in RUN/checkpoints/, with or "
+                   "without .safetensors, or a path) instead of its final model")
     p.add_argument("--out", help="output folder (default: RUN_DIR/analysis, or analysis/ beside several runs)")
     p.add_argument("--split", choices=["train", "val", "test"], help="evaluation split (default: per analysis)")
     p.add_argument("--samples", type=POSITIVE, help="fixed evaluation samples (default: 512 gradients, else 2000)")
@@ -273,7 +278,11 @@ def _add_analyze(sub) -> None:
     p.add_argument("--seed", type=COUNT, default=0, help="seeds sample choice, directions, subsampling (default: 0)")
     p.add_argument("--blocks", help="rank/mi: comma-separated block indices (default: all)")
     p.add_argument("--tau", type=number(float, lo=0, hi=1, lo_open=True), default=1e-3,
-                   help="rank: count singular values > tau*s_max (default 1e-3)")
+                   help="rank: relative threshold (default 1e-3), on covariance eigenvalues or singular values, see "
+                   "--rank-convention")
+    p.add_argument("--rank-convention", dest="convention", choices=["covariance", "singular"], default="covariance",
+                   help="rank: count covariance eigenvalues > tau*lambda_max (default, the tunnel-effect code's "
+                   "form) or singular values > tau*s_max")
     p.add_argument("--max-features", type=POSITIVE, default=8192, help="rank/mi: columns kept per block (default 8192)")
     p.add_argument("--pool", type=COUNT, default=0, help="rank: average maps to POOLxPOOL first (default 0: flatten)")
     p.add_argument("--bins", type=number(int, lo=2), default=30, help="mi: bins per unit for binning (default 30)")
@@ -282,7 +291,12 @@ def _add_analyze(sub) -> None:
     p.add_argument("--noise-var", type=number(float, lo=0, lo_open=True),
                    help="mi: fixed KDE noise variance instead of --noise-ratio")
     p.add_argument("--no-probe", dest="probe", action="store_false", help="mi: skip the linear-probe bound")
-    p.add_argument("--mode", choices=["train", "eval"], default="train", help="gradients: BN mode (default train)")
+    p.add_argument("--mode", choices=["train", "eval"], default="train",
+                   help="gradients: train = modes as the training loop sets them for the phase (BN batch statistics, "
+                   "frozen backbone in eval); eval = running statistics (default train)")
+    p.add_argument("--phase", type=int, choices=[1, 2, 3], default=2,
+                   help="gradients: the phase whose objective is measured, as the run's config sets it (weights, "
+                   "distillation, gradient equilibrium; phase 3: the frozen backbone is null) (default 2)")
     p.add_argument("--steps", type=number(int, lo=2), default=21, help="landscape: grid points per axis (default 21)")
     p.add_argument("--span", type=number(float, lo=0, lo_open=True), default=1.0,
                    help="landscape: coordinates in [-span, span] (default 1)")
@@ -293,8 +307,15 @@ def _add_analyze(sub) -> None:
     p.add_argument("--plane-steps", type=COUNT, default=11, help="connectivity: plane grid per axis, 0 = none")
     p.add_argument("--bezier", action="store_true", help="connectivity: also fit quadratic Bezier curves")
     p.add_argument("--bezier-steps", type=POSITIVE, default=200, help="connectivity: Bezier training steps")
+    p.add_argument("--align", action="store_true",
+                   help="connectivity: weight-match hidden units (Git Re-Basin) before interpolating; built-in ResNets")
+    p.add_argument("--baseline", dest="baselines", action="append", metavar="RUN_DIR",
+                   help="connectivity: another seed of a compared regime, as a same-regime baseline (repeatable)")
+    p.add_argument("--no-seed-baselines", dest="find_baselines", action="store_false",
+                   help="connectivity: do not use seed siblings <root>/seed<S>/<run name> as baselines")
     p.add_argument("--bn-samples", type=POSITIVE, default=2000,
-                   help="train samples for BN re-estimation (default 2000)")
+                   help="train samples for BN re-estimation (landscape --bn reestimate; connectivity: every point; "
+                   "default 2000)")
     p.add_argument("--threads", type=POSITIVE, default=1, help="torch CPU threads (default: 1)")
 
 

@@ -50,7 +50,7 @@ CASES = {
     "unknown key": (T + ["--set", "phase2.epoch=3"],
                     "error: phase2.epoch: unknown key; valid keys here: decay_params, distill, distill_temperature, "
                     "epochs, grad_clip, grad_equilibrium, label_smoothing, loss_weights, lr, momentum, optimizer, "
-                    "patience, schedule, warmup_epochs, weight_decay"),
+                    "patience, plateau_factor, plateau_patience, schedule, stop_rule, warmup_epochs, weight_decay"),
     "unknown optimizer": (T + ["--set", "phase1.optimizer=adam"],
                           "error: phase1.optimizer: unknown optimizer 'adam'; choose adamw or sgd"),
     "validation share out of range": (T + ["--set", "data.val_fraction=1.5"],
@@ -181,7 +181,7 @@ MORE = {
                              "error: phase2.decay_params: 'norms'; choose all or weights (no decay on norm layers, "
                              "biases, position embeddings and CLS tokens)"),
     "unknown schedule": (T + S("phase2.schedule=linear"),
-                         "error: phase2.schedule: unknown schedule 'linear'; choose constant or cosine"),
+                         "error: phase2.schedule: unknown schedule 'linear'; choose constant, cosine or plateau"),
     "phase1 share of 0": (T + S("phase1_share=0"), "error: phase1_share must be in (0, 1), got 0.0"),
     "phase1 share of NaN": (T + S("phase1_share=.nan"),
                             "error: phase1_share: nan is not a finite number; give a real number"),

@@ -121,7 +121,21 @@ def test_cumulative_costs_strictly_increase(backbone, kwargs, head):
     assert model.training  # left in the mode it was in
 
 
-def test_costs_need_an_input_shape_for_adapted_models():
+def test_adapted_models_record_their_input_shape_and_a_model_without_one_needs_it():
     model = from_module(_chain(), ["1"], num_classes=5, input_shape=(3, 8, 8))
+    assert model.input_shape == (3, 8, 8) and exit_costs(model).input_shape == (3, 8, 8)
+    model.spec = {}
     with pytest.raises(ConfigError, match="input_shape"):
         exit_costs(model)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_a_convolution_backward_costs_twice_its_forward_whatever_the_groups(groups):
+    """Input and weight gradient each cost one forward; torch's own formula ignores groups (33x for depthwise)."""
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1, groups=groups)
+    x = torch.randn(2, 32, 16, 16, requires_grad=True)
+    fwd = count_flops(lambda: conv(x)).total
+    assert fwd == 2 * 2 * 16 * 16 * 32 * (32 // groups) * 9  # 2 FLOPs per multiply-add
+    assert count_flops(lambda: conv(x).sum().backward(), grad=True).total == 3 * fwd
+    frozen_input = torch.randn(2, 32, 16, 16)  # a frozen trunk's output: only the weight gradient
+    assert count_flops(lambda: conv(frozen_input).sum().backward(), grad=True).total == 2 * fwd

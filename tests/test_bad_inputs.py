@@ -559,7 +559,23 @@ FOREIGN = {  # bring your own model: factories, timm and torchvision names, exit
                                             "error: model.pretrained {d}/nope.safetensors not found; give a local "
                                             ".safetensors or .pth file of the weights"),
 }
+DATA = {  # bring your own data: folders and shards that cannot work
+    "webdataset without a root": (T + S("data.name=webdataset", "data.synthetic={}"),
+                                  "error: data.root: WebDataset shards need data.root, the folder holding train/ and "
+                                  "val/ (or test/) with the .tar shards"),
+    "image folder with one class": (T + S("data.name=imagefolder", "data.synthetic={}", "data.root={d}/oneclass"),
+                                    "error: {d}/oneclass/train has a single class folder (a); a classifier needs at "
+                                    "least two: add one folder per class"),
+    "image folder with an empty class folder": (T + S("data.name=imagefolder", "data.synthetic={}",
+                                                "data.root={d}/emptyclass"),
+                                                "error: {d}/emptyclass/train/b is an empty class folder (no "
+                                                ".jpg/.jpeg/.png/.bmp/.webp images); add images or remove it"),
+    "webdataset shard with a missing key": (T + S("data.name=webdataset", "data.synthetic={}", "data.root={d}/wds"),
+                                            "error: {d}/wds/train/shard-000.tar: sample 's1' has no label (.cls; it "
+                                            "has .png); set data.wds_label to the extension your shards use"),
+}
 MORE.update(FOREIGN)
+MORE.update(DATA)
 CASES.update(MORE)
 
 
@@ -609,7 +625,33 @@ def build_world(d, fashion_dir):
     (d / "cmp-damaged" / "compare.yaml").write_text(yaml.safe_dump(
         dataclasses.asdict(load_compare_config(d / "cmp-ok.yaml")), sort_keys=False))
     (d / "cmp-damaged" / "seed0" / "joint" / "run.json").write_text('{"status": "do')
+    _image_folders(d)
     return d
+
+
+def _image_folders(d) -> None:
+    """A folder with one class, one with an empty class folder, and WebDataset shards missing a label."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(png, format="PNG")
+    for root, classes in (("oneclass", {"a": 3}), ("emptyclass", {"a": 3, "b": 0})):
+        for split in ("train", "val"):
+            for c, n in classes.items():
+                (d / root / split / c).mkdir(parents=True)
+                for i in range(n):
+                    (d / root / split / c / f"{i}.png").write_bytes(png.getvalue())
+    for split in ("train", "val"):
+        (d / "wds" / split).mkdir(parents=True)
+        with tarfile.open(d / "wds" / split / "shard-000.tar", "w") as tar:
+            for key, members in (("s0", {"png": png.getvalue(), "cls": b"0"}), ("s1", {"png": png.getvalue()})):
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,9 @@ def check_data_options(cfg: RunConfig) -> None:
     root = cfg.data.root
     if cfg.data.name == "imagefolder" and not root:
         raise ConfigError("data.root: an image folder needs data.root, the folder holding train/ and val/")
+    if cfg.data.name == "webdataset" and not root:
+        raise ConfigError("data.root: WebDataset shards need data.root, the folder holding train/ and val/ (or test/) "
+                          "with the .tar shards")
     if root and not Path(root).expanduser().is_dir():
         raise ConfigError(f"data.root {root} does not exist or is not a directory; point it at the folder holding "
                           f"the {cfg.data.name} files, or unset it to use the default locations")

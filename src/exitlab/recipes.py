@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .analysis.gradients import gradient_logger
 from .config import RunConfig, from_dict, to_dict
-from .data import Dataset
+from .data import Source
 from .errors import ConfigError
 from .models import MultiExitModel, rebuildable
 from .train import Probes
@@ -48,7 +48,7 @@ def model_section(model: MultiExitModel) -> dict:
     return {"backbone": "module", "factory": spec.get("factory"), **section}
 
 
-def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Dataset | dict | None = None,
+def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | dict | None = None,
           config: RunConfig | None = None, resume: bool = False, phase1_from: str | Path | None = None,
           **options) -> Path:
     """Train into run directory ``out`` and return it.

@@ -203,6 +203,7 @@ class RunDir:
         data = to_dict(cfg.data)
         data.pop("eval_batch_size", None)
         data.pop("batch_size", None)
+        data.pop("workers", None)
         return signature({"data": data, "seed": cfg.seed_split})
 
 

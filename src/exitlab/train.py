@@ -113,6 +113,7 @@ def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
     """What determines a phase-1 result: runs with equal signatures can share one phase-1 checkpoint."""
     keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
     keep["data"].pop("eval_batch_size", None)
+    keep["data"].pop("workers", None)  # how many processes load the data changes no batch
     keep["phase1"].pop("epochs")  # the planned epochs below count, whether they come from budget or phase1.epochs
     return signature({**keep, "epochs": phases[0].epochs, "flops": phases[0].flops})
 
@@ -121,6 +122,7 @@ def run_signature(cfg: RunConfig) -> str:
     d = to_dict(cfg)
     for k in ("progress", "threads", "checkpoint_every", "keep_checkpoints", "device"):
         d.pop(k)
+    d["data"].pop("workers", None)  # batches do not depend on it: a resume may use another count
     return signature(d)
 
 

@@ -79,6 +79,11 @@ class HookedBackbone(nn.Module):
                               "in the order forward calls them")
 
     def _point(self, i: int, shape: torch.Size) -> ExitPoint:
+        square = len(self.input_shape) == 3 and self.input_shape[1] == self.input_shape[2]
+        if len(shape) == 4 and square and shape[1] == shape[2] != shape[3]:  # on a square input, [B, C, H, W] is square
+            raise ConfigError(f"exit after {self.tap_names[i]!r} gives a channels-last map {[1, *shape[1:]]} "
+                              "([B, H, W, C]); exitlab's heads read [B, C, H, W] maps, so this model's stages cannot "
+                              "take exits yet (see docs/models.md)")
         if len(shape) == 4:
             return ExitPoint(shape[1], max(1, self.input_shape[-1] // shape[-1]), "map")
         if len(shape) == 3:

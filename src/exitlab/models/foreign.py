@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .adapter import HookedBackbone, from_module
-from .core import MultiExitModel, eval_mode
+from .core import MultiExitModel
 from .placement import nearest_distinct
 
 log = logging.getLogger("exitlab")
@@ -237,27 +237,6 @@ def sized(shape: tuple[int, ...], chans, size) -> tuple[int, ...]:
     return (chans or c, h, w)
 
 
-def check_layout(model: MultiExitModel, source: str) -> None:
-    """Refuse channels-last maps: a tapped ``[B, H, W, C]`` output (Swin's stages) would be read as ``[B, C, H, W]``.
-    On a square input, a channels-first map is square; ``[B, H, W, C]`` shows as H == W != C."""
-    backbone = model.backbone
-    if len(backbone.input_shape) != 3 or backbone.input_shape[1] != backbone.input_shape[2]:
-        return
-    shapes: dict[int, tuple[int, ...]] = {}
-
-    def record(i: int, t: torch.Tensor) -> torch.Tensor:
-        shapes[i] = tuple(t.shape)
-        return t
-
-    with torch.no_grad(), eval_mode(backbone):
-        backbone.run(torch.zeros(1, *backbone.input_shape), set(range(len(backbone.tap_names))), record)
-    for i, s in sorted(shapes.items()):
-        if len(s) == 4 and s[1] == s[2] != s[3]:
-            raise ConfigError(f"{source}: exit after {backbone.tap_names[i]!r} gives a channels-last map {list(s)} "
-                              "([B, H, W, C]); exitlab's heads read [B, C, H, W] maps, so this model's stages cannot "
-                              "take exits yet (see docs/models.md)")
-
-
 def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled", head_kwargs: dict | None = None,
                   kwargs: dict | None = None, input_shape: tuple[int, ...] | None = None, pretrained=False
                   ) -> MultiExitModel:
@@ -284,8 +263,6 @@ def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled",
         raise ConfigError(f"{source}: a dry run on one sample of shape {list(shape)} failed ({type(e).__name__}: "
                           f"{first}); give the input shape the model was built for, or build it for yours (timm: "
                           "img_size=..., torchvision ViTs: image_size=...)") from None
-    if kind in ("timm", "torchvision"):
-        check_layout(model, source)
     model.spec.update(adapter=kind if kind in ("timm", "torchvision") else "module", source=source,
                       factory=source if kind not in ("timm", "torchvision") else None, factory_kwargs=kwargs)
     return model

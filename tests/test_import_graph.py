@@ -112,3 +112,15 @@ def test_training_does_not_import_the_analyses_or_evaluation():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_evaluation_and_analyses_do_not_import_the_trainer_to_get_their_data():
+    graph = _graph()
+    for start in ("exitlab.evaluate", "exitlab.bench", "exitlab.analysis.cli", "exitlab.export.onnx_export"):
+        reach, todo = set(), [start]
+        while todo:
+            for v in graph.get(todo.pop(), ()):
+                if v not in reach and v != "exitlab":
+                    reach.add(v)
+                    todo.append(v)
+        assert "exitlab.train" not in reach and "exitlab.rundir" in reach, start  # the data comes from RunDir

@@ -96,7 +96,7 @@ def _page(d: Path, summary: dict) -> str:
         f"<p class='note'>{html.escape(caption(summary))} Columns acc@{'/'.join(BUDGET_COLS)}%: test accuracy at that "
         "mean cost, with the operating point (one threshold, or a mix of two neighbouring ones) chosen on the "
         "validation split; n/a = on some seed validation cannot spend that little. AUC = mean of that accuracy over "
-        "budgets in [0, 100%]. train PFLOPs: measured training compute of the run, forward and backward, a shared "
+        "budgets in [0, 100%]. train TFLOPs: measured training compute of the run, forward and backward, a shared "
         "phase 1 included. The test split's own frontier (optimistic) is in summary.json under test_frontier.</p>",
         "<h2>Per-exit accuracy</h2>", _table_html(*exit_table(summary)),
         "<h2>Plots</h2>", figures,

@@ -49,10 +49,10 @@ _cell = cell_text
 
 def paper_table(summary: dict) -> tuple[list[str], list[list]]:
     """Rows = regime (and variant); columns = accuracy at 25/50/75/100% of backbone FLOPs (operating points chosen
-    on validation), final exit, AUC, and the measured training compute (PFLOPs) and time (minutes) per run."""
-    header = ["regime"] + [f"acc@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC", "train PFLOPs", "train min"]
+    on validation), final exit, AUC, and the measured training compute (TFLOPs) and time (minutes) per run."""
+    header = ["regime"] + [f"acc@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC", "train TFLOPs", "train min"]
     body = [[r["row"], *[r["budget"].get(b, [None]) for b in BUDGET_COLS], r["final"], r["auc"],
-             Values(r.get("train_flops", [None]), 1e-15, 3), Values(r.get("train_seconds", [None]), 1 / 60, 1)]
+             Values(r.get("train_flops", [None]), 1e-12, 1), Values(r.get("train_seconds", [None]), 1 / 60, 1)]
             for r in summary["rows"]]
     return header, body
 

@@ -85,7 +85,8 @@ def policies_for(model) -> list[Policy]:
     E = model.num_exits
     g = torch.Generator().manual_seed(1)
     return [make_policy("confidence"), make_policy("entropy"), make_policy("patience"),
-            make_policy("ztw", weight=torch.rand(E, E, generator=g), bias=0.1 * torch.randn(E, E, C, generator=g))]
+            make_policy("ztw", weight=torch.rand(E - 1, E - 1, generator=g),
+                        bias=0.1 * torch.randn(E - 1, C, generator=g))]
 
 
 def assert_same_as_pytorch(model, rt: OnnxModel, x: torch.Tensor) -> set[int]:

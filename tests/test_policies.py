@@ -35,7 +35,7 @@ def _logits(seed: int = 0) -> torch.Tensor:
 
 def _random_ztw(seed: int = 0) -> ZTW:
     g = torch.Generator().manual_seed(seed)
-    return ZTW(torch.rand(E, E, generator=g) + 0.2, torch.randn(E, E, C, generator=g) * 0.3)
+    return ZTW(torch.rand(E - 1, E - 1, generator=g) + 0.2, torch.randn(E - 1, C, generator=g) * 0.3)
 
 
 def test_confidence_is_max_softmax():
@@ -69,7 +69,7 @@ def test_patience_counts_runs_of_agreeing_predictions():
 
 def test_ztw_with_identity_weights_is_plain_confidence():
     lg = _logits()
-    z = ZTW(torch.eye(E), torch.zeros(E, E, C))
+    z = ZTW(torch.eye(E - 1), torch.zeros(E - 1, C))
     s, p = z.scores(lg)
     s0, p0 = Confidence().scores(lg)
     assert torch.allclose(s, s0, atol=1e-6) and torch.equal(p, p0)
@@ -82,21 +82,32 @@ def test_ztw_step_by_step_equals_the_ensemble_formula():
     logq = ensemble_log_probs(lg, z.weight, z.bias)  # [E, N, C]
     assert torch.allclose(s, logq.exp().max(-1).values, atol=1e-5)
     assert torch.equal(p, logq.argmax(-1))
+    # by hand, IC 1: softmax(w10 log p0 + w11 log p1 + b1)
+    lp = F.log_softmax(lg, -1)
+    q1 = (z.weight[1, 0] * lp[0] + z.weight[1, 1] * lp[1] + z.bias[1]).softmax(-1)
+    assert torch.allclose(s[1], q1.max(-1).values, atol=1e-5)
+    # no ensemble on the final exit (as in the reference code): it predicts with its own softmax
+    assert torch.allclose(s[-1], lg[-1].softmax(-1).max(-1).values, atol=1e-6) and torch.equal(p[-1], lg[-1].argmax(-1))
     with pytest.raises(ConfigError, match="weight"):
-        ZTW(torch.eye(E), torch.zeros(E + 1, E, C))
+        ZTW(torch.eye(E - 1), torch.zeros(E, C))
+    with pytest.raises(ConfigError, match=">= 0"):
+        ZTW(-torch.eye(E - 1), torch.zeros(E - 1, C))
 
 
-def test_fit_ensemble_lowers_the_nll_and_keeps_weights_causal():
+def test_fit_ensemble_lowers_the_nll_and_keeps_weights_causal_and_non_negative():
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, C, (400,), generator=g)
     noise = torch.randn(E, 400, C, generator=g)
     lg = noise * 2 + F.one_hot(y, C) * torch.tensor([0.5, 1.0, 1.5, 2.0])[:, None, None]  # weak, independent exits
-    before = F.nll_loss(ensemble_log_probs(lg, torch.eye(E), torch.zeros(E, E, C)).reshape(-1, C), y.repeat(E))
+    K = E - 1
+    before = F.nll_loss(ensemble_log_probs(lg, torch.eye(K), torch.zeros(K, C))[:K].reshape(-1, C), y.repeat(K))
     z = fit_ensemble(lg, y, steps=100)
-    after = F.nll_loss(ensemble_log_probs(lg, z.weight, z.bias).reshape(-1, C), y.repeat(E))
+    after = F.nll_loss(ensemble_log_probs(lg, z.weight, z.bias)[:K].reshape(-1, C), y.repeat(K))
     assert after < before - 0.05
-    assert torch.equal(z.weight, z.weight.tril())  # exit m never looks at later exits
-    assert z.weight[-1, :-1].abs().sum() > 0  # the last exit does use earlier ones
+    assert z.weight.shape == (K, K) and z.bias.shape == (K, C)
+    assert torch.equal(z.weight, z.weight.tril())  # IC m never looks at later exits
+    assert (z.weight >= 0).all()  # exp-parameterised, as in the reference
+    assert z.weight[-1, :-1].sum() > 0  # the last IC does use earlier ones
 
 
 @pytest.mark.parametrize("name,bad", [("confidence", 1.5), ("confidence", -0.1), ("entropy", 2.5),

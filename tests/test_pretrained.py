@@ -89,7 +89,7 @@ def test_metadata_round_trip(tmp_path):
 def test_policy_with_tensor_params_survives_json(tmp_path):
     model = _model()
     E, C = model.num_exits, 7
-    ztw = make_policy("ztw", weight=torch.rand(E, E), bias=torch.randn(E, E, C), threshold=0.5)
+    ztw = make_policy("ztw", weight=torch.rand(E - 1, E - 1), bias=torch.randn(E - 1, C), threshold=0.5)
     model.save_pretrained(tmp_path, policy=ztw)
     back = policy_from_dict(json.loads((tmp_path / "model.json").read_text())["policy"])
     assert torch.equal(back.weight, ztw.weight) and torch.equal(back.bias, ztw.bias)

@@ -9,8 +9,8 @@ from exitlab import checkpoint as ckpt
 from exitlab.errors import ExitlabError, TrainingError
 from exitlab.loop import set_modes, set_trainable, train_epoch
 from exitlab.phases import plan_phases
-from exitlab.rundir import read_jsonl
 from exitlab.recipes import train
+from exitlab.rundir import read_jsonl
 from exitlab.train import _Run
 
 

@@ -199,32 +199,43 @@ class Patience(Policy):
 
 
 class ZTW(Policy):
-    """Zero Time Waste: confidence of a geometric ensemble of the exits so far, with learned weights.
+    """Zero Time Waste: confidence of a geometric ensemble of the internal classifiers so far, learned weights.
 
-    At exit ``m`` the prediction is ``softmax(sum_{i<=m} weight[m, i] * (log_softmax(z_i) + bias[m, i]))``;
-    ``weight`` is ``[E, E]`` (lower triangular), ``bias`` ``[E, E, C]``. Fit them with
+    With ``K`` internal classifiers (the exits before the final one), IC ``m``'s prediction is
+
+        q_m = softmax( sum_{i<=m} weight[m, i] * log_softmax(z_i) + bias[m] )
+
+    with ``weight`` ``[K, K]`` (lower triangular, non-negative) and ``bias`` ``[K, C]``. As in ZTW's reference
+    code, there is no ensemble on the final exit: it predicts with its own softmax. Fit the ensemble with
     :func:`exitlab.ztw.fit_ensemble` on the frozen model; the cascading head connection is the head option
-    ``cascade: true``. The state holds the running sums for every later exit: ``[B, E, C]``.
+    ``cascade: true``. The state holds the running sums of every later ensemble: ``[B, K, C]``.
     """
 
     name = "ztw"
 
     def __init__(self, weight, bias, threshold: float | None = None):
         super().__init__(threshold)
-        self.weight = torch.as_tensor(weight, dtype=torch.float32)  # [E, E]
-        self.bias = torch.as_tensor(bias, dtype=torch.float32)  # [E, E, C]
-        E = self.weight.shape[0]
-        if self.weight.shape != (E, E) or self.bias.shape[:2] != (E, E):
-            raise ConfigError(f"ztw: weight must be [E, E] and bias [E, E, C], got {tuple(self.weight.shape)} and "
-                              f"{tuple(self.bias.shape)}")
+        self.weight = torch.as_tensor(weight, dtype=torch.float32)  # [K, K]
+        self.bias = torch.as_tensor(bias, dtype=torch.float32)  # [K, C]
+        K = self.weight.shape[0] if self.weight.dim() == 2 else -1
+        if self.weight.shape != (K, K) or self.bias.dim() != 2 or self.bias.shape[0] != K:
+            raise ConfigError(f"ztw: weight must be [K, K] and bias [K, C] for K internal classifiers, got "
+                              f"{tuple(self.weight.shape)} and {tuple(self.bias.shape)}")
+        if not bool(torch.isfinite(self.weight).all() and torch.isfinite(self.bias).all()):
+            raise ConfigError("ztw: weight and bias must be finite; refit the ensemble")
+        if bool((self.weight < 0).any()):
+            raise ConfigError("ztw: ensemble weights must be >= 0 (the reference parameterises them as exp(w))")
         self.weight = self.weight.tril()
 
     def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
-        w = self.weight.to(logits.device)[:, j]  # [E]: exit j's weight in every ensemble
-        b = self.bias.to(logits.device)[:, j]  # [E, C]
+        K = self.weight.shape[0]
+        if j >= K:  # the final exit (or any exit past the ensembles) predicts alone
+            conf, pred = logits.float().softmax(-1).max(-1)
+            return Step(conf, pred, state)
+        w = self.weight.to(logits.device)[:, j]  # [K]: IC j's weight in every ensemble
         logp = F.log_softmax(logits.float(), -1)  # [B, C]
-        term = w[None, :, None] * (logp[:, None, :] + b[None])  # [B, E, C]
-        acc = term if j == 0 or "acc" not in state else state["acc"] + term
+        term = w[None, :, None] * logp[:, None, :]  # [B, K, C]
+        acc = term + self.bias.to(logits.device)[None] if j == 0 or "acc" not in state else state["acc"] + term
         q = F.log_softmax(acc[:, j], -1)  # [B, C]
         conf, pred = q.exp().max(-1)
         return Step(conf, pred, {"acc": acc})

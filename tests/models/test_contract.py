@@ -61,8 +61,10 @@ def test_every_parameter_gets_a_gradient(name, cascade):
         missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{name}/{head}: no gradient for {missing[:5]}"
         # An SDN head's max/avg mixing weight has an exactly-zero gradient when the map is already the grid size
-        # (both poolings are the identity then); everything else must get a non-zero gradient.
-        zero = [n for n, p in m.named_parameters() if p.grad is not None and not p.grad.any() and "alpha" not in n]
+        # (both poolings are the identity then), and a cascade's LayerNorm gets none while the cascade weight after it
+        # is still at its initial 0; everything else must get a non-zero gradient.
+        zero = [n for n, p in m.named_parameters()
+                if p.grad is not None and not p.grad.any() and "alpha" not in n and "cascade_norm" not in n]
         assert not zero, f"{name}/{head}: zero gradient for {zero[:5]}"
 
 
@@ -94,3 +96,22 @@ def test_adapter_matches_the_user_module():
     assert [p.channels for p in m.backbone.feature_info[:2]] == [8, 16]
     first = m.forward_to(x, 0)
     assert len(first) == 1 and torch.equal(first[0], outs[0])
+
+
+def test_cascading_heads_read_the_previous_logits_layer_normalised_and_detached():
+    """As in ZTW's reference, the previous logits are layer-normalised and detached before the head reads them."""
+    torch.manual_seed(0)
+    m = _model("resnet20", "sdn", cascade=True).eval()
+    head = m.heads[1]
+    assert head.cascade is not None and isinstance(head.cascade_norm, torch.nn.LayerNorm)
+    torch.nn.init.normal_(head.cascade.weight)
+    feats = {}
+    m.backbone.run(torch.randn(3, 3, 16, 16), {m.exits[1]}, lambda i, f: feats.setdefault(i, f))
+    h = feats[m.exits[1]]
+    prev = torch.randn(3, m.num_classes, requires_grad=True)
+    out = head(h, prev)
+    plain = head(h, None)
+    assert not torch.allclose(out, plain)  # it does read prev
+    assert torch.allclose(out, head(h, 10 * prev + 3), atol=1e-3)  # ...through LayerNorm: affine invariant (up to eps)
+    out.sum().backward()
+    assert prev.grad is None  # detached

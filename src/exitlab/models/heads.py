@@ -29,20 +29,26 @@ def _option(name: str, value, lo: int = 1) -> None:
 
 
 class _Head(nn.Module):
-    """Shared cascade logic: with ``cascade`` the head also reads the previous exit's (detached) logits (ZTW)."""
+    """Shared cascade logic: with ``cascade`` the head also reads the previous exit's logits (ZTW).
+
+    As in ZTW's reference code, the previous logits are detached and layer-normalised before they enter the
+    head's linear map (``logits + W LayerNorm(prev)`` is a linear layer over the concatenation). ``W`` starts at 0,
+    so a fresh cascading head predicts what the plain head would.
+    """
 
     def __init__(self, num_classes: int, cascade: bool):
         super().__init__()
         if not isinstance(cascade, bool):
             raise ConfigError(f"model.head_kwargs.cascade must be true or false, got {cascade!r}")
         self.cascade = nn.Linear(num_classes, num_classes, bias=False) if cascade else None
+        self.cascade_norm = nn.LayerNorm(num_classes) if cascade else None
         if self.cascade is not None:
             nn.init.zeros_(self.cascade.weight)
 
     def _combine(self, logits: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
         if self.cascade is None or prev is None:
             return logits
-        return logits + self.cascade(prev.detach().to(logits.dtype))
+        return logits + self.cascade(self.cascade_norm(prev.detach().to(logits.dtype)))
 
 
 @HEADS.register("sdn")

@@ -15,6 +15,7 @@ evaluation and the logits cache need nothing text-specific. A tokenizer's output
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -100,6 +101,9 @@ class HFEncoder(nn.Module):
                               "attn_implementation='sdpa' or 'eager'")
         self.model, self.kind, self.num_classes = model, kind, num_labels  # model: the one registered submodule
         self.layers_path, self.final_kind = LAYOUTS[kind]
+        self.impl = impl
+        # transformers 4.x DistilBERT layers take attn_mask: [B, L] 0/1 under eager attention, additive under SDPA
+        self.old_distilbert = "attn_mask" in inspect.signature(self.layers[0].forward).parameters
         self.max_length = config.max_position_embeddings - POSITION_OFFSET.get(kind, 0)
         dim = config.hidden_size if kind != "distilbert" else config.dim
         self.feature_info = [ExitPoint(dim, 1, "text") for _ in self.layers]
@@ -148,18 +152,24 @@ class HFEncoder(nn.Module):
         x = self._checked(as_packed(x))
         ids, mask, types = x[:, 0], x[:, 1].bool(), x[:, 2]  # [B, L] each
         h = self.embed(ids, types)
-        ext = additive_mask(mask, h.dtype)
+        ext = self.layer_mask(mask, h.dtype)
         for i, layer in enumerate(self.layers):
-            out = layer(h, attention_mask=ext)
+            out = layer(h, attn_mask=ext) if self.old_distilbert else layer(h, attention_mask=ext)
             h = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns a tuple, 5.x the tensor
             if i in taps:
                 feat = on_tap(i, TextFeature(h, mask))
                 if feat is None:
                     return None
                 if len(feat) != len(h):  # samples left: their mask rows go with them
-                    ext = additive_mask(feat.mask, h.dtype)
+                    ext = self.layer_mask(feat.mask, h.dtype)
                 h, mask = feat.hidden, feat.mask
         return self.final(h, mask)
+
+    def layer_mask(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The attention mask as this version's layers take it (see :func:`additive_mask`)."""
+        if self.old_distilbert and self.impl == "eager":
+            return mask.long()  # [B, L]
+        return additive_mask(mask, dtype)
 
     def _checked(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] > self.max_length:

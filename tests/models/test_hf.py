@@ -17,7 +17,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermed
             max_position_embeddings=64, num_labels=C)
 
 
-def tiny(kind: str, *, bare: bool = False, attn: str = "sdpa", **over):
+def tiny(kind: str, *, bare: bool = False, attn: str | None = None, **over):
     """A seeded, randomly initialised tiny encoder of ``kind`` (with its classification head unless ``bare``)."""
     torch.manual_seed(0)
     if kind == "distilbert":
@@ -28,7 +28,7 @@ def tiny(kind: str, *, bare: bool = False, attn: str = "sdpa", **over):
     else:
         cfg = transformers.AutoConfig.for_model(kind, **TINY, **over)
     auto = transformers.AutoModel if bare else transformers.AutoModelForSequenceClassification
-    return auto.from_config(cfg, attn_implementation=attn).eval()
+    return auto.from_config(cfg, **({"attn_implementation": attn} if attn else {})).eval()
 
 
 def batch(n: int = 5, width: int = L, seed: int = 0, min_len: int = 2):

@@ -106,7 +106,7 @@ class _Router:
 
 
 @torch.no_grad()
-def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None = None, *,
+def early_exit(model, x, policy: Policy, threshold: float | None = None, *,
                costs: Sequence[float] | torch.Tensor | None = None) -> EarlyExitResult:
     """Classify the batch ``x`` with real early exit under ``policy`` at ``threshold`` (default: the policy's).
 
@@ -121,10 +121,14 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
     t = policy.check_threshold(t, model.num_exits, model.num_classes)
     if isinstance(model.backbone, HookedBackbone):
         model.backbone.check_compaction()  # adapted modules: refuse the ones where samples cannot leave mid-way
+    prepare = getattr(model.backbone, "prepare_input", None)  # text encoders: a tokenizer's mapping, packed
+    if prepare is not None:
+        x = prepare(x)
     router = _Router(model, policy, float(t))
     if x.shape[0] == 0:
         empty = torch.empty(0, dtype=torch.long, device=x.device)
-        preds, exits, logits = empty, empty, x.new_empty(0, model.num_classes)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        preds, exits, logits = empty, empty, torch.empty(0, model.num_classes, dtype=dtype, device=x.device)
     else:
         with eval_mode(model):
             final = model.walk(x, router.on_exit)

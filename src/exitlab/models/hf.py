@@ -149,7 +149,7 @@ class HFEncoder(nn.Module):
     def run(self, x, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
         """Embeddings, then layer by layer; the feature of every layer in ``taps`` (a :class:`TextFeature`) goes
         to ``on_tap``, which may hand back fewer rows (their attention mask goes with them) or stop."""
-        x = self._checked(as_packed(x))
+        x = self.prepare_input(x)
         ids, mask, types = x[:, 0], x[:, 1].bool(), x[:, 2]  # [B, L] each
         h = self.embed(ids, types)
         ext = self.layer_mask(mask, h.dtype)
@@ -171,7 +171,9 @@ class HFEncoder(nn.Module):
             return mask.long()  # [B, L]
         return additive_mask(mask, dtype)
 
-    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare_input(self, x) -> torch.Tensor:
+        """A tokenizer's output or a packed tensor as a checked packed ``[B, 3, L]`` tensor."""
+        x = as_packed(x)
         if x.shape[-1] > self.max_length:
             raise ConfigError(f"a sequence of {x.shape[-1]} tokens is longer than this {self.kind} model takes "
                               f"({self.max_length}); truncate it when tokenising (exitlab's text data does)")

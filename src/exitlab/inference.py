@@ -111,8 +111,9 @@ def early_exit(model, x, policy: Policy, threshold: float | None = None, *,
     """Classify the batch ``x`` with real early exit under ``policy`` at ``threshold`` (default: the policy's).
 
     Every sample stops computing at the first exit where the policy lets it leave; the others continue as a
-    smaller batch. ``costs`` (cumulative FLOPs per exit, e.g. ``exit_costs(model).flops``) fills
-    ``result.flops``. The model runs in eval mode (BatchNorm statistics of a partial batch would differ and its
+    smaller batch. ``costs`` (cumulative FLOPs per exit, e.g. ``exit_costs(model).flops``; or ``[E, B]``, per exit
+    and sample, e.g. ``length_costs(model, lengths)`` for text) fills ``result.flops``. ``x`` is a batch tensor, or
+    for a text encoder a tokenizer's output (a mapping) or a packed tensor. The model runs in eval mode (BatchNorm statistics of a partial batch would differ and its
     running statistics would move) and gets its own modes back afterwards.
     """
     t = policy.threshold if threshold is None else threshold
@@ -140,6 +141,6 @@ def early_exit(model, x, policy: Policy, threshold: float | None = None, *,
                                "normalisation) and the weights")
     flops = None
     if costs is not None:
-        costs = torch.as_tensor(costs, dtype=torch.float64)
-        flops = costs[exits.cpu()]
+        costs = torch.as_tensor(costs, dtype=torch.float64)  # [E], or [E, B] per sample (text: real lengths)
+        flops = costs[exits.cpu()] if costs.ndim == 1 else costs[exits.cpu(), torch.arange(len(exits))]
     return EarlyExitResult(preds, exits, logits, flops)

@@ -28,7 +28,7 @@ FAST_CHECK = True  # see _Router._nobody_leaves; a switch only so benchmarks can
 class EarlyExitResult:
     """What :func:`early_exit` returns, one row per input sample (in input order)."""
 
-    preds: torch.Tensor  # [B] int64: the policy's prediction at the exit taken
+    preds: torch.Tensor  # [B] int64: the policy's prediction at the exit taken (regression: float values)
     exits: torch.Tensor  # [B] int64: index of the exit taken (0..E-1, final exit last)
     logits: torch.Tensor  # [B, C]: the raw logits of the exit taken
     flops: torch.Tensor | None  # [B] float64: cumulative FLOPs spent on each sample (None without costs)
@@ -95,8 +95,9 @@ class _Router:
             j, _, pred, logits = self.pieces[0]
             return pred, torch.full_like(pred, j), logits
         rows = torch.cat([r for _, r, _, _ in self.pieces])  # [B]: a permutation of the input rows
-        preds = torch.empty_like(rows)
-        preds[rows] = torch.cat([p for _, _, p, _ in self.pieces])
+        pred = torch.cat([p for _, _, p, _ in self.pieces])
+        preds = torch.empty_like(pred)  # int64 classes, or float values for regression
+        preds[rows] = pred
         exits = torch.empty_like(rows)
         exits[rows] = torch.cat([torch.full_like(r, j) for j, r, _, _ in self.pieces])
         z = torch.cat([z for _, _, _, z in self.pieces])

@@ -20,13 +20,14 @@ TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermed
 def tiny(kind: str, *, bare: bool = False, attn: str | None = None, **over):
     """A seeded, randomly initialised tiny encoder of ``kind`` (with its classification head unless ``bare``)."""
     torch.manual_seed(0)
+    common = {**TINY, **over}
     if kind == "distilbert":
         cfg = transformers.DistilBertConfig(dim=32, n_layers=4, n_heads=2, hidden_dim=64, vocab_size=V,
-                                            max_position_embeddings=64, num_labels=C, **over)
+                                            max_position_embeddings=64, num_labels=common["num_labels"])
     elif kind == "electra":
-        cfg = transformers.ElectraConfig(embedding_size=16, **TINY, **over)  # projected embeddings
+        cfg = transformers.ElectraConfig(embedding_size=16, **common)  # projected embeddings
     else:
-        cfg = transformers.AutoConfig.for_model(kind, **TINY, **over)
+        cfg = transformers.AutoConfig.for_model(kind, **common)
     auto = transformers.AutoModel if bare else transformers.AutoModelForSequenceClassification
     return auto.from_config(cfg, **({"attn_implementation": attn} if attn else {})).eval()
 

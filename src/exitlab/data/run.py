@@ -20,7 +20,7 @@ from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
 from .sources import Source, StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, resolve_workers, stream_stats
-from .text import TextLoader, TextSource
+from .text import TextLoader, TextSource, strata
 from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -133,9 +133,10 @@ def _tensor_data(ds: Dataset, d: DataSettings, seed: int, device: torch.device, 
 
 def _text_data(src: TextSource, d: DataSettings, seed: int, device: torch.device, shard: tuple[int, int]) -> RunData:
     """Tokenised text in memory: the seeded stratified split, batches padded to their own longest sequence."""
-    check_labels(src.train_y, len(src.classes), f"{src.name} train")
-    check_labels(src.test_y, len(src.classes), f"{src.name} test")
-    tr, va = split_indices(src.train_y, d, seed, held_out=False)
+    if not src.train_y.is_floating_point():  # regression targets are checked by from_token_tensors
+        check_labels(src.train_y, len(src.classes), f"{src.name} train")
+        check_labels(src.test_y, len(src.classes), f"{src.name} test")
+    tr, va = split_indices(strata(src.train_y), d, seed, held_out=False)
     return RunData(
         train=TextLoader(src.train_x[tr], src.train_y[tr], d.batch_size, device=device, shuffle=True,
                          drop_last=len(tr) > d.batch_size, length_buckets=src.length_buckets, shard=shard),

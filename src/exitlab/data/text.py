@@ -35,6 +35,14 @@ class TextSource:
         return (3, max(1, round(float(lengths(self.train_x).double().mean()))))
 
 
+def strata(y: torch.Tensor, bins: int = 5) -> torch.Tensor:
+    """Labels to stratify a split on: the classes, or for regression targets their quantile bins."""
+    if not y.is_floating_point():
+        return y
+    edges = torch.quantile(y.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+    return torch.bucketize(y.double(), edges)
+
+
 def lengths(x: torch.Tensor) -> torch.Tensor:
     """Real token counts of packed samples ``[N, 3, L]``: ``[N]``."""
     return x[:, 1].sum(1)
@@ -61,15 +69,25 @@ def _packed(ids, mask, types, what: str) -> torch.Tensor:
 
 def from_token_tensors(train_ids, train_y, test_ids, test_y, *, train_mask=None, test_mask=None,
                        train_types=None, test_types=None, classes: list[str] | None = None,
-                       name: str = "tokens", length_buckets: int = 0) -> TextSource:
-    """A text source from token ids ``[N, L]`` (right-padded; masks default to all tokens real) and integer labels."""
+                       name: str = "tokens", length_buckets: int = 0, task: str = "classification") -> TextSource:
+    """A text source from token ids ``[N, L]`` (right-padded; masks default to all tokens real) and integer labels,
+    or float targets with ``task="regression"`` (class list ``["value"]``: one output)."""
     tx = _packed(train_ids, train_mask, train_types, "train_ids")
     vx = _packed(test_ids, test_mask, test_types, "test_ids")
-    ty, vy = torch.as_tensor(train_y).long().flatten(), torch.as_tensor(test_y).long().flatten()
+    if task not in ("classification", "regression"):
+        raise ConfigError(f"task must be 'classification' or 'regression', got {task!r}")
+    cast = (lambda a: torch.as_tensor(a).float().flatten()) if task == "regression" else \
+        (lambda a: torch.as_tensor(a).long().flatten())
+    ty, vy = cast(train_y), cast(test_y)
     if len(ty) != len(tx) or len(vy) != len(vx):
         raise DataError(f"{len(ty)} train labels for {len(tx)} texts, {len(vy)} test labels for {len(vx)}; give one "
                         "label per text")
-    names = resolve_classes(classes, (ty, "train labels"), (vy, "test labels"))
+    if task == "regression":
+        if not bool(torch.isfinite(ty).all() and torch.isfinite(vy).all()):
+            raise DataError("regression targets hold NaN or infinite values; clean the labels first")
+        names = ["value"]
+    else:
+        names = resolve_classes(classes, (ty, "train labels"), (vy, "test labels"))
     if not isinstance(length_buckets, int) or length_buckets < 0:
         raise ConfigError(f"length_buckets must be a whole number >= 0, got {length_buckets!r}")
     return TextSource(name, tx, ty, vx, vy, names, length_buckets)

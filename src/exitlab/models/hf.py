@@ -211,14 +211,22 @@ def from_config(config: dict, with_head: bool = True) -> nn.Module:
 
 
 def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str = "cls", layers: int = 1,
-            cascade: bool = False, attn_implementation: str | None = None) -> MultiExitModel:
+            cascade: bool = False, task: str = "classification", attn_implementation: str | None = None
+            ) -> MultiExitModel:
     """Attach exits to a Hugging Face encoder after chosen layers; the model's own classifier is the final exit.
 
     ``model``: a loaded ``AutoModelForSequenceClassification`` or ``AutoModel`` model, or a local folder (or cached
     name) loaded with ``from_pretrained(..., num_labels=num_labels)``. ``exits``: layer indices (0-based; the last
     layer feeds the final exit) or ``"every:K"``. ``head``: ``"cls"`` or ``"mean"`` (masked mean of the tokens);
     ``layers``: 1 (linear) or 2 (MLP). Inputs: a tokenizer's output or a packed tensor (:func:`pack`).
+    ``task="regression"``: one output per exit (STS-B style; float labels train it with the mean squared error).
     """
+    if task not in ("classification", "regression"):
+        raise ConfigError(f"from_hf: task must be 'classification' or 'regression', got {task!r}")
+    if task == "regression":
+        if num_labels not in (None, 1):
+            raise ConfigError(f"from_hf: a regression model has one output, got num_labels={num_labels}")
+        num_labels = 1
     if isinstance(model, nn.Module):
         num_labels = num_labels or getattr(getattr(model, "config", None), "num_labels", None)
     if not isinstance(num_labels, int) or num_labels < 1:
@@ -227,7 +235,10 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
     head_kwargs = {"pool": head, "layers": layers, **({"cascade": True} if cascade else {})}
     backbone = HFEncoder(module, num_labels, final_head={"pool": head, "layers": layers})
     blocks = _exit_layers(exits, len(backbone.layers))
-    spec = {"adapter": "hf", "config": module.config.to_dict(), "with_head": backbone.head is None,
+    if (task == "regression") != (num_labels == 1):
+        raise ConfigError(f"from_hf: a model with {num_labels} output(s) is not a {task} model; pass "
+                          f"task={'regression' if num_labels == 1 else 'classification'!r}")
+    spec = {"adapter": "hf", "task": task, "config": module.config.to_dict(), "with_head": backbone.head is None,
             "num_classes": num_labels, "exits": blocks, "head": "text", "head_kwargs": head_kwargs,
             "source": str(model) if not isinstance(model, nn.Module) else None}
     return MultiExitModel(backbone, blocks, "text", head_kwargs=head_kwargs, spec=spec)

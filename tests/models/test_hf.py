@@ -125,3 +125,19 @@ def test_a_local_save_pretrained_folder_loads_with_its_weights(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(pack(ids, mask))[-1], hf(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
     assert model.spec["source"] == str(tmp_path / "enc")
+
+
+def test_padding_columns_leave_with_the_samples_that_filled_them():
+    """Compaction drops rows, and then every column that only the leavers filled: later layers run narrower, and
+    the samples that stay get exactly what the full batch gives them."""
+    model = exitlab.from_hf(tiny("bert"), exits=[0, 1, 2]).eval()
+    ids, mask = batch(6, width=14, seed=3)
+    mask[1:, 9:] = 0  # only sample 0 is longer than 9 tokens
+    widths = []
+    hook = model.backbone.layers[1].register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    with torch.no_grad():
+        full = model.backbone(pack(ids, mask))
+        part = model.backbone.run(pack(ids, mask), {0}, lambda i, f: f[1:])
+    hook.remove()
+    assert widths == [14, int(mask[1:].sum(1).max())]
+    assert torch.allclose(part, full[1:], atol=1e-5)

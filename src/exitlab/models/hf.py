@@ -76,6 +76,13 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (~mask)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
 
 
+def _width(mask: torch.Tensor) -> int:
+    """The last column holding a real token in any row, plus one: padding to the right of it changes nothing (it
+    is masked as a key, and its own states feed no head)."""
+    cols = torch.nonzero(mask.any(0))
+    return int(cols[-1]) + 1 if len(cols) else mask.shape[-1]
+
+
 def _attr(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -150,6 +157,7 @@ class HFEncoder(nn.Module):
         """Embeddings, then layer by layer; the feature of every layer in ``taps`` (a :class:`TextFeature`) goes
         to ``on_tap``, which may hand back fewer rows (their attention mask goes with them) or stop."""
         x = self.prepare_input(x)
+        x = x[..., : _width(x[:, 1].bool())]  # no column that is padding in every row
         ids, mask, types = x[:, 0], x[:, 1].bool(), x[:, 2]  # [B, L] each
         h = self.embed(ids, types)
         ext = self.layer_mask(mask, h.dtype)
@@ -160,7 +168,9 @@ class HFEncoder(nn.Module):
                 feat = on_tap(i, TextFeature(h, mask))
                 if feat is None:
                     return None
-                if len(feat) != len(h):  # samples left: their mask rows go with them
+                if len(feat) != len(h):  # samples left: their mask rows go, and columns only they filled
+                    width = _width(feat.mask)
+                    feat = TextFeature(feat.hidden[:, :width], feat.mask[:, :width])
                     ext = self.layer_mask(feat.mask, h.dtype)
                 h, mask = feat.hidden, feat.mask
         return self.final(h, mask)

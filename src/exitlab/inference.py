@@ -114,8 +114,9 @@ def early_exit(model, x, policy: Policy, threshold: float | None = None, *,
     Every sample stops computing at the first exit where the policy lets it leave; the others continue as a
     smaller batch. ``costs`` (cumulative FLOPs per exit, e.g. ``exit_costs(model).flops``; or ``[E, B]``, per exit
     and sample, e.g. ``length_costs(model, lengths)`` for text) fills ``result.flops``. ``x`` is a batch tensor, or
-    for a text encoder a tokenizer's output (a mapping) or a packed tensor. The model runs in eval mode (BatchNorm statistics of a partial batch would differ and its
-    running statistics would move) and gets its own modes back afterwards.
+    for a text encoder a tokenizer's output (a mapping) or a packed tensor. The model runs in eval mode (BatchNorm
+    statistics of a partial batch would differ and its running statistics would move) and gets its own modes back
+    afterwards.
     """
     t = policy.threshold if threshold is None else threshold
     if t is None:

@@ -12,5 +12,6 @@ from .text import TextLoader, TextSource, from_token_tensors
 from .transforms import AUGMENTS, Recipe
 
 __all__ = ["AUGMENTS", "DATASETS", "Dataset", "Loader", "Recipe", "RunData", "Samples", "Source", "StreamLoader",
-           "StreamSource", "TensorLoader", "TextLoader", "TextSource", "build_run_data", "channel_stats", "from_datasets", "from_tensors", "from_token_tensors",
-           "load_dataset", "load_source", "random_crop_flip", "stratified_split", "stratified_subset"]
+           "StreamSource", "TensorLoader", "TextLoader", "TextSource", "build_run_data", "channel_stats",
+           "from_datasets", "from_tensors", "from_token_tensors", "load_dataset", "load_source", "random_crop_flip",
+           "stratified_split", "stratified_subset"]

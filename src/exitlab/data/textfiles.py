@@ -181,8 +181,8 @@ def word_tokenizer(texts: list[str], vocab_size: int = 4000, seed_texts: int = 0
     tok = tk.Tokenizer(tk.models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = tk.normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts[: seed_texts or None], tk.trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                                                                       special_tokens=special))
+    trainer = tk.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(texts[: seed_texts or None], trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = tk.processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                           special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

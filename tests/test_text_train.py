@@ -153,3 +153,13 @@ def test_gradient_equilibrium_rescales_the_encoders_gradients_and_nothing_else()
     assert not torch.allclose(g0[layer0], g1[layer0])
     heads = [n for n in g0 if n.startswith("heads.")]
     assert heads and all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in heads)  # each IC still gets all of its own
+
+
+def test_exitlab_eval_refuses_a_text_run_in_one_line(tmp_path):
+    from exitlab.errors import ExitlabError
+    from exitlab.evaluate import evaluate_run
+
+    _, out = _train([2], tmp_path / "r", budget=1)
+    with pytest.raises(ExitlabError, match="does not evaluate text-encoder runs yet"):
+        evaluate_run(out)
+    assert not (out / "eval.json").exists()

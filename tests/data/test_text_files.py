@@ -80,6 +80,8 @@ def test_bad_text_files_fail_with_one_clear_line(tmp_path, tok):
         from_text_files(_write(tmp_path / "d.jsonl", [{"text": "a cat", "label": i % 3} for i in range(9)]),
                         _write(tmp_path / "e.jsonl", [{"text": "a dog", "label": 7}]), tokenizer=tok,
                         classes=["x", "y"])
+    with pytest.raises(DataError, match="regression labels must be numbers, found 'neg'"):
+        from_text_files(_write(tmp_path / "g.jsonl", _rows(12)), tokenizer=tok, task="regression")
     with pytest.raises(DataError, match="unknown format"):
         from_text_files(_write(tmp_path / "f.txt", rows), tokenizer=tok)
 

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .loader import stratified_split
-from .text import TextSource, from_token_tensors
+from .text import TextSource, from_token_tensors, strata
 
 log = logging.getLogger("exitlab")
 SPAM_GROUPS = {"easy-ham-1": 0, "easy-ham-2": 0, "hard-ham-1": 0, "spam-1": 1, "spam-2": 1}
@@ -91,6 +91,23 @@ def label_ids(raw: list, classes: list[str] | None, where: str) -> tuple[torch.T
     return torch.tensor([index[str(v)] for v in raw]), names
 
 
+def float_labels(raw: list, where: str) -> torch.Tensor:
+    """Regression targets as float32; one DataError naming the first value that is not a number."""
+    try:
+        return torch.tensor([float(v) for v in raw], dtype=torch.float32)
+    except (TypeError, ValueError):
+        bad = next(v for v in raw if not _is_number(v))
+        raise DataError(f"{where}: regression labels must be numbers, found {bad!r}") from None
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, where: str):
     """Token ids and attention mask ``[N, L]`` (right-padded to the longest), truncated to ``max_length``."""
     if not isinstance(max_length, int) or max_length < 2:
@@ -107,7 +124,7 @@ def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: i
 
 def _split(data, fraction: float, seed: int, y: torch.Tensor):
     """A seeded stratified split of (ids, mask, types) and labels into train and test parts."""
-    tr, te = stratified_split(y, fraction, seed)
+    tr, te = stratified_split(strata(y), fraction, seed)
     pick = lambda t, i: None if t is None else t[i]  # noqa: E731
     return [pick(t, tr) for t in data], y[tr], [pick(t, te) for t in data], y[te]
 
@@ -115,10 +132,11 @@ def _split(data, fraction: float, seed: int, y: torch.Tensor):
 def from_text_files(train: str | Path, test: str | Path | None = None, *, tokenizer, text: str = "text",
                     label: str = "label", text_pair: str | None = None, max_length: int = 128,
                     classes: list[str] | None = None, test_fraction: float = 0.2, seed: int = 0,
-                    length_buckets: int = 0) -> TextSource:
+                    length_buckets: int = 0, task: str = "classification") -> TextSource:
     """A text source from files (see :func:`read_rows`), tokenised once with ``tokenizer`` (a Hugging Face
     tokenizer, or a local folder or cached name for ``AutoTokenizer``). Without ``test``, a seeded stratified
-    ``test_fraction`` of ``train`` is held out as the test split."""
+    ``test_fraction`` of ``train`` is held out as the test split. ``task="regression"``: the labels are numbers
+    (STS-B's similarity scores), trained with the mean squared error."""
     tok = tokenizer
     if isinstance(tokenizer, (str, Path)):
         tok = _extra("transformers").AutoTokenizer.from_pretrained(str(tokenizer))
@@ -126,17 +144,20 @@ def from_text_files(train: str | Path, test: str | Path | None = None, *, tokeni
     tokens, labels = {}, {}
     for name, path in parts.items():
         texts, pairs, raw = columns(read_rows(path), f"{name} data {path}", text, label, text_pair)
-        labels[name], classes = label_ids(raw, classes, f"{name} data {path}")
+        if task == "regression":
+            labels[name] = float_labels(raw, f"{name} data {path}")
+        else:
+            labels[name], classes = label_ids(raw, classes, f"{name} data {path}")
         tokens[name] = tokenize(tok, texts, pairs, max_length, f"{name} data {path}")
     if test is None:
-        (trt, y, tet, ty) = _split(tokens["train"], test_fraction, seed, labels["train"])
+        trt, y, tet, ty = _split(tokens["train"], test_fraction, seed, labels["train"])
     else:
         trt, y, tet, ty = tokens["train"], labels["train"], tokens["test"], labels["test"]
         width = max(trt[0].shape[1], tet[0].shape[1])
         trt, tet = _pad_to(trt, width), _pad_to(tet, width)
     return from_token_tensors(trt[0], y, tet[0], ty, train_mask=trt[1], test_mask=tet[1], train_types=trt[2],
                               test_types=tet[2], classes=classes, name=Path(train).stem,
-                              length_buckets=length_buckets)
+                              length_buckets=length_buckets, task=task)
 
 
 def _pad_to(t, width: int):

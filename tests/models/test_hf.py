@@ -102,6 +102,9 @@ def test_bad_models_exits_and_inputs_fail_with_one_clear_line():
     gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=V))
     with pytest.raises(ConfigError, match="not a supported text encoder"):
         exitlab.from_hf(gpt, num_labels=C)
+    mlm = transformers.BertForMaskedLM(hf.config)
+    with pytest.raises(ConfigError, match="BertForMaskedLM is neither a sequence classifier nor a bare encoder"):
+        exitlab.from_hf(mlm, num_labels=C)
     with pytest.raises(ConfigError, match="7 labels but num_labels=3"):
         HFEncoder(hf, 3)
     with pytest.raises(ConfigError, match="head 'text'"):

@@ -119,6 +119,9 @@ class HFEncoder(nn.Module):
             spec = dict(final_head or {"pool": "cls"})
             self.head = build_head("text", self.feature_info[-1], num_labels, **spec)
             self.final_kind = "head"
+        elif not type(model).__name__.endswith("ForSequenceClassification"):
+            raise ConfigError(f"{type(model).__name__} is neither a sequence classifier nor a bare encoder; load it "
+                              "with AutoModelForSequenceClassification or AutoModel")
         elif getattr(config, "num_labels", None) != num_labels:
             raise ConfigError(f"{type(model).__name__} has {config.num_labels} labels but num_labels={num_labels}; "
                               "load it with num_labels=... (from_pretrained(path, num_labels=N))")

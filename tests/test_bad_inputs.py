@@ -101,7 +101,8 @@ CASES = {
                                   "finish the run with `exitlab train CONFIG --out {d}/empty --resume`, or point at a "
                                   "finished run"),
     "eval: unknown policy": (["eval", "{d}/run", "--policy", "foo"],
-                             "error: unknown policy 'foo'; choose one of: confidence, entropy, patience, regression_patience, ztw"),
+                             "error: unknown policy 'foo'; choose one of: confidence, entropy, patience, "
+                             "regression_patience, ztw"),
     "eval: unknown split": (["eval", "{d}/run", "--split", "dev"],
                             "error: unknown split 'dev'; choose one of: train, val, test"),
     "eval: threshold out of range": (["eval", "{d}/run", "--thresholds", "2"],

@@ -34,7 +34,7 @@ CASES = {
                          "resnet20, resnet32, resnet34_cifar, resnet50_cifar, resnet56, resnet8, vgg16_bn, vit, "
                          "vit_small, vit_tiny, wrn28"),
     "unknown head": (T + ["--set", "model.head=sdnn"],
-                     "error: unknown head 'sdnn'; choose one of: cls, mlp, mlp1, mlp2, mlp3, pooled, sdn"),
+                     "error: unknown head 'sdnn'; choose one of: cls, mlp, mlp1, mlp2, mlp3, pooled, sdn, text"),
     "head for the wrong feature kind": (T + ["--set", "model.head=cls"],
                                         "error: head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs "
                                         "use 'sdn' or 'pooled'"),
@@ -101,7 +101,8 @@ CASES = {
                                   "finish the run with `exitlab train CONFIG --out {d}/empty --resume`, or point at a "
                                   "finished run"),
     "eval: unknown policy": (["eval", "{d}/run", "--policy", "foo"],
-                             "error: unknown policy 'foo'; choose one of: confidence, entropy, patience, ztw"),
+                             "error: unknown policy 'foo'; choose one of: confidence, entropy, patience, "
+                             "regression_patience, ztw"),
     "eval: unknown split": (["eval", "{d}/run", "--split", "dev"],
                             "error: unknown split 'dev'; choose one of: train, val, test"),
     "eval: threshold out of range": (["eval", "{d}/run", "--thresholds", "2"],

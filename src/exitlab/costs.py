@@ -129,3 +129,18 @@ def exit_costs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> 
         raise ConfigError("the backbone counts 0 FLOPs: no matmul, conv or attention ran; cannot express costs as "
                           "fractions of it")
     return ExitCosts(exits, base.total, backbone_params, shape, sorted(uncounted))
+
+
+def length_costs(model: nn.Module, lengths) -> torch.Tensor:
+    """Cumulative FLOPs of every exit for each text sample at its own real token length: ``[E, B]`` float64.
+
+    Each distinct length is measured once (:func:`exit_costs` on one sample of that length, no padding), so
+    attention's quadratic growth is in the count. A batch padded to its longest sample computes more than this:
+    padding is not free, and these costs leave it out on purpose (they are what each sample needs alone)."""
+    lengths = torch.as_tensor(lengths).long().flatten().cpu()
+    if len(lengths) and int(lengths.min()) < 1:
+        raise ConfigError("length_costs: every sample needs at least one token")
+    table = {n: exit_costs(model, (3, n)).flops for n in lengths.unique().tolist()}
+    if not table:
+        return torch.empty(getattr(model, "num_exits", 0), 0, dtype=torch.float64)
+    return torch.stack([table[n] for n in lengths.tolist()], 1)  # [E, B]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .costs import ExitCosts, exit_costs
-from .errors import ConfigError
+from .errors import ConfigError, ExitlabError
 from .files import atomic_write
 from .policies import POLICIES, Policy, make_policy
 from .rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
@@ -148,6 +148,9 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split
         raise ConfigError(f"n_thresholds must be >= 2, got {n_thresholds}")
     run = as_run(run_dir).require_model()
     model = run.model()
+    if model.spec.get("adapter") == "hf":
+        raise ExitlabError(f"{run.path}: exitlab eval does not evaluate text-encoder runs yet (no logits cache or "
+                           "sweep for text); use exitlab.early_exit and exitlab.sweep on your data (docs/text.md)")
     if thresholds is not None and policy != "ztw":  # bad thresholds fail before any logits are computed
         make_policy(policy).check_thresholds(thresholds, model.num_exits, model.num_classes)
     costs = exit_costs(model)

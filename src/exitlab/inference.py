@@ -28,7 +28,7 @@ FAST_CHECK = True  # see _Router._nobody_leaves; a switch only so benchmarks can
 class EarlyExitResult:
     """What :func:`early_exit` returns, one row per input sample (in input order)."""
 
-    preds: torch.Tensor  # [B] int64: the policy's prediction at the exit taken
+    preds: torch.Tensor  # [B] int64: the policy's prediction at the exit taken (regression: float values)
     exits: torch.Tensor  # [B] int64: index of the exit taken (0..E-1, final exit last)
     logits: torch.Tensor  # [B, C]: the raw logits of the exit taken
     flops: torch.Tensor | None  # [B] float64: cumulative FLOPs spent on each sample (None without costs)
@@ -95,8 +95,9 @@ class _Router:
             j, _, pred, logits = self.pieces[0]
             return pred, torch.full_like(pred, j), logits
         rows = torch.cat([r for _, r, _, _ in self.pieces])  # [B]: a permutation of the input rows
-        preds = torch.empty_like(rows)
-        preds[rows] = torch.cat([p for _, _, p, _ in self.pieces])
+        pred = torch.cat([p for _, _, p, _ in self.pieces])
+        preds = torch.empty_like(pred)  # int64 classes, or float values for regression
+        preds[rows] = pred
         exits = torch.empty_like(rows)
         exits[rows] = torch.cat([torch.full_like(r, j) for j, r, _, _ in self.pieces])
         z = torch.cat([z for _, _, _, z in self.pieces])
@@ -106,14 +107,16 @@ class _Router:
 
 
 @torch.no_grad()
-def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None = None, *,
+def early_exit(model, x, policy: Policy, threshold: float | None = None, *,
                costs: Sequence[float] | torch.Tensor | None = None) -> EarlyExitResult:
     """Classify the batch ``x`` with real early exit under ``policy`` at ``threshold`` (default: the policy's).
 
     Every sample stops computing at the first exit where the policy lets it leave; the others continue as a
-    smaller batch. ``costs`` (cumulative FLOPs per exit, e.g. ``exit_costs(model).flops``) fills
-    ``result.flops``. The model runs in eval mode (BatchNorm statistics of a partial batch would differ and its
-    running statistics would move) and gets its own modes back afterwards.
+    smaller batch. ``costs`` (cumulative FLOPs per exit, e.g. ``exit_costs(model).flops``; or ``[E, B]``, per exit
+    and sample, e.g. ``length_costs(model, lengths)`` for text) fills ``result.flops``. ``x`` is a batch tensor, or
+    for a text encoder a tokenizer's output (a mapping) or a packed tensor. The model runs in eval mode (BatchNorm
+    statistics of a partial batch would differ and its running statistics would move) and gets its own modes back
+    afterwards.
     """
     t = policy.threshold if threshold is None else threshold
     if t is None:
@@ -121,10 +124,14 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
     t = policy.check_threshold(t, model.num_exits, model.num_classes)
     if isinstance(model.backbone, HookedBackbone):
         model.backbone.check_compaction()  # adapted modules: refuse the ones where samples cannot leave mid-way
+    prepare = getattr(model.backbone, "prepare_input", None)  # text encoders: a tokenizer's mapping, packed
+    if prepare is not None:
+        x = prepare(x)
     router = _Router(model, policy, float(t))
     if x.shape[0] == 0:
         empty = torch.empty(0, dtype=torch.long, device=x.device)
-        preds, exits, logits = empty, empty, x.new_empty(0, model.num_classes)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        preds, exits, logits = empty, empty, torch.empty(0, model.num_classes, dtype=dtype, device=x.device)
     else:
         with eval_mode(model):
             final = model.walk(x, router.on_exit)
@@ -136,6 +143,6 @@ def early_exit(model, x: torch.Tensor, policy: Policy, threshold: float | None =
                                "normalisation) and the weights")
     flops = None
     if costs is not None:
-        costs = torch.as_tensor(costs, dtype=torch.float64)
-        flops = costs[exits.cpu()]
+        costs = torch.as_tensor(costs, dtype=torch.float64)  # [E], or [E, B] per sample (text: real lengths)
+        flops = costs[exits.cpu()] if costs.ndim == 1 else costs[exits.cpu(), torch.arange(len(exits))]
     return EarlyExitResult(preds, exits, logits, flops)

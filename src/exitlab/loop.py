@@ -38,9 +38,15 @@ def set_modes(model: MultiExitModel, phase: Phase) -> None:
 
 
 def exit_losses(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of every exit at once: ``[E]``."""
+    """Cross-entropy of every exit at once: ``[E]``. Float targets are a regression (one output per exit, as for
+    STS-B): the mean squared error of every exit instead."""
     logits = torch.stack(outs).float()  # [E, B, C]
     E, B, C = logits.shape
+    if y.is_floating_point():
+        if C != 1:
+            raise ConfigError(f"float labels are regression targets, but the model has {C} outputs per exit; build "
+                              "it with one output (exitlab.from_hf(..., task='regression')) or give integer labels")
+        return (logits[..., 0] - y.float()[None]).pow(2).mean(1)
     ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none", label_smoothing=label_smoothing)
     return ce.view(E, B).mean(1)
 
@@ -218,7 +224,8 @@ def _clip_and_check(opt: torch.optim.Optimizer, max_norm: float) -> bool:
 
 @torch.no_grad()
 def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = SINGLE) -> tuple[list[float], int]:
-    """Accuracy of every exit in one pass over ``loader``; returns (accuracies, sample count).
+    """Accuracy of every exit in one pass over ``loader``; returns (accuracies, sample count). For regression (float
+    labels) the negative mean squared error of every exit, so that higher is better as for accuracy.
 
     Under DDP each rank evaluates its share of every batch and the counts are summed over ranks.
     """
@@ -229,7 +236,7 @@ def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = 
         for x, y in loader:
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
                 outs = model(x)
-            hits = (torch.stack(outs).argmax(-1) == y).sum(1)  # [E]
+            hits = _hits(torch.stack(outs), y)  # [E]
             correct = hits if correct is None else correct + hits
             n += len(y)
     if correct is None:
@@ -237,6 +244,14 @@ def evaluate(model: MultiExitModel, loader, amp: str = "none", info: DistInfo = 
     correct = all_sum(correct, info)
     n = int(all_sum(torch.tensor(n, device=correct.device), info))
     return (correct.double() / max(n, 1)).tolist(), n
+
+
+def _hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per exit, the correct predictions of a batch (``[E]``); for regression (float labels) the negative sum of
+    squared errors, so the "accuracy" that validation reports is then the negative mean squared error."""
+    if y.is_floating_point():
+        return -(logits[..., 0].double() - y.double()[None]).pow(2).sum(1)
+    return (logits.argmax(-1) == y).sum(1)
 
 
 def trained_scores(phase: Phase, accs: list[float]) -> list[float]:

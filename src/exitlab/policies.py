@@ -47,7 +47,7 @@ class Step(NamedTuple):
     """What a policy says about the samples at one exit."""
 
     score: torch.Tensor  # [B] float; compared with the threshold by Policy.decide
-    pred: torch.Tensor  # [B] int64; the class predicted if the sample exits here
+    pred: torch.Tensor  # [B] int64; the class predicted if the sample exits here (regression: the float value)
     state: State  # carried to the next exit (rows = samples)
 
 
@@ -61,6 +61,7 @@ class Policy:
     name: ClassVar[str] = "policy"
     exit_when: ClassVar[str] = "above"  # "above": exit when score >= threshold; "below": when score <= threshold
     integer: ClassVar[bool] = False  # thresholds are whole numbers (patience)
+    task: ClassVar[str] = "classification"  # or "regression": one output per exit (a model with num_classes 1)
 
     def __init__(self, threshold: float | None = None):
         self.threshold = threshold
@@ -98,12 +99,16 @@ class Policy:
         """One threshold as a float, or a ConfigError naming the valid range (plain Python: cheap per call)."""
         lo, hi = self.valid_range(num_exits, num_classes)
         t = float(threshold)
-        if not lo <= t <= hi or (self.integer and t != round(t)):
+        if not lo <= t <= hi or (self.integer and t != round(t)) or (self.task == "regression") != (num_classes == 1):
             self.check_thresholds([t], num_exits, num_classes)  # raises with the full message
         return t
 
     def check_thresholds(self, thresholds, num_exits: int, num_classes: int) -> torch.Tensor:
         """Thresholds as a float64 tensor, or a ConfigError naming the policy's valid range."""
+        if (self.task == "regression") != (num_classes == 1):
+            model = "a regression model (one output)" if num_classes == 1 else f"a {num_classes}-class classifier"
+            raise ConfigError(f"policy {self.name!r} is a {self.task} policy but this is {model}; use "
+                              f"{'regression_patience' if num_classes == 1 else 'confidence, entropy or patience'}")
         t = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1)
         lo, hi = self.valid_range(num_exits, num_classes)
         bad = t[~((t >= lo) & (t <= hi))]  # also catches NaN
@@ -244,8 +249,42 @@ class ZTW(Policy):
         return {"weight": self.weight.tolist(), "bias": self.bias.tolist()}
 
 
+class RegressionPatience(Policy):
+    """PABEE's regression rule: exit once ``t`` consecutive exits (this one included) predict values that differ
+    from the previous exit's by less than ``tolerance`` (range [1, E]). For models with one output per exit.
+
+    The score is the length of the current run of close predictions, and the prediction is the exit's value (a
+    float, not a class). As for :class:`Patience`, PABEE's patience ``p`` is ``t = p + 1`` here.
+    """
+
+    name = "regression_patience"
+    integer = True
+    task = "regression"
+
+    def __init__(self, threshold: float | None = None, tolerance: float = 0.1):
+        super().__init__(threshold)
+        if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance > 0:
+            raise ConfigError(f"policy 'regression_patience': tolerance must be a number > 0, got {tolerance!r}")
+        self.tolerance = float(tolerance)
+
+    def valid_range(self, num_exits: int, num_classes: int) -> tuple[float, float]:
+        return 1.0, float(num_exits)
+
+    def step(self, j: int, logits: torch.Tensor, state: State) -> Step:
+        value = logits[:, 0].float()  # [B]
+        if j == 0 or "value" not in state:
+            run = torch.ones_like(value, dtype=torch.long)
+        else:
+            close = (value - state["value"]).abs() < self.tolerance
+            run = torch.where(close, state["run"] + 1, torch.ones_like(state["run"]))
+        return Step(run.float(), value, {"value": value, "run": run})
+
+    def params(self) -> dict:
+        return {"tolerance": self.tolerance}
+
+
 POLICIES: Registry[type[Policy]] = Registry("policy")
-for _cls in (Confidence, Entropy, Patience, ZTW):
+for _cls in (Confidence, Entropy, Patience, ZTW, RegressionPatience):
     POLICIES.register(_cls.name, _cls)
 
 

@@ -70,6 +70,14 @@ def test_every_parameter_gets_a_gradient(name, cascade):
 
 @pytest.mark.parametrize("head", HEADS.names())
 def test_every_head_kind_builds_where_it_applies(head):
+    if head == "text":  # text encoders' head: on a Hugging Face encoder (the nlp extra)
+        pytest.importorskip("transformers")
+        from exitlab.models.hf import from_hf, pack
+        from tests.models.test_hf import batch, tiny
+
+        m = from_hf(tiny("bert"), exits=[0, 1], head="mean")
+        assert len(m(pack(*batch()))) == m.num_exits
+        return
     name = "vit" if head == "cls" else "resnet20"
     m = _model(name, head)
     assert len(m(torch.randn(2, 3, 16, 16))) == m.num_exits

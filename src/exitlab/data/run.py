@@ -20,6 +20,7 @@ from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
 from .sources import Source, StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, resolve_workers, stream_stats
+from .text import TextLoader, TextSource, strata
 from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -78,7 +79,7 @@ class RunData:
     val: Loader
     test: Loader
     classes: list[str]
-    shape: tuple[int, int, int]  # one sample: (C, H, W)
+    shape: tuple[int, ...]  # one sample: (C, H, W); text: (3, mean token length), see exitlab.data.text
     normalize: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} applied to [0, 1] pixels
 
     def split(self, name: str) -> Loader:
@@ -104,6 +105,8 @@ def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: t
     :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
     three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
     src = source if source is not None else load_source(d)
+    if isinstance(src, TextSource):
+        return _text_data(src, d, seed, device, shard)
     if isinstance(src, Dataset) and d.augment == "crop_flip":
         return _tensor_data(src, d, seed, device, shard, channels_last)
     return _stream_data(as_stream(src) if isinstance(src, Dataset) else src, d, seed, device, shard, channels_last)
@@ -125,6 +128,22 @@ def _tensor_data(ds: Dataset, d: DataSettings, seed: int, device: torch.device, 
         classes=ds.classes,
         shape=ds.shape,
         normalize={"mean": mean.flatten().tolist(), "std": std.flatten().tolist()},
+    )
+
+
+def _text_data(src: TextSource, d: DataSettings, seed: int, device: torch.device, shard: tuple[int, int]) -> RunData:
+    """Tokenised text in memory: the seeded stratified split, batches padded to their own longest sequence."""
+    if not src.train_y.is_floating_point():  # regression targets are checked by from_token_tensors
+        check_labels(src.train_y, len(src.classes), f"{src.name} train")
+        check_labels(src.test_y, len(src.classes), f"{src.name} test")
+    tr, va = split_indices(strata(src.train_y), d, seed, held_out=False)
+    return RunData(
+        train=TextLoader(src.train_x[tr], src.train_y[tr], d.batch_size, device=device, shuffle=True,
+                         drop_last=len(tr) > d.batch_size, length_buckets=src.length_buckets, shard=shard),
+        val=TextLoader(src.train_x[va], src.train_y[va], d.eval_batch_size, device=device, shard=shard),
+        test=TextLoader(src.test_x, src.test_y, d.eval_batch_size, device=device, shard=shard),
+        classes=src.classes,
+        shape=src.shape,
     )
 
 

@@ -12,6 +12,7 @@ from .contract import BlocksBackbone, ExitPoint
 from .core import MultiExitModel
 from .foreign import build_foreign, from_timm, from_torchvision, tap_candidates
 from .heads import HEADS, build_head
+from .hf import from_hf, model_from_hf_spec
 from .placement import resolve_exits
 from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet
 from .vgg_mobilenet import VGG, MobileNetV2
@@ -73,6 +74,8 @@ def model_from_spec(spec: dict, module=None) -> MultiExitModel:
     module without a factory needs that ``module`` back."""
     if "adapter" not in spec:
         return build_model(**spec)
+    if spec["adapter"] == "hf":
+        return model_from_hf_spec(spec)
     source = spec.get("source") or spec.get("factory")
     if module is None and source:
         return build_foreign(source, num_classes=spec["num_classes"], exits=spec["exits"], head=spec["head"],
@@ -89,9 +92,10 @@ def model_from_spec(spec: dict, module=None) -> MultiExitModel:
 def rebuildable(model: MultiExitModel) -> bool:
     """Whether :func:`model_from_spec` can build ``model`` again from its spec alone."""
     spec = model.spec
-    return bool(spec) and ("adapter" not in spec or bool(spec.get("source") or spec.get("factory")))
+    return bool(spec) and ("adapter" not in spec or spec["adapter"] == "hf" or
+                           bool(spec.get("source") or spec.get("factory")))
 
 
 __all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "HookedBackbone", "MultiExitModel",
-           "build_backbone", "build_head", "build_model", "from_module", "from_timm", "from_torchvision",
+           "build_backbone", "build_head", "build_model", "from_hf", "from_module", "from_timm", "from_torchvision",
            "model_from_spec", "rebuildable", "tap_candidates"]

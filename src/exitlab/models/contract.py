@@ -9,8 +9,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-# on_tap(block_index, feature) -> the feature to continue with (possibly fewer samples), or None to stop.
-TapFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+# on_tap(block_index, feature) -> the feature to continue with (possibly fewer samples), or None to stop. A feature
+# is a tensor, or a TextFeature (token states with their attention mask) for text encoders.
+TapFn = Callable[[int, "torch.Tensor | TextFeature"], "torch.Tensor | TextFeature | None"]
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,29 @@ class ExitPoint:
 
     channels: int
     reduction: int = 1
-    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first
+    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first; "text": TextFeature
+
+
+@dataclass
+class TextFeature:
+    """A text encoder's block output: token states ``[B, L, D]`` with their attention mask ``[B, L]`` (True: a
+    real token, False: padding). Rows slice together, so a sample that leaves takes its mask with it."""
+
+    hidden: torch.Tensor  # [B, L, D]
+    mask: torch.Tensor  # [B, L] bool
+
+    def __getitem__(self, rows) -> TextFeature:
+        return TextFeature(self.hidden[rows], self.mask[rows])
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    def with_hidden(self, hidden: torch.Tensor) -> TextFeature:
+        return TextFeature(hidden, self.mask)
 
 
 class Backbone(Protocol):

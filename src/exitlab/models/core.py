@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .contract import BlocksBackbone, ExitPoint, TapFn  # noqa: F401  (re-exported: the contract's old home)
+from .contract import BlocksBackbone, ExitPoint, TapFn, TextFeature  # noqa: F401  (re-exported: the contract's old home)
 from .heads import build_head
 
 # on_exit(exit j, its logits, the feature it read) -> what the walk does next: True goes on with every sample,
@@ -29,6 +29,13 @@ class _GradScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad * ctx.scale, None
+
+
+def _grad_scaled(h, scale: float):
+    """``h`` with its gradient scaled on the way back (a text feature's token states; its mask has no gradient)."""
+    if isinstance(h, TextFeature):
+        return h.with_hidden(_GradScale.apply(h.hidden, scale))
+    return _GradScale.apply(h, scale)
 
 
 class MultiExitModel(nn.Module):
@@ -114,8 +121,8 @@ class MultiExitModel(nn.Module):
             j = slot[block]
             to_head, to_next = h, h
             if grad_equilibrium:  # exit j shares the trunk with the n - j - 1 exits after it
-                to_head = _GradScale.apply(h, 1.0 / (n - j))
-                to_next = _GradScale.apply(h, (n - j - 1) / (n - j))
+                to_head = _grad_scaled(h, 1.0 / (n - j))
+                to_next = _grad_scaled(h, (n - j - 1) / (n - j))
             logits = self.heads[j](to_head, prev)
             verdict = on_exit(j, logits, h)
             if verdict is None or verdict is False or j == last:

@@ -131,9 +131,44 @@ class CLSHead(_Head):
         return self._combine(self.fc(self.norm(x[:, 0])), prev)
 
 
+@HEADS.register("text")
+class TextHead(_Head):
+    """Text encoder head: the CLS token (``pool="cls"``) or the mean of the real tokens under the attention mask
+    (``pool="mean"``), then a linear layer (``layers=1``) or an MLP (``layers=2``, tanh between, as BERT's pooler)."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, pool: str = "cls", layers: int = 1,
+                 hidden: int | None = None, cascade: bool = False):
+        super().__init__(num_classes, cascade)
+        if point.kind != "text":
+            raise ConfigError("head 'text' reads a text encoder's tokens and attention mask (exitlab.from_hf); for "
+                              "images use 'sdn', 'pooled' or 'cls'")
+        if pool not in ("cls", "mean"):
+            raise ConfigError(f"model.head_kwargs.pool must be 'cls' or 'mean', got {pool!r}")
+        if layers not in (1, 2):
+            raise ConfigError(f"model.head_kwargs.layers must be 1 (linear) or 2 (MLP), got {layers!r}")
+        if hidden is not None:
+            _option("hidden", hidden)
+        self.pool = pool
+        d = point.channels
+        self.fc = nn.Linear(d, num_classes) if layers == 1 else \
+            nn.Sequential(nn.Linear(d, hidden or d), nn.Tanh(), nn.Linear(hidden or d, num_classes))
+
+    def forward(self, x, prev: torch.Tensor | None = None) -> torch.Tensor:
+        h = x.hidden  # [B, L, D]
+        if self.pool == "cls":
+            pooled = h[:, 0]
+        else:
+            m = x.mask.to(h.dtype).unsqueeze(-1)  # [B, L, 1]
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, D]
+        return self._combine(self.fc(pooled), prev)
+
+
 def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:
     """Build the head ``name`` for a feature described by ``point``."""
     cls = HEADS.get(name)
+    if point.kind == "text" and name != "text":
+        raise ConfigError(f"head {name!r} reads image maps or ViT tokens; a text encoder's exits take head 'text' "
+                          "(options pool: cls|mean, layers: 1|2)")
     try:
         return cls(point, num_classes, **kwargs)
     except TypeError as e:

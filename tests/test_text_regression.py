@@ -1,0 +1,101 @@
+"""Regression on a text encoder (STS-B style): one output per exit, the mean squared error of every exit as the
+loss, PABEE's regression exit rule as a policy (real early exit makes the simulation's decisions), and clear
+errors when a task meets the other task's policy or labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+
+import exitlab  # noqa: E402
+from exitlab.config import RunConfig, from_dict  # noqa: E402
+from exitlab.data import from_token_tensors  # noqa: E402
+from exitlab.data.text import strata  # noqa: E402
+from exitlab.errors import ConfigError  # noqa: E402
+from exitlab.inference import early_exit  # noqa: E402
+from exitlab.loop import exit_losses  # noqa: E402
+from exitlab.models.hf import pack  # noqa: E402
+from exitlab.policies import make_policy  # noqa: E402
+from exitlab.rundir import read_jsonl  # noqa: E402
+from exitlab.sweep import exit_indices  # noqa: E402
+from tests.models.test_hf import batch, tiny  # noqa: E402
+
+
+def _regressor():
+    return exitlab.from_hf(tiny("bert", num_labels=1), exits=[0, 1, 2], task="regression", head="mean")
+
+
+def test_a_regression_model_has_one_output_per_exit_and_its_final_exit_is_the_hf_forward():
+    hf = tiny("bert", num_labels=1)
+    model = exitlab.from_hf(hf, exits=[0, 1, 2], task="regression").eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        outs = model(pack(ids, mask))
+        assert all(o.shape == (5, 1) for o in outs)
+        assert torch.allclose(outs[-1], hf(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+    assert model.spec["task"] == "regression"
+
+
+def test_the_loss_of_every_exit_is_its_mean_squared_error():
+    outs = [torch.randn(6, 1) for _ in range(3)]
+    y = torch.randn(6)
+    want = torch.stack([F.mse_loss(o[:, 0], y) for o in outs])
+    assert torch.allclose(exit_losses(outs, y), want)
+    with pytest.raises(ConfigError, match="regression targets, but the model has 7 outputs"):
+        exit_losses([torch.randn(6, 7)], y)
+
+
+def test_a_regression_run_trains_every_exit_and_reports_negative_mse(tmp_path):
+    ids, mask = batch(64, width=12, seed=1)
+    y = mask.sum(1).float() / 12  # the target: the text's length, which every layer can see
+    tids, tmask = batch(16, width=12, seed=2)
+    src = from_token_tensors(ids, y, tids, tmask.sum(1).float() / 12, train_mask=mask, test_mask=tmask,
+                             task="regression")
+    assert src.classes == ["value"] and src.train_y.dtype == torch.float32
+    base = from_dict(RunConfig, {"data": {"batch_size": 16, "eval_batch_size": 32}, "progress": False})
+    opt = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0}
+    out = exitlab.train(_regressor(), tmp_path / "r", data=src, regime="joint", config=base, budget=3, phase2=opt)
+    recs = read_jsonl(out / "metrics.jsonl")
+    assert len(recs) == 3 and all(len(r["val_acc"]) == 4 and max(r["val_acc"]) <= 0 for r in recs)
+    assert sum(recs[-1]["train_exit_losses"]) < sum(recs[0]["train_exit_losses"])  # the MSE went down
+    bins = strata(src.train_y)
+    assert bins.dtype == torch.long and len(bins.unique()) == 5  # the split is stratified on quantile bins
+
+
+@pytest.mark.parametrize("tolerance", [0.05, 0.3])
+def test_regression_patience_real_early_exit_makes_the_simulated_decisions(tolerance):
+    model = _regressor().eval()
+    with torch.no_grad():  # spread the heads' outputs so that runs of close predictions vary across samples
+        for h in model.heads:
+            h.fc.weight.mul_(20)
+    x = pack(*batch(16, width=14, seed=4))
+    pol = make_policy("regression_patience", tolerance=tolerance)
+    with torch.no_grad():
+        logits = torch.stack(model(x))  # [E, N, 1]
+    scores, preds = pol.scores(logits)
+    assert preds.dtype == torch.float32 and torch.equal(preds, logits[..., 0])
+    spread = set()
+    for t in (1, 2, 3, 4):
+        want = exit_indices(scores, torch.tensor([float(t)]), pol.exit_when)[0]
+        spread.update(want.tolist())
+        for size in (1, 4, 16):
+            parts = [early_exit(model, x[i:i + size], pol, t) for i in range(0, 16, size)]
+            assert torch.equal(torch.cat([r.exits for r in parts]), want), (tolerance, t, size)
+            got = torch.cat([r.preds for r in parts])
+            assert got.dtype == torch.float32 and torch.allclose(got, preds[want, torch.arange(16)], atol=1e-5)
+    assert len(spread) > 1
+
+
+def test_a_policy_of_the_other_task_is_refused():
+    x = pack(*batch(3))
+    with pytest.raises(ConfigError, match="'regression_patience' is a regression policy but this is a 7-class"):
+        early_exit(exitlab.from_hf(tiny("bert"), exits=[0]), x, make_policy("regression_patience"), 2)
+    with pytest.raises(ConfigError, match="'confidence' is a classification policy but this is a regression"):
+        early_exit(_regressor(), x, make_policy("confidence"), 0.5)
+    with pytest.raises(ConfigError, match="tolerance must be a number > 0"):
+        make_policy("regression_patience", tolerance=0)
+    with pytest.raises(ConfigError, match="regression model has one output"):
+        exitlab.from_hf(tiny("bert"), task="regression", num_labels=3)

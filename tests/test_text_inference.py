@@ -26,7 +26,7 @@ def _setup(kind: str, policy: str, head: str):
         logits = torch.stack(model(x))  # [E, N, C]: the all-exits run, as cached for the simulation
     E = model.num_exits
     g = torch.Generator().manual_seed(1)
-    pol = (ZTW(torch.rand(E, E, generator=g) + 0.5, torch.randn(E, E, C, generator=g) * 0.2) if policy == "ztw"
+    pol = (ZTW(torch.rand(E - 1, E - 1, generator=g) + 0.5, torch.randn(E - 1, C, generator=g) * 0.2) if policy == "ztw"
            else make_policy(policy))
     return model, x, logits, pol, g
 

@@ -32,10 +32,27 @@ class ModelConfig:
 
 
 @dataclass
+class TextConfig:
+    """Text data (``data.name`` text or spam_assassin): files, columns, tokenizer and length (docs/text.md)."""
+
+    train: Union[str, None] = None  # text: the training file (.csv, .tsv, .jsonl) or save_to_disk folder; under root  # noqa: UP007
+    test: Union[str, None] = None  # text: the test file; unset: a seeded stratified test_fraction of train  # noqa: UP007
+    test_fraction: float = 0.2  # without a test file: the share of texts held out for testing (split seed 0)
+    column: str = "text"  # the text column
+    pair: Union[str, None] = None  # a second text column (sentence pairs, as in STS-B)  # noqa: UP007
+    label: str = "label"  # the label column: class names or integers, or numbers for regression
+    task: str = "classification"  # classification, or regression (float targets, MSE per exit)
+    tokenizer: str = "wordpiece"  # a local tokenizer folder or cached name, or wordpiece: trained on the train texts
+    vocab_size: int = 4000  # wordpiece: the vocabulary size
+    max_length: int = 128  # tokens per text; longer texts are truncated, with one warning
+    length_buckets: int = 0  # > 0: training batches sorted by length within seeded buckets of this many batches
+
+
+@dataclass
 class DataConfig:
     """Dataset, split and batching."""
 
-    name: str = "fashion_mnist"  # fashion_mnist, mnist, cifar10, cifar100, imagefolder, synthetic or webdataset
+    name: str = "fashion_mnist"  # fashion_mnist, cifar10, imagefolder, webdataset, text, ... (`exitlab ls`)
     root: Union[str, None] = None  # directory holding the files; searched before the Debian path  # noqa: UP007
     download: bool = True  # try the official source (checksum-verified) when the files are not found
     img_size: int = 32  # output size of streamed and image-folder images; in-memory IDX/CIFAR keep their own size
@@ -54,6 +71,7 @@ class DataConfig:
     wds_image: str = "jpg;jpeg;png;webp;bmp"  # webdataset: image extensions of a sample, first found wins
     wds_label: str = "cls"  # webdataset: extension of the label member (an integer 0..C-1 as text)
     shuffle_buffer: int = 2000  # webdataset: samples in the seeded shuffle buffer of a training pass (1 = none)
+    text: TextConfig = field(default_factory=TextConfig)  # text and spam_assassin: files, columns, tokenizer
 
 
 @dataclass
@@ -191,10 +209,33 @@ def _validate_data(d: DataConfig) -> None:
             raise ConfigError(f"data.synthetic.{key}: expected int, got {value!r}")
         if SYNTHETIC[key] is not None:
             check_range(f"data.synthetic.{key}", value, lo=SYNTHETIC[key])
+    _validate_text(d)
     n_cls = d.synthetic.get("num_classes", 7)
     if d.synthetic.get("n_train", 700) < 2 * n_cls:
         raise ConfigError(f"data.synthetic.n_train must be >= 2 x num_classes ({2 * n_cls}) so that every class is "
                           "in both the train and the validation split")
+
+
+def _validate_text(d: DataConfig) -> None:
+    t = d.text
+    if d.name not in ("text", "spam_assassin"):
+        if t != TextConfig():
+            raise ConfigError(f"data.text is set but data.name is {d.name!r}; drop data.text or use data.name=text")
+        return
+    if d.name == "text" and not t.train:
+        raise ConfigError("data.text.train: text data needs a training file (.csv, .tsv, .jsonl or a save_to_disk "
+                          "folder), e.g. --set data.text.train=train.csv")
+    if d.name == "spam_assassin" and (t.train or t.test or t.task != "classification"):
+        raise ConfigError("data.text.train/test/task do not apply to spam_assassin (its mails and labels are fixed); "
+                          "drop them, or use data.name=text for your own files")
+    if t.task not in ("classification", "regression"):
+        raise ConfigError(f"data.text.task: {t.task!r}; choose classification or regression")
+    check_range("data.text.test_fraction", t.test_fraction, lo=0, hi=1, lo_open=True, hi_open=True)
+    for key, val, lo in (("vocab_size", t.vocab_size, 8), ("max_length", t.max_length, 2),
+                         ("length_buckets", t.length_buckets, 0)):
+        check_range(f"data.text.{key}", val, lo=lo)
+    if not t.tokenizer.strip():
+        raise ConfigError("data.text.tokenizer is empty; give a tokenizer folder or name, or wordpiece")
 
 
 def _validate_phase(key: str, p: PhaseConfig) -> None:

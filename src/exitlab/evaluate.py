@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .costs import ExitCosts, exit_costs
+from .costs import ExitCosts, exit_costs, length_table, text_costs
 from .errors import ConfigError, ExitlabError
 from .files import atomic_write
 from .policies import POLICIES, Policy, make_policy
@@ -87,19 +87,20 @@ def _selection(vs: Sweep, ts: Sweep, budgets, target_accuracy) -> dict:
 
 
 def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds=None,
-                 n_thresholds: int = MAX_THRESHOLDS, val=None, budgets=BUDGETS, target_accuracy: float | None = None
-                 ) -> dict:
+                 n_thresholds: int = MAX_THRESHOLDS, val=None, budgets=BUDGETS, target_accuracy: float | None = None,
+                 val_costs: ExitCosts | None = None) -> dict:
     """One policy on the evaluated split: its curve, and with ``val`` logits and labels the headline budget table
     and AUC with every operating point chosen on validation and reported here; the frontier of this split's own
     sweep is kept under ``test_frontier`` (optimistic: it picks thresholds on the split it reports on).
 
     Thresholds come from the scores (:func:`exitlab.sweep.score_thresholds`, at most ``n_thresholds``), unless
-    ``thresholds`` are given."""
+    ``thresholds`` are given. ``val_costs``: the validation samples' own costs when they differ per sample (text)."""
+    vc = val_costs or costs
     E, _, C = logits.shape
     given = None if thresholds is None else policy.check_thresholds(thresholds, E, C)
     scores, preds = policy.scores(logits)
     t = given if given is not None else score_thresholds(scores, policy.exit_when, n_thresholds)
-    sw = simulate(scores, preds, labels, costs.flops, t, policy.exit_when, backbone_flops=costs.backbone_flops)
+    sw = simulate(scores, preds, labels, costs.table, t, policy.exit_when, backbone_flops=costs.backbone_flops)
     frontier = {"budget_table": budget_table(sw.fraction, sw.accuracy, budgets), "auc": auc(sw.fraction, sw.accuracy),
                 "note": "thresholds chosen on this split itself: an optimistic upper bound"}
     out = {**sw.to_dict(), "exit_when": policy.exit_when, "test_frontier": frontier, "chosen_on": "test",
@@ -108,15 +109,15 @@ def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds
         return out
     v_scores, v_preds = policy.scores(val[0])
     tv = given if given is not None else score_thresholds(v_scores, policy.exit_when, n_thresholds)
-    vs = simulate(v_scores, v_preds, val[1], costs.flops, tv, policy.exit_when, backbone_flops=costs.backbone_flops)
-    ts = simulate(scores, preds, labels, costs.flops, tv, policy.exit_when, backbone_flops=costs.backbone_flops)
+    vs = simulate(v_scores, v_preds, val[1], vc.table, tv, policy.exit_when, backbone_flops=vc.backbone_flops)
+    ts = simulate(scores, preds, labels, costs.table, tv, policy.exit_when, backbone_flops=costs.backbone_flops)
     out.update(chosen_on="val", budget_table=chosen_budget_table(vs, ts, budgets), auc=chosen_auc(vs, ts),
                chosen={f"budget_{round(b * 100)}": chosen_at(vs, ts, b) for b in budgets},
                selected=_selection(vs, ts, budgets, target_accuracy))
     if not policy.integer:
         out["budgeted"] = {f"budget_{round(b * 100)}": budgeted_batch(
-            v_scores, v_preds, val[1], scores, preds, labels, costs.flops, b, backbone_flops=costs.backbone_flops,
-            exit_when=policy.exit_when) for b in budgets}
+            v_scores, v_preds, val[1], scores, preds, labels, costs.table, b, backbone_flops=costs.backbone_flops,
+            exit_when=policy.exit_when, val_costs=vc.table, val_backbone_flops=vc.backbone_flops) for b in budgets}
     return out
 
 
@@ -125,6 +126,17 @@ def exit_table(logits, labels, costs: ExitCosts) -> list[dict]:
     accs, eces = exit_accuracy(logits, labels), ece(logits, labels)
     return [{"exit": c.exit, "block": c.block, "flops": c.flops, "macs": c.macs, "params": c.params,
              "fraction": c.fraction, "accuracy": a, "ece": e} for c, a, e in zip(costs.exits, accs, eces)]
+
+
+def split_costs(run: RunDir, model, split: str) -> tuple[ExitCosts, ExitCosts]:
+    """The costs the evaluated split and the validation split are charged: the model's per-exit costs on one sample,
+    or for a text encoder every sample's own cost at its token length (one measurement per length for both)."""
+    if model.spec.get("adapter") != "hf":
+        costs = exit_costs(model)
+        return costs, costs
+    n, nv = run.lengths(split), run.lengths("val")
+    table = length_table(model, torch.cat([n, nv]).unique().tolist())
+    return text_costs(model, n, table), text_costs(model, nv, table)
 
 
 def _resolve_policy(run: RunDir, name: str) -> Policy:
@@ -148,21 +160,21 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split
         raise ConfigError(f"n_thresholds must be >= 2, got {n_thresholds}")
     run = as_run(run_dir).require_model()
     model = run.model()
-    if model.spec.get("adapter") == "hf":
-        raise ExitlabError(f"{run.path}: exitlab eval does not evaluate text-encoder runs yet (no logits cache or "
-                           "sweep for text); use exitlab.early_exit and exitlab.sweep on your data (docs/text.md)")
+    if model.spec.get("task") == "regression":
+        raise ExitlabError(f"{run.path}: exitlab eval does not evaluate regression runs yet (its sweep measures "
+                           "accuracy); use exitlab.early_exit with regression_patience (docs/text.md)")
     if thresholds is not None and policy != "ztw":  # bad thresholds fail before any logits are computed
         make_policy(policy).check_thresholds(thresholds, model.num_exits, model.num_classes)
-    costs = exit_costs(model)
     logits, labels = run.logits(split)
     val = run.logits("val") if split != "val" else (logits, labels)
+    costs, val_costs = split_costs(run, model, split)
     names = list(dict.fromkeys([*policies, policy]))
     curves = {}
     for name in names:
         pol = _resolve_policy(run, name)
         curves[name] = policy_curve(pol, logits, labels, costs, thresholds=thresholds if name == policy else None,
                                     n_thresholds=n_thresholds, val=val, budgets=budgets,
-                                    target_accuracy=target_accuracy)
+                                    target_accuracy=target_accuracy, val_costs=val_costs)
     exits = exit_table(logits, labels, costs)
     result = {
         "run_dir": str(run.path), "split": split, "samples": len(labels), "policy": policy,
@@ -181,7 +193,8 @@ def format_report(result: dict) -> str:
     """The per-exit table and the budget table of an ``evaluate_run`` result, as text (the CLI prints it)."""
     c = result["costs"]
     lines = [f"{result['run_dir']}: {result['split']} split, {result['samples']} samples; backbone "
-             f"{c['backbone_flops'] / 1e6:.2f} MFLOPs ({c['backbone_macs'] / 1e6:.2f} MMACs; FLOPs = 2 x MACs)",
+             f"{c['backbone_flops'] / 1e6:.2f} MFLOPs ({c['backbone_macs'] / 1e6:.2f} MMACs; FLOPs = 2 x MACs)"
+             + ("; text: the mean over the texts, each at its own length" if "per_sample" in c else ""),
              f"{'exit':>4} {'block':>5} {'MFLOPs':>9} {'backbone':>8} {'params':>9} {'acc':>7} {'ECE':>6}"]
     for e in result["exits"]:
         lines.append(f"{e['exit']:>4} {e['block']:>5} {e['flops'] / 1e6:>9.3f} {e['fraction']:>8.1%} "

@@ -18,6 +18,7 @@ import torch
 from .config import ModelConfig, RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
 from .models import MultiExitModel, build_model
+from .models.hf import build_hf
 from .phases import Phase, plan_phases
 
 
@@ -38,8 +39,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
-    """The image shape a dataset yields, known without reading it."""
+    """The image shape a dataset yields, known without reading it (text: 3 rows of 8 tokens, for the check)."""
     d = cfg.data
+    if d.name in ("text", "spam_assassin"):
+        return (3, 8, 8)
     if d.name in ("fashion_mnist", "mnist"):
         return (1, 28, 28)
     if d.name == "synthetic":
@@ -64,7 +67,16 @@ def check_data_options(cfg: RunConfig) -> None:
 def check_model(cfg: RunConfig) -> int:
     """Build the model on the side and run one forward and backward pass; returns its number of exits."""
     m = cfg.model
-    return _check_model(json.dumps({"model": to_dict(m), "shape": input_shape(cfg)}, sort_keys=True))
+    text = cfg.data.name in ("text", "spam_assassin")
+    if text != m.backbone.startswith("hf:"):
+        raise ConfigError(f"model.backbone {m.backbone!r} with data.name {cfg.data.name!r}: text data needs a text "
+                          "encoder (model.backbone hf:...) and an encoder needs text data (data.name text or "
+                          "spam_assassin)")
+    if text and m.pretrained and cfg.data.text.tokenizer == "wordpiece":
+        raise ConfigError("data.text.tokenizer: a pretrained encoder needs the tokenizer it was trained with, not a "
+                          "new wordpiece one; set data.text.tokenizer to the model's folder or name")
+    task = cfg.data.text.task if text else "classification"
+    return _check_model(json.dumps({"model": to_dict(m), "shape": input_shape(cfg), "task": task}, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,14 +85,35 @@ def _check_model(key: str) -> int:
     m, (c, h, _) = spec["model"], spec["shape"]
     with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors": the error below says it better
         warnings.simplefilter("ignore")
+        if m["backbone"].startswith("hf:"):
+            return _build_and_run_text(m, spec["task"])
         return _build_and_run(m, c, h)
 
 
-def model_from_config(m: ModelConfig, num_classes: int, shape: tuple[int, int, int]) -> MultiExitModel:
-    """The multi-exit model a config's ``model`` section describes, for inputs of ``shape`` (C, H, W)."""
+def model_from_config(m: ModelConfig, num_classes: int, shape: tuple[int, ...], *, task: str = "classification",
+                      vocab_size: int | None = None) -> MultiExitModel:
+    """The multi-exit model a config's ``model`` section describes, for inputs of ``shape`` (C, H, W); a text
+    encoder (``hf:...``) is built for ``task`` with a vocabulary of ``vocab_size`` (the tokenizer's) when new."""
+    if m.backbone.startswith("hf:"):
+        return build_hf(m.backbone, num_labels=num_classes, exits=m.exits, head=m.head, head_kwargs=m.head_kwargs,
+                        backbone_kwargs=m.backbone_kwargs, pretrained=m.pretrained, task=task, vocab_size=vocab_size)
     return build_model(m.backbone, num_classes=num_classes, in_chans=shape[0], img_size=shape[1], exits=m.exits,
                        head=m.head, head_kwargs=m.head_kwargs, backbone_kwargs=m.backbone_kwargs, factory=m.factory,
                        pretrained=m.pretrained)
+
+
+def _build_and_run_text(m: dict, task: str) -> int:
+    """The encoder from its configuration only (no weights are read here), on two texts of 8 tokens."""
+    model = model_from_config(from_dict(ModelConfig, {**m, "pretrained": False}, "model."),
+                              1 if task == "regression" else 3, (3, 8), task=task, vocab_size=64)
+    try:
+        outs = model(torch.stack([torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long),
+                                  torch.zeros(2, 8, dtype=torch.long)], 1))
+        torch.stack([o.float().sum() for o in outs]).sum().backward()
+    except (TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise ConfigError(f"model: {m['backbone']!r} fails on a batch of two 8-token texts ({_short(e)}); check "
+                          "model.backbone_kwargs and model.head_kwargs") from None
+    return model.num_exits
 
 
 def _build_and_run(m: dict, c: int, h: int) -> int:

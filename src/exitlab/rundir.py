@@ -9,10 +9,13 @@ code that spells these names; everything else asks it for the config, status, me
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +111,7 @@ class RunDir:
     CONFIG, STATUS, ENV, METRICS = "config.yaml", "run.json", "env.json", "metrics.jsonl"
     MODEL, MODEL_INFO, CHECKPOINTS, GRADIENTS = "model.safetensors", "model.json", "checkpoints", "gradients.jsonl"
     EVAL, BENCH, ZTW = "eval.json", "bench.json", "ztw.safetensors"
+    TOKENIZER = "tokenizer"  # text runs: the tokenizer that made the ids (save_pretrained folder)
 
     def __init__(self, path: str | Path, *, data: RunData | None = None, module=None):
         self.path = Path(path)
@@ -160,14 +164,37 @@ class RunDir:
             raise CheckpointError(f"{path} is unreadable ({e}); retrain or restore the run") from None
 
     def data(self) -> RunData:
-        """The run's data, rebuilt from its config on the CPU (the same seeded split as in training)."""
+        """The run's data, rebuilt from its config on the CPU (the same seeded split as in training; text with the
+        run's own saved tokenizer)."""
         if self._data is None:
             if self.status().get("data_source") == MEMORY:
                 raise DataError(f"{self.path} was trained on data passed in memory, which its directory cannot "
                                 "rebuild; evaluate it from Python, passing the data: RunDir(path, data=...)")
             cfg = self.config()
-            self._data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"))
+            d = cfg.data
+            if (self / self.TOKENIZER).is_dir():
+                d = dataclasses.replace(d, text=dataclasses.replace(d.text, tokenizer=str(self / self.TOKENIZER)))
+            self._data = build_run_data(d, cfg.seed_split, torch.device("cpu"))
         return self._data
+
+    def save_tokenizer(self, tokenizer) -> None:
+        """Keep a text run's tokenizer beside its model (once: a resumed run keeps the first)."""
+        dest = self / self.TOKENIZER
+        if dest.is_dir():
+            return
+        tmp = self / f".{self.TOKENIZER}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, dest)
+
+    def tokenizer(self):
+        """A text run's tokenizer (``transformers.AutoTokenizer`` from the saved folder)."""
+        if not (self / self.TOKENIZER).is_dir():
+            raise CheckpointError(f"{self.path} holds no tokenizer (only runs trained from a config save one); use "
+                                  "the tokenizer you trained it with")
+        from transformers import AutoTokenizer  # the nlp extra: only text runs get here
+
+        return AutoTokenizer.from_pretrained(str(self / self.TOKENIZER))
 
     def loader(self, split: str):
         """An in-order, unaugmented loader over one split."""
@@ -178,6 +205,13 @@ class RunDir:
             raise DataError(f"the {split} split is empty; check data.val_fraction / the dataset, or pick another "
                             "--split")
         return loader.unaugmented(self.data().val.batch_size)
+
+    def lengths(self, split: str) -> torch.Tensor:
+        """Text runs: every sample's token count on ``split`` ``[N]``, in the order of the logits cache."""
+        x = getattr(self.data().split(split), "x", None)
+        if x is None or x.ndim != 3:
+            raise ConfigError(f"{self.path} is not a text run: its samples have no token lengths")
+        return x[:, 1].sum(1).cpu()
 
     # ------------------------------------------------------------ the logits cache
     def logits(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

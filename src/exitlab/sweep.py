@@ -67,7 +67,8 @@ def simulate(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, co
              thresholds: torch.Tensor, exit_when: str = "above", *, backbone_flops: float = 1.0) -> Sweep:
     """Accuracy, mean cost and exit distribution at every threshold.
 
-    ``scores``/``preds``: ``[E, N]``; ``labels``: ``[N]``; ``costs``: cumulative FLOPs per exit ``[E]``.
+    ``scores``/``preds``: ``[E, N]``; ``labels``: ``[N]``; ``costs``: cumulative FLOPs per exit ``[E]``, or per exit
+    and sample ``[E, N]`` (text: every sample at its own length; the mean cost is then summed the same way).
     Exact integer counting, without materialising ``[T, N]``: a sample reaches exit ``k`` iff the running
     maximum of its scores over exits ``0..k-1`` is below ``t``, so sorting each exit's running maxima once and
     ``searchsorted``-ing the thresholds gives how many samples reach every exit, and a cumulative sum of
@@ -87,13 +88,19 @@ def simulate(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, co
     reach = torch.full((len(t), E + 1), N, dtype=torch.long)  # reach[:, k]: samples that get to exit k
     reach[:, E] = 0
     hits = torch.full((len(t),), int(correct[0].sum()), dtype=torch.long)
+    per_sample = torch.as_tensor(costs, dtype=torch.float64)
+    per_sample = per_sample if per_sample.ndim == 2 else None  # [E, N] or None
+    total = torch.full((len(t),), float(per_sample[0].sum()) if per_sample is not None else 0.0, dtype=torch.float64)
     for k in range(1, E):
         r, order = running[k - 1].sort()
         reach[:, k] = torch.searchsorted(r, tt, side="left")  # samples whose running max is below t
         gain = torch.cat([torch.zeros(1, dtype=torch.long), (correct[k] - correct[k - 1])[order].cumsum(0)])
         hits += gain[reach[:, k]]
+        if per_sample is not None:  # the same prefix sums over what going on to exit k adds to each sample's cost
+            extra = (per_sample[k] - per_sample[k - 1])[order].cumsum(0)
+            total += torch.cat([torch.zeros(1, dtype=torch.float64), extra])[reach[:, k]]
     share = (reach[:, :-1] - reach[:, 1:]).double() / N  # [T, E]: leave at exactly exit k
-    cost = share @ torch.as_tensor(costs, dtype=torch.float64)
+    cost = total / N if per_sample is not None else share @ torch.as_tensor(costs, dtype=torch.float64)
     return Sweep(t, hits.double() / N, cost, cost / backbone_flops, share)
 
 
@@ -287,28 +294,33 @@ def geometric_thresholds(scores: torch.Tensor, p: float, exit_when: str = "above
 
 
 def budgeted_batch(val_scores, val_preds, val_labels, test_scores, test_preds, test_labels, costs, budget: float, *,
-                   backbone_flops: float, exit_when: str = "above") -> dict | None:
+                   backbone_flops: float, exit_when: str = "above", val_costs=None,
+                   val_backbone_flops: float | None = None) -> dict | None:
     """MSDNet's budgeted batch protocol: per-exit thresholds fitted on validation with a geometric exit profile
     whose parameter is searched (bisection on log p) until the mean validation cost meets ``budget`` (a fraction of
-    backbone FLOPs); reported on test. None when even everyone leaving first costs more than the budget."""
-    costs = torch.as_tensor(costs, dtype=torch.float64)
+    backbone FLOPs); reported on test. None when even everyone leaving first costs more than the budget.
+    ``costs``: ``[E]``, or ``[E, N]`` per test sample with ``val_costs`` ``[E, N_val]`` for the validation samples."""
+    test_costs = torch.as_tensor(costs, dtype=torch.float64)
+    val_costs = test_costs if val_costs is None else torch.as_tensor(val_costs, dtype=torch.float64)
+    val = (val_scores, val_preds, val_labels, val_costs, val_backbone_flops or backbone_flops)
 
-    def run(scores, preds, labels, t):
+    def run(scores, preds, labels, c, base, t):
         e = exits_per_exit_thresholds(scores, t, exit_when)
         acc = (preds[e, torch.arange(len(e))] == labels).double().mean().item()
-        return acc, costs[e].mean().item() / backbone_flops, torch.bincount(e, minlength=len(costs)).tolist()
+        spent = c[e, torch.arange(len(e))] if c.ndim == 2 else c[e]
+        return acc, spent.mean().item() / base, torch.bincount(e, minlength=len(c)).tolist()
 
     lo, hi = math.log(1e-4), math.log(1e4)  # small p: everyone leaves first; large p: everyone goes to the end
-    if run(val_scores, val_preds, val_labels, geometric_thresholds(val_scores, 1e-4, exit_when))[1] > budget:
+    if run(*val, geometric_thresholds(val_scores, 1e-4, exit_when))[1] > budget:
         return None
     for _ in range(40):
         mid = (lo + hi) / 2
-        cost = run(val_scores, val_preds, val_labels, geometric_thresholds(val_scores, math.exp(mid), exit_when))[1]
+        cost = run(*val, geometric_thresholds(val_scores, math.exp(mid), exit_when))[1]
         lo, hi = (mid, hi) if cost <= budget else (lo, mid)
     p = math.exp(lo)
     t = geometric_thresholds(val_scores, p, exit_when)
-    v_acc, v_cost, _ = run(val_scores, val_preds, val_labels, t)
-    acc, cost, counts = run(test_scores, test_preds, test_labels, t)
+    v_acc, v_cost, _ = run(*val, t)
+    acc, cost, counts = run(test_scores, test_preds, test_labels, test_costs, backbone_flops, t)
     finite = [x if math.isfinite(x) else None for x in t.tolist()]  # JSON has no infinity
     return {"p": p, "thresholds": finite, "val_accuracy": v_acc, "val_fraction": v_cost, "accuracy": acc,
             "fraction": cost, "exit_counts": counts}

@@ -40,6 +40,7 @@ from .loop import (
     trained_scores,
 )
 from .models.core import MultiExitModel
+from .models.hf import vocab_size as hf_vocab_size
 from .phases import Phase, resolve_steps
 from .planning import model_from_config, preflight, resolve_device
 from .rundir import (
@@ -107,7 +108,12 @@ def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
 
 def make_model(cfg: RunConfig, data: RunData) -> MultiExitModel:
     torch.manual_seed(cfg.seed_init)
-    return model_from_config(cfg.model, len(data.classes), data.shape)
+    vocab = len(data.tokenizer) if data.tokenizer is not None else None
+    model = model_from_config(cfg.model, len(data.classes), data.shape, task=cfg.data.text.task, vocab_size=vocab)
+    if vocab is not None and vocab > hf_vocab_size(model):
+        raise ConfigError(f"the tokenizer has {vocab} tokens but the encoder's embedding table only "
+                          f"{hf_vocab_size(model)}; use the model's own tokenizer (data.text.tokenizer)")
+    return model
 
 
 def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
@@ -348,6 +354,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
         ckpt.atomic_write(run.rundir / RunDir.CONFIG, lambda p: p.write_text(dump_config(cfg)))
         env = json.dumps({**environment(), "world_size": info.world}, indent=2)
         ckpt.atomic_write(run.rundir / RunDir.ENV, lambda p: p.write_text(env))
+        if run.data.tokenizer is not None:
+            run.rundir.save_tokenizer(run.data.tokenizer)
     first, resume_state = _starting_point(run, resume, phase1_from, status)
     status.update(status="running", regime=cfg.regime, run_signature=run.sig,
                   phases=[dataclasses.asdict(p) for p in run.phases])

@@ -22,6 +22,7 @@ from ..checkpoint import load_state, load_tensors
 from ..config import RunConfig
 from ..data import RunData
 from ..errors import ExitlabError
+from ..models.contract import TextFeature
 from ..models.core import BlocksBackbone, MultiExitModel
 from ..phases import regime_label
 from ..planning import model_from_config
@@ -75,7 +76,9 @@ def _checkpoint_model(run: RunDir, cfg: RunConfig, data: RunData, path: Path) ->
     if (run / RunDir.MODEL_INFO).is_file():
         model = run.model()  # this RunDir is private to load_run: its cached model may take other weights
     else:  # an unfinished run: build the architecture its config names (weights come from the checkpoint)
-        model = model_from_config(dataclasses.replace(cfg.model, pretrained=False), len(data.classes), data.shape)
+        vocab = len(data.tokenizer) if data.tokenizer is not None else None
+        model = model_from_config(dataclasses.replace(cfg.model, pretrained=False), len(data.classes), data.shape,
+                                  task=cfg.data.text.task, vocab_size=vocab)
     tensors, _ = load_tensors(path)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     return model.eval()
@@ -170,13 +173,16 @@ def tap_points(model: MultiExitModel) -> list[int]:
 
 
 def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> dict[int, torch.Tensor]:
-    """Output of each block in ``blocks`` for input ``x`` (eval mode is the caller's job)."""
+    """Output of each block in ``blocks`` for input ``x`` (eval mode is the caller's job). A text encoder's block
+    output is the representation its exits read: the CLS token or the masked mean of the tokens (``[B, D]``)."""
     got: dict[int, torch.Tensor] = {}
     taps = set(blocks) & set(tap_points(model))
     last = max(taps) if taps == set(blocks) else None  # stop early unless the model's output is wanted too
+    pool = (model.spec.get("head_kwargs") or {}).get("pool", "cls")
 
-    def on_tap(i: int, h: torch.Tensor) -> torch.Tensor | None:
-        got[i] = h.detach().clone()  # clone: later blocks may work in place on h
+    def on_tap(i: int, h) -> torch.Tensor | None:
+        rep = h.pooled(pool) if isinstance(h, TextFeature) else h
+        got[i] = rep.detach().clone()  # clone: later blocks may work in place on h
         return None if i == last else h
 
     out = model.backbone.run(x, taps, on_tap)

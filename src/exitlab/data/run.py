@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -21,6 +21,7 @@ from .loader import TensorLoader, channel_stats, stratified_split, stratified_su
 from .sources import Source, StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, resolve_workers, stream_stats
 from .text import TextLoader, TextSource, strata
+from .textfiles import TEXT_DATA, text_source
 from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -69,6 +70,7 @@ class DataSettings(Protocol):
     wds_image: str
     wds_label: str
     shuffle_buffer: int
+    text: Any  # text data (data.name text or spam_assassin): exitlab.config.TextConfig
 
 
 @dataclass
@@ -81,6 +83,7 @@ class RunData:
     classes: list[str]
     shape: tuple[int, ...]  # one sample: (C, H, W); text: (3, mean token length), see exitlab.data.text
     normalize: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} applied to [0, 1] pixels
+    tokenizer: Any = None  # text: the tokenizer that made the ids (a run saves it beside its model)
 
     def split(self, name: str) -> Loader:
         if name not in ("train", "val", "test"):
@@ -104,7 +107,9 @@ def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: t
     """Load the source named by ``d`` (or use ``source``: a :class:`Dataset` from :func:`from_tensors` or a
     :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
     three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
-    src = source if source is not None else load_source(d)
+    if source is None:
+        source = text_source(d) if d.name in TEXT_DATA else load_source(d)
+    src = source
     if isinstance(src, TextSource):
         return _text_data(src, d, seed, device, shard)
     if isinstance(src, Dataset) and d.augment == "crop_flip":
@@ -144,6 +149,7 @@ def _text_data(src: TextSource, d: DataSettings, seed: int, device: torch.device
         test=TextLoader(src.test_x, src.test_y, d.eval_batch_size, device=device, shard=shard),
         classes=src.classes,
         shape=src.shape,
+        tokenizer=src.tokenizer,
     )
 
 

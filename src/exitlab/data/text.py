@@ -28,6 +28,7 @@ class TextSource:
     test_y: torch.Tensor
     classes: list[str]
     length_buckets: int = 0  # training batches: sort by length within buckets of this many batches (0: off)
+    tokenizer: object = None  # the tokenizer that made the ids, when known (a run saves it beside its model)
 
     @property
     def shape(self) -> tuple[int, int]:

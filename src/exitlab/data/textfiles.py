@@ -22,6 +22,7 @@ from .loader import stratified_split
 from .text import TextSource, from_token_tensors, strata
 
 log = logging.getLogger("exitlab")
+TEXT_DATA = ("text", "spam_assassin")  # the data.name values this module reads
 SPAM_GROUPS = {"easy-ham-1": 0, "easy-ham-2": 0, "hard-ham-1": 0, "spam-1": 1, "spam-2": 1}
 
 
@@ -122,42 +123,56 @@ def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: i
     return enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")
 
 
-def _split(data, fraction: float, seed: int, y: torch.Tensor):
-    """A seeded stratified split of (ids, mask, types) and labels into train and test parts."""
-    tr, te = stratified_split(strata(y), fraction, seed)
-    pick = lambda t, i: None if t is None else t[i]  # noqa: E731
-    return [pick(t, tr) for t in data], y[tr], [pick(t, te) for t in data], y[te]
-
-
 def from_text_files(train: str | Path, test: str | Path | None = None, *, tokenizer, text: str = "text",
                     label: str = "label", text_pair: str | None = None, max_length: int = 128,
                     classes: list[str] | None = None, test_fraction: float = 0.2, seed: int = 0,
-                    length_buckets: int = 0, task: str = "classification") -> TextSource:
+                    length_buckets: int = 0, task: str = "classification", vocab_size: int = 4000) -> TextSource:
     """A text source from files (see :func:`read_rows`), tokenised once with ``tokenizer`` (a Hugging Face
-    tokenizer, or a local folder or cached name for ``AutoTokenizer``). Without ``test``, a seeded stratified
-    ``test_fraction`` of ``train`` is held out as the test split. ``task="regression"``: the labels are numbers
-    (STS-B's similarity scores), trained with the mean squared error."""
-    tok = tokenizer
-    if isinstance(tokenizer, (str, Path)):
-        tok = _extra("transformers").AutoTokenizer.from_pretrained(str(tokenizer))
+    tokenizer, a local folder or cached name for ``AutoTokenizer``, or ``"wordpiece"``: a WordPiece vocabulary of
+    ``vocab_size`` trained on the training texts only, see :func:`word_tokenizer`). Without ``test``, a seeded
+    stratified ``test_fraction`` of ``train`` is held out as the test split. ``task="regression"``: the labels are
+    numbers (STS-B's similarity scores), trained with the mean squared error."""
     parts = {"train": train, **({"test": test} if test is not None else {})}
-    tokens, labels = {}, {}
+    rows = {}
     for name, path in parts.items():
         texts, pairs, raw = columns(read_rows(path), f"{name} data {path}", text, label, text_pair)
         if task == "regression":
-            labels[name] = float_labels(raw, f"{name} data {path}")
+            y = float_labels(raw, f"{name} data {path}")
         else:
-            labels[name], classes = label_ids(raw, classes, f"{name} data {path}")
-        tokens[name] = tokenize(tok, texts, pairs, max_length, f"{name} data {path}")
-    if test is None:
-        trt, y, tet, ty = _split(tokens["train"], test_fraction, seed, labels["train"])
-    else:
-        trt, y, tet, ty = tokens["train"], labels["train"], tokens["test"], labels["test"]
-        width = max(trt[0].shape[1], tet[0].shape[1])
-        trt, tet = _pad_to(trt, width), _pad_to(tet, width)
-    return from_token_tensors(trt[0], y, tet[0], ty, train_mask=trt[1], test_mask=tet[1], train_types=trt[2],
-                              test_types=tet[2], classes=classes, name=Path(train).stem,
-                              length_buckets=length_buckets, task=task)
+            y, classes = label_ids(raw, classes, f"{name} data {path}")
+        rows[name] = (texts, pairs, y)
+    if test is None:  # hold out the test part before the tokenizer sees any text
+        texts, pairs, y = rows["train"]
+        tr, te = stratified_split(strata(y), test_fraction, seed)
+        pick = lambda v, i: None if v is None else [v[j] for j in i.tolist()]  # noqa: E731
+        rows = {"train": (pick(texts, tr), pick(pairs, tr), y[tr]), "test": (pick(texts, te), pick(pairs, te), y[te])}
+    tok = _tokenizer(tokenizer, rows["train"], vocab_size)
+    tokens = {name: tokenize(tok, r[0], r[1], max_length, f"{name} data {parts.get(name, train)}")
+              for name, r in rows.items()}
+    width = max(tokens["train"][0].shape[1], tokens["test"][0].shape[1])
+    trt, tet = _pad_to(tokens["train"], width), _pad_to(tokens["test"], width)
+    src = from_token_tensors(trt[0], rows["train"][2], tet[0], rows["test"][2], train_mask=trt[1], test_mask=tet[1],
+                             train_types=trt[2], test_types=tet[2], classes=classes, name=Path(train).stem,
+                             length_buckets=length_buckets, task=task)
+    src.tokenizer = tok
+    return src
+
+
+def _tokenizer(tokenizer, train_rows, vocab_size: int):
+    """A tokenizer object from one, a folder or cached name, or ``"wordpiece"`` (trained on the training texts)."""
+    if isinstance(tokenizer, str) and tokenizer == "wordpiece":
+        texts, pairs, _ = train_rows
+        return word_tokenizer(texts + (pairs or []), vocab_size)
+    if not isinstance(tokenizer, (str, Path)):
+        return tokenizer
+    try:
+        return _extra("transformers").AutoTokenizer.from_pretrained(str(Path(tokenizer).expanduser())
+                                                                    if Path(tokenizer).expanduser().exists()
+                                                                    else str(tokenizer))
+    except (OSError, ValueError) as e:
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(f"cannot load a tokenizer from {str(tokenizer)!r} ({first}); give a local folder written by "
+                          "save_pretrained, a name in the local cache, or wordpiece") from None
 
 
 def _pad_to(t, width: int):
@@ -218,10 +233,28 @@ def spam_assassin(tokenizer=None, *, root: str | Path | None = None, max_length:
     the tokenizer (by default a WordPiece one trained on the training split only)."""
     texts, y = read_spam_assassin(root)
     tr, te = stratified_split(y, test_fraction, seed)
-    tok = tokenizer or word_tokenizer([texts[i] for i in tr.tolist()], vocab_size)
+    tok = _tokenizer(tokenizer or "wordpiece", ([texts[i] for i in tr.tolist()], None, None), vocab_size)
     ids, mask, types = tokenize(tok, texts, None, max_length, "spam-assassin")
     src = from_token_tensors(ids[tr], y[tr], ids[te], y[te], train_mask=mask[tr], test_mask=mask[te],
                              train_types=None if types is None else types[tr],
                              test_types=None if types is None else types[te], classes=["ham", "spam"],
                              name="spam_assassin", length_buckets=length_buckets)
+    src.tokenizer = tok
     return src, tok
+
+
+def text_source(d) -> TextSource:
+    """The text source a config's ``data`` section names (``data.name`` text or spam_assassin, options under
+    ``data.text``), with its tokenizer attached. A held-out test split (no test file) is seeded with 0, so every run
+    on the same files tests on the same texts whatever its own seed."""
+    t = d.text
+    tok = None if t.tokenizer == "wordpiece" else t.tokenizer
+    if d.name == "spam_assassin":
+        src, tok = spam_assassin(tok, root=d.root, max_length=t.max_length, vocab_size=t.vocab_size,
+                                 test_fraction=t.test_fraction, length_buckets=t.length_buckets)
+    else:
+        under = (lambda p: None if p is None else str(Path(d.root).expanduser() / p)) if d.root else (lambda p: p)
+        src = from_text_files(under(t.train), under(t.test), tokenizer=tok or "wordpiece", text=t.column,
+                              label=t.label, text_pair=t.pair, max_length=t.max_length, test_fraction=t.test_fraction,
+                              length_buckets=t.length_buckets, task=t.task, vocab_size=t.vocab_size)
+    return src

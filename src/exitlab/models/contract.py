@@ -44,6 +44,14 @@ class TextFeature:
     def with_hidden(self, hidden: torch.Tensor) -> TextFeature:
         return TextFeature(hidden, self.mask)
 
+    def pooled(self, pool: str = "cls") -> torch.Tensor:
+        """One vector per sample ``[B, D]``: the first (CLS) token, or the mean of the real tokens (``"mean"``)."""
+        h = self.hidden
+        if pool == "cls":
+            return h[:, 0]
+        m = self.mask.to(h.dtype).unsqueeze(-1)  # [B, L, 1]
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, D]
+
 
 class Backbone(Protocol):
     """What a backbone offers. Built-ins are ``stem`` + ``blocks`` + ``final``; adapters write their own ``run``."""

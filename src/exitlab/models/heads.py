@@ -154,13 +154,7 @@ class TextHead(_Head):
             nn.Sequential(nn.Linear(d, hidden or d), nn.Tanh(), nn.Linear(hidden or d, num_classes))
 
     def forward(self, x, prev: torch.Tensor | None = None) -> torch.Tensor:
-        h = x.hidden  # [B, L, D]
-        if self.pool == "cls":
-            pooled = h[:, 0]
-        else:
-            m = x.mask.to(h.dtype).unsqueeze(-1)  # [B, L, 1]
-            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, D]
-        return self._combine(self.fc(pooled), prev)
+        return self._combine(self.fc(x.pooled(self.pool)), prev)  # x: token states [B, L, D] and their mask
 
 
 def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:

@@ -257,6 +257,60 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
     return MultiExitModel(backbone, blocks, "text", head_kwargs=head_kwargs, spec=spec)
 
 
+HEAD_OPTIONS = ("pool", "layers", "cascade")
+
+
+def build_hf(source: str, *, num_labels: int, exits="every:1", head: str = "text", head_kwargs: dict | None = None,
+             backbone_kwargs: dict | None = None, pretrained: bool | str = False, task: str = "classification",
+             vocab_size: int | None = None) -> MultiExitModel:
+    """The model a config names with ``backbone: hf:SOURCE``. ``SOURCE`` is a model type (``bert``, ``roberta``,
+    ``distilbert``, ``electra``: a randomly initialised encoder configured by ``backbone_kwargs``, its vocabulary
+    sized to the tokenizer's), or a local folder or cached name: its config (random weights), or with
+    ``pretrained: true`` its weights. ``head_kwargs``: ``pool`` (cls or mean), ``layers`` (1 or 2), ``cascade``."""
+    tf = require_transformers()
+    name = source.removeprefix("hf:")
+    kw = dict(backbone_kwargs or {})
+    if head != "text":
+        raise ConfigError(f"model.head: an encoder's exits use the head kind text (options pool: cls|mean, layers: "
+                          f"1|2, cascade), not {head!r}; set model.head: text")
+    opts = dict(head_kwargs or {})
+    bad = sorted(set(opts) - set(HEAD_OPTIONS))
+    if bad:
+        raise ConfigError(f"model.head_kwargs.{bad[0]}: unknown option of the text head; valid: "
+                          f"{', '.join(HEAD_OPTIONS)}")
+    if not name:
+        raise ConfigError("model.backbone: hf: needs a model type (bert, roberta, distilbert, electra), a local folder "
+                          "or a cached name, e.g. hf:bert")
+    scratch = name in LAYOUTS and not Path(name).exists()
+    if scratch and pretrained:
+        raise ConfigError(f"model.pretrained: hf:{name} is a model type, which has no weights; give the folder (or "
+                          "cached name) of a pretrained model, e.g. hf:/models/bert-base-uncased")
+    if pretrained:
+        if kw:
+            raise ConfigError("model.backbone_kwargs: a pretrained encoder keeps its own configuration; drop them")
+        module = _load(name, num_labels, with_head=True, attn=None)
+    else:
+        if vocab_size and "vocab_size" not in kw:
+            kw["vocab_size"] = vocab_size
+        try:
+            cfg = (tf.AutoConfig.for_model(name, **kw) if scratch else
+                   tf.AutoConfig.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().exists()
+                                                 else name, **kw))
+        except (OSError, ValueError, TypeError) as e:
+            first = (str(e).splitlines() or [""])[0][:160]
+            raise ConfigError(f"model.backbone hf:{name}: no configuration ({first}); give a model type (bert, "
+                              "roberta, distilbert, electra), a local folder or a cached name") from None
+        cfg.num_labels = num_labels
+        module = tf.AutoModelForSequenceClassification.from_config(cfg)
+    return from_hf(module, exits=exits, num_labels=num_labels, head=opts.get("pool", "cls"),
+                   layers=opts.get("layers", 1), cascade=bool(opts.get("cascade", False)), task=task)
+
+
+def vocab_size(model: MultiExitModel) -> int:
+    """Rows of the encoder's word-embedding table: token ids must be below this."""
+    return int(model.backbone.model.get_input_embeddings().num_embeddings)
+
+
 def _exit_layers(exits, n: int) -> list[int]:
     """Layer indices from a list or ``"every:K"``; ICs go after layers 0..n-2 (the last one feeds the final exit)."""
     if isinstance(exits, str):

@@ -62,6 +62,41 @@ CASES = {
                                   "error: budget: 2 epochs cannot be split over phases [1, 2, 3] (got [1, 1, 0]); "
                                   "raise budget or adjust phase1_share"),
     "malformed --set": (T + ["--set", "budget"], "error: --set 'budget': expected key=value, e.g. --set phase2.lr=0.1"),
+    # ---- train: text configs (the cases that need transformers are in tests/test_text_config.py)
+    "text data with an image backbone": (T + ["--set", "data.synthetic={}", "--set", "data.name=text", "--set",
+                                              "data.text.train=t.csv"],
+                                         "error: model.backbone 'resnet8' with data.name 'text': text data needs a "
+                                         "text encoder (model.backbone hf:...) and an encoder needs text data "
+                                         "(data.name text or spam_assassin)"),
+    "encoder on image data": (T + ["--set", "model.backbone=hf:bert"],
+                              "error: model.backbone 'hf:bert' with data.name 'synthetic': text data needs a text "
+                              "encoder (model.backbone hf:...) and an encoder needs text data (data.name text or "
+                              "spam_assassin)"),
+    "text options on image data": (T + ["--set", "data.text.max_length=64"],
+                                   "error: data.text is set but data.name is 'synthetic'; drop data.text or use "
+                                   "data.name=text"),
+    "text data without a training file": (T + ["--set", "data.synthetic={}", "--set", "data.name=text"],
+                                          "error: data.text.train: text data needs a training file (.csv, .tsv, "
+                                          ".jsonl or a save_to_disk folder), e.g. --set data.text.train=train.csv"),
+    "spam_assassin with its own files": (T + ["--set", "data.synthetic={}", "--set", "data.name=spam_assassin",
+                                              "--set", "data.text.train=t.csv"],
+                                         "error: data.text.train/test/task do not apply to spam_assassin (its mails "
+                                         "and labels are fixed); drop them, or use data.name=text for your own files"),
+    "pretrained encoder with a new tokenizer": (T + ["--set", "data.synthetic={}", "--set", "data.name=text", "--set",
+                                                     "data.text.train=t.csv", "--set", "model.backbone=hf:/models/x",
+                                                     "--set", "model.pretrained=true"],
+                                                "error: data.text.tokenizer: a pretrained encoder needs the tokenizer "
+                                                "it was trained with, not a new wordpiece one; set data.text.tokenizer "
+                                                "to the model's folder or name"),
+    "model type with pretrained weights": (T + ["--set", "data.synthetic={}", "--set", "data.name=text", "--set",
+                                                "data.text.train=t.csv", "--set", "model.backbone=hf:bert",
+                                                "--set", "model.pretrained=true"],
+                                           "error: model.pretrained: hf:bert is a model type, which has no weights; "
+                                           "give the folder (or cached name) of a pretrained model, e.g. "
+                                           "hf:/models/bert-base-uncased"),
+    "unknown text task": (T + ["--set", "data.synthetic={}", "--set", "data.name=text", "--set",
+                               "data.text.train=t.csv", "--set", "data.text.task=ranking"],
+                          "error: data.text.task: 'ranking'; choose classification or regression"),
     # ---- train: files
     "missing config file": (["train", "{d}/nope.yaml"],
                             "error: config file {d}/nope.yaml not found; pass a YAML file such as "

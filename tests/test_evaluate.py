@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -22,6 +23,7 @@ from exitlab.sweep import (
     chosen_budget_table,
     ece,
     exit_indices,
+    exits_per_exit_thresholds,
     pareto_frontier,
     score_thresholds,
     select,
@@ -332,3 +334,42 @@ def test_budgeted_batch_meets_the_budget_on_validation_with_a_geometric_profile(
     share = torch.tensor([p**k for k in range(E)]) / sum(p**k for k in range(E))
     assert counts == pytest.approx((share * N).round().tolist(), abs=2)  # the geometric profile
     assert budgeted_batch(scores, preds, labels, scores, preds, labels, costs, 0.1, backbone_flops=4.0) is None
+
+
+def test_simulate_with_per_sample_costs_equals_charging_each_sample_its_own_exit():
+    """Text charges every sample its own cost ``[E, N]``: the prefix-sum simulation equals a plain loop."""
+    g = torch.Generator().manual_seed(3)
+    E, N = 4, 301
+    scores = torch.rand(E, N, generator=g)
+    preds, labels = torch.randint(0, 7, (E, N), generator=g), torch.randint(0, 7, (N,), generator=g)
+    costs = (torch.rand(E, N, generator=g, dtype=torch.float64) * 5).cumsum(0)  # [E, N], rising along the exits
+    t = torch.linspace(0, 1, 23, dtype=torch.float64)
+    sw = simulate(scores, preds, labels, costs, t)
+    e = exit_indices(scores, t)  # [T, N]
+    rows = torch.arange(N)
+    want_cost = torch.stack([costs[ei, rows].mean() for ei in e])
+    want_acc = torch.stack([(preds[ei, rows] == labels).double().mean() for ei in e])
+    torch.testing.assert_close(sw.cost, want_cost, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sw.accuracy, want_acc, rtol=0, atol=0)
+    # the same costs for every sample give the per-exit form's answer
+    flat = costs[:, :1].expand(E, N).contiguous()
+    torch.testing.assert_close(simulate(scores, preds, labels, flat, t).cost,
+                               simulate(scores, preds, labels, costs[:, 0], t).cost, rtol=1e-12, atol=1e-12)
+
+
+def test_budgeted_batch_charges_validation_and_test_samples_their_own_costs():
+    g = torch.Generator().manual_seed(4)
+    E, Nv, Nt = 3, 200, 150
+    vs, ts = torch.rand(E, Nv, generator=g), torch.rand(E, Nt, generator=g)
+    vp, tp = torch.randint(0, 5, (E, Nv), generator=g), torch.randint(0, 5, (E, Nt), generator=g)
+    vy, ty = torch.randint(0, 5, (Nv,), generator=g), torch.randint(0, 5, (Nt,), generator=g)
+    vc = (torch.rand(E, Nv, generator=g, dtype=torch.float64) + 0.5).cumsum(0)
+    tc = (torch.rand(E, Nt, generator=g, dtype=torch.float64) + 0.5).cumsum(0)
+    vb, tb = float(vc[-1].mean()), float(tc[-1].mean())
+    got = budgeted_batch(vs, vp, vy, ts, tp, ty, tc, 0.6, backbone_flops=tb, val_costs=vc, val_backbone_flops=vb)
+    t = torch.tensor([math.inf if x is None else x for x in got["thresholds"]])
+    t[-1] = -math.inf
+    ev, et = exits_per_exit_thresholds(vs, t), exits_per_exit_thresholds(ts, t)
+    assert got["val_fraction"] == pytest.approx(float(vc[ev, torch.arange(Nv)].mean()) / vb, rel=1e-12)
+    assert got["fraction"] == pytest.approx(float(tc[et, torch.arange(Nt)].mean()) / tb, rel=1e-12)
+    assert got["val_fraction"] <= 0.6 + 1e-9

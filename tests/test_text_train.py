@@ -155,11 +155,17 @@ def test_gradient_equilibrium_rescales_the_encoders_gradients_and_nothing_else()
     assert heads and all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in heads)  # each IC still gets all of its own
 
 
-def test_exitlab_eval_refuses_a_text_run_in_one_line(tmp_path):
-    from exitlab.errors import ExitlabError
+def test_exitlab_eval_on_a_text_run_trained_in_memory_takes_its_data_back(tmp_path):
+    from exitlab.data import build_run_data
     from exitlab.evaluate import evaluate_run
+    from exitlab.rundir import RunDir
 
     _, out = _train([2], tmp_path / "r", budget=1)
-    with pytest.raises(ExitlabError, match="does not evaluate text-encoder runs yet"):
+    with pytest.raises(DataError, match="passed in memory"):  # its directory cannot rebuild the data
         evaluate_run(out)
     assert not (out / "eval.json").exists()
+    cfg = RunDir(out).config()
+    data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"), source=_source())
+    result = evaluate_run(RunDir(out, data=data), policies=("confidence",))
+    assert "per_sample" in result["costs"] and len(result["exits"]) == 3
+    assert result["exits"][0]["flops"] < result["exits"][-1]["flops"]

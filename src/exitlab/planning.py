@@ -18,7 +18,7 @@ import torch
 from .config import ModelConfig, RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
 from .models import MultiExitModel, build_model
-from .models.hf import build_hf
+from .models.hf import build_hf, check_hf_source
 from .phases import Phase, plan_phases
 
 
@@ -72,6 +72,8 @@ def check_model(cfg: RunConfig) -> int:
         raise ConfigError(f"model.backbone {m.backbone!r} with data.name {cfg.data.name!r}: text data needs a text "
                           "encoder (model.backbone hf:...) and an encoder needs text data (data.name text or "
                           "spam_assassin)")
+    if text:
+        check_hf_source(m.backbone, m.pretrained)
     if text and m.pretrained and cfg.data.text.tokenizer == "wordpiece":
         raise ConfigError("data.text.tokenizer: a pretrained encoder needs the tokenizer it was trained with, not a "
                           "new wordpiece one; set data.text.tokenizer to the model's folder or name")
@@ -142,4 +144,12 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
     With ``model`` (a model passed in, not built from ``cfg.model``) its exits are planned for instead."""
     resolve_device(cfg.device)
     check_data_options(cfg)
-    return plan_phases(cfg, check_model(cfg) if model is None else model.num_exits)
+    n_exits = check_model(cfg) if model is None else model.num_exits
+    regression = (model.spec.get("task") if model is not None else cfg.data.text.task) == "regression"
+    for key in ("phase1", "phase2", "phase3") if regression else ():
+        p = getattr(cfg, key)
+        for opt in ("distill", "label_smoothing"):
+            if getattr(p, opt):
+                raise ConfigError(f"{key}.{opt}: a regression model has one output and no class distribution to "
+                                  f"{'distil' if opt == 'distill' else 'smooth'}; set {key}.{opt}=0")
+    return plan_phases(cfg, n_exits)

@@ -209,17 +209,29 @@ def read_spam_assassin(root: str | Path | None = None, body_only: bool = True) -
 
 
 def word_tokenizer(texts: list[str], vocab_size: int = 4000, seed_texts: int = 0):
-    """A WordPiece tokenizer trained on ``texts`` (lower-cased; [CLS] ... [SEP], [PAD] = 0), as a transformers
-    fast tokenizer: for training a small encoder from scratch when no pretrained tokenizer is at hand."""
+    """A WordPiece tokenizer built from ``texts`` (lower-cased; [CLS] ... [SEP], [PAD] = 0), as a transformers fast
+    tokenizer: for training a small encoder from scratch when no pretrained tokenizer is at hand.
+
+    Its vocabulary is deterministic, so every process (each DDP rank, a later evaluation) builds the same one: the
+    special tokens, every character seen (alone and as a ``##`` continuation), then the most frequent words, ties
+    broken alphabetically, up to ``vocab_size``. Rarer words split into characters. (The ``tokenizers`` WordPiece
+    trainer is not used: it breaks ties in a different order in every process.)"""
     tk = _extra("tokenizers")
     tf = _extra("transformers")
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = tk.Tokenizer(tk.models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = tk.normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
-    trainer = tk.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
-    tok.train_from_iterator(texts[: seed_texts or None], trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, pre = tk.normalizers.BertNormalizer(lowercase=True), tk.pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    for text in texts[: seed_texts or None]:
+        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for w in counts for c in w})
+    vocab = special + chars + [f"##{c}" for c in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tok = tk.Tokenizer(tk.models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
+    tok.decoder = tk.decoders.WordPiece()
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = tk.processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                           special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",

@@ -278,13 +278,7 @@ def build_hf(source: str, *, num_labels: int, exits="every:1", head: str = "text
     if bad:
         raise ConfigError(f"model.head_kwargs.{bad[0]}: unknown option of the text head; valid: "
                           f"{', '.join(HEAD_OPTIONS)}")
-    if not name:
-        raise ConfigError("model.backbone: hf: needs a model type (bert, roberta, distilbert, electra), a local folder "
-                          "or a cached name, e.g. hf:bert")
-    scratch = name in LAYOUTS and not Path(name).exists()
-    if scratch and pretrained:
-        raise ConfigError(f"model.pretrained: hf:{name} is a model type, which has no weights; give the folder (or "
-                          "cached name) of a pretrained model, e.g. hf:/models/bert-base-uncased")
+    scratch = check_hf_source(source, pretrained)
     if pretrained:
         if kw:
             raise ConfigError("model.backbone_kwargs: a pretrained encoder keeps its own configuration; drop them")
@@ -304,6 +298,19 @@ def build_hf(source: str, *, num_labels: int, exits="every:1", head: str = "text
         module = tf.AutoModelForSequenceClassification.from_config(cfg)
     return from_hf(module, exits=exits, num_labels=num_labels, head=opts.get("pool", "cls"),
                    layers=opts.get("layers", 1), cascade=bool(opts.get("cascade", False)), task=task)
+
+
+def check_hf_source(source: str, pretrained: bool | str) -> bool:
+    """Check ``hf:SOURCE`` without importing transformers; True when it names a model type (a new encoder)."""
+    name = source.removeprefix("hf:")
+    if not name:
+        raise ConfigError("model.backbone: hf: needs a model type (bert, roberta, distilbert, electra), a local folder "
+                          "or a cached name, e.g. hf:bert")
+    scratch = name in LAYOUTS and not Path(name).exists()
+    if scratch and pretrained:
+        raise ConfigError(f"model.pretrained: hf:{name} is a model type, which has no weights; give the folder (or "
+                          "cached name) of a pretrained model, e.g. hf:/models/bert-base-uncased")
+    return scratch
 
 
 def vocab_size(model: MultiExitModel) -> int:

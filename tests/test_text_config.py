@@ -208,3 +208,14 @@ def test_two_ranks_train_a_text_encoder_like_one_process(tmp_path, text_run):
     assert (tmp_path / "ddp" / "tokenizer" / "tokenizer.json").read_text() == \
         (single / "tokenizer" / "tokenizer.json").read_text()
     assert json.loads((tmp_path / "ddp" / "env.json").read_text())["world_size"] == 2
+
+
+def test_export_refuses_a_text_run_in_one_line(text_run, capsys):
+    pytest.importorskip("onnxruntime")
+    _, out = text_run
+    assert main(["export", str(out), "--out", str(out.parent / "onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: ONNX export of text encoders is not supported yet (their stages pass token states with an "
+                   "attention mask, at a dynamic length); serve them from PyTorch with exitlab.early_exit "
+                   "(docs/text.md)"]
+    assert not (out.parent / "onnx").exists()

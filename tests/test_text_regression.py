@@ -99,3 +99,13 @@ def test_a_policy_of_the_other_task_is_refused():
         make_policy("regression_patience", tolerance=0)
     with pytest.raises(ConfigError, match="regression model has one output"):
         exitlab.from_hf(tiny("bert"), task="regression", num_labels=3)
+
+
+@pytest.mark.parametrize("option", ["distill", "label_smoothing"])
+def test_distillation_and_label_smoothing_are_refused_on_regression(tmp_path, option):
+    ids, mask = batch(32, width=8, seed=1)
+    src = from_token_tensors(ids, mask.sum(1).float(), ids[:8], mask[:8].sum(1).float(), train_mask=mask,
+                             test_mask=mask[:8], task="regression")
+    with pytest.raises(ConfigError, match=f"phase2.{option}: a regression model has one output"):
+        exitlab.train(_regressor(), tmp_path / "r", data=src, regime="joint", budget=1, phase2={option: 0.1})
+    assert not (tmp_path / "r").exists()

@@ -253,6 +253,10 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
     if layout not in LAYOUTS:
         raise ExitlabError(f"unknown export layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     spec = dict(getattr(model, "spec", {}) or {})
+    if spec.get("adapter") == "hf":
+        raise ExitlabError("ONNX export of text encoders is not supported yet (their stages pass token states with an "
+                           "attention mask, at a dynamic length); serve them from PyTorch with exitlab.early_exit "
+                           "(docs/text.md)")
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:

@@ -109,3 +109,55 @@ def test_distillation_and_label_smoothing_are_refused_on_regression(tmp_path, op
     with pytest.raises(ConfigError, match=f"phase2.{option}: a regression model has one output"):
         exitlab.train(_regressor(), tmp_path / "r", data=src, regime="joint", budget=1, phase2={option: 0.1})
     assert not (tmp_path / "r").exists()
+
+
+def test_exitlab_eval_on_a_regression_run_reports_mse_and_matches_real_early_exit(tmp_path, capsys):
+    import csv
+
+    from exitlab.cli import main
+    from exitlab.costs import length_costs
+    from exitlab.evaluate import evaluate_run
+    from exitlab.rundir import RunDir
+    from exitlab.sweep import simulate
+    from tests.data.test_text_files import _rows
+
+    for name, n, seed in (("train.csv", 96, 0), ("test.csv", 24, 1)):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "score"])
+            for r in _rows(n, seed=seed):
+                w.writerow([r["text"], len(r["text"].split()) / 4])  # a target every layer can see: the length
+    cfg = from_dict(RunConfig, {
+        "model": {"backbone": "hf:bert", "exits": [0, 1], "head": "text", "head_kwargs": {"pool": "mean"},
+                  "backbone_kwargs": {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+                                      "intermediate_size": 32, "max_position_embeddings": 32}},
+        "data": {"name": "text", "root": str(tmp_path), "batch_size": 16, "eval_batch_size": 32,
+                 "text": {"train": "train.csv", "test": "test.csv", "label": "score", "task": "regression",
+                          "vocab_size": 60, "max_length": 24}},
+        "regime": "joint", "budget": 2, "phase2": {"optimizer": "adamw", "lr": 3e-3}, "progress": False})
+    out = exitlab.train(cfg, tmp_path / "run")
+    result = evaluate_run(out)
+    assert result["task"] == "regression" and result["policy"] == "regression_patience"
+    assert set(result["policies"]) == {"regression_patience"} and result["auc"] is None
+    run = RunDir(out)
+    logits, labels = run.logits("test")
+    mse = ((logits[..., 0].double() - labels.double()) ** 2).mean(1)
+    assert [e["accuracy"] for e in result["exits"]] == pytest.approx((-mse).tolist(), rel=1e-12)
+    # the simulated score at a threshold is minus the MSE of what real early exit predicts there
+    pol = make_policy("regression_patience", tolerance=0.1)
+    scores, preds = pol.scores(logits)
+    model, x = run.model(), run.data().test.x
+    costs = length_costs(model, run.lengths("test"))
+    for t in (1, 2, 3):
+        sw = simulate(scores, preds, labels, costs, torch.tensor([float(t)]), pol.exit_when)
+        with torch.no_grad():
+            res = early_exit(model, x, pol, t, costs=costs)
+        got = -((res.preds.double() - labels.double()) ** 2).mean()
+        assert float(sw.accuracy[0]) == pytest.approx(float(got), rel=1e-9, abs=1e-12)
+        assert float(sw.cost[0]) == pytest.approx(float(res.flops.double().mean()), rel=1e-9)
+    assert main(["eval", str(out), "--policy", "confidence"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: policy 'confidence' is a classification policy but {out} is a regression run; use "
+                   "regression_patience"]
+    assert main(["eval", str(out)]) == 0
+    assert "MSE" in capsys.readouterr().out

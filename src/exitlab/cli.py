@@ -241,8 +241,8 @@ def _add_ls(sub) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="per-exit costs and accuracy, policy curves and the budget table -> eval.json")
     p.add_argument("run_dir", help="a finished run directory (from exitlab train)")
-    p.add_argument("--policy", default="confidence", help="exit policy for the budget table (confidence, entropy, "
-                   "patience, ztw; default: confidence)")
+    p.add_argument("--policy", default=None, help="exit policy for the budget table (confidence, entropy, "
+                   "patience, ztw; regression_patience for regression; default: confidence or regression_patience)")
     p.add_argument("--split", default="test", help="split to report on: train, val or test (default: test)")
     p.add_argument("--thresholds", help="comma-separated thresholds for --policy (default: an even grid)")
     p.add_argument("--n-thresholds", type=number(int, lo=2), default=100,

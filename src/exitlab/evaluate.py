@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .costs import ExitCosts, exit_costs, length_table, text_costs
-from .errors import ConfigError, ExitlabError
+from .errors import ConfigError
 from .files import atomic_write
 from .policies import POLICIES, Policy, make_policy
 from .rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
@@ -101,7 +101,8 @@ def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds
     scores, preds = policy.scores(logits)
     t = given if given is not None else score_thresholds(scores, policy.exit_when, n_thresholds)
     sw = simulate(scores, preds, labels, costs.table, t, policy.exit_when, backbone_flops=costs.backbone_flops)
-    frontier = {"budget_table": budget_table(sw.fraction, sw.accuracy, budgets), "auc": auc(sw.fraction, sw.accuracy),
+    area = auc if policy.task == "classification" else (lambda *_: None)  # no area under minus an MSE
+    frontier = {"budget_table": budget_table(sw.fraction, sw.accuracy, budgets), "auc": area(sw.fraction, sw.accuracy),
                 "note": "thresholds chosen on this split itself: an optimistic upper bound"}
     out = {**sw.to_dict(), "exit_when": policy.exit_when, "test_frontier": frontier, "chosen_on": "test",
            "budget_table": frontier["budget_table"], "auc": frontier["auc"]}
@@ -111,7 +112,8 @@ def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds
     tv = given if given is not None else score_thresholds(v_scores, policy.exit_when, n_thresholds)
     vs = simulate(v_scores, v_preds, val[1], vc.table, tv, policy.exit_when, backbone_flops=vc.backbone_flops)
     ts = simulate(scores, preds, labels, costs.table, tv, policy.exit_when, backbone_flops=costs.backbone_flops)
-    out.update(chosen_on="val", budget_table=chosen_budget_table(vs, ts, budgets), auc=chosen_auc(vs, ts),
+    out.update(chosen_on="val", budget_table=chosen_budget_table(vs, ts, budgets),
+               auc=chosen_auc(vs, ts) if policy.task == "classification" else None,
                chosen={f"budget_{round(b * 100)}": chosen_at(vs, ts, b) for b in budgets},
                selected=_selection(vs, ts, budgets, target_accuracy))
     if not policy.integer:
@@ -122,8 +124,11 @@ def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds
 
 
 def exit_table(logits, labels, costs: ExitCosts) -> list[dict]:
-    """Per exit: index, block, cumulative FLOPs/MACs/params, fraction of backbone FLOPs, accuracy, ECE."""
-    accs, eces = exit_accuracy(logits, labels), ece(logits, labels)
+    """Per exit: index, block, cumulative FLOPs/MACs/params, fraction of backbone FLOPs, accuracy, ECE (regression:
+    minus the mean squared error as the accuracy, no ECE)."""
+    regression = labels.is_floating_point()
+    accs = exit_accuracy(logits, labels)
+    eces = [None] * len(accs) if regression else ece(logits, labels)
     return [{"exit": c.exit, "block": c.block, "flops": c.flops, "macs": c.macs, "params": c.params,
              "fraction": c.fraction, "accuracy": a, "ece": e} for c, a, e in zip(costs.exits, accs, eces)]
 
@@ -143,7 +148,7 @@ def _resolve_policy(run: RunDir, name: str) -> Policy:
     return ztw_for_run(run) if name == "ztw" else make_policy(name)
 
 
-def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split: str = "test", *, thresholds=None,
+def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split: str = "test", *, thresholds=None,
                  n_thresholds: int = MAX_THRESHOLDS, budgets=BUDGETS, target_accuracy: float | None = None,
                  policies=DEFAULT_POLICIES, write: bool = True) -> dict:
     """Evaluate a finished run and (with ``write``) save the result as ``RUN_DIR/eval.json``; returns it.
@@ -151,18 +156,27 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split
     Curves are computed for ``policies`` plus ``policy``; ``thresholds`` (checked against the policy's range)
     replace the score-derived ones for ``policy`` only. The top-level ``budget_table`` and ``auc`` (operating points
     chosen on the validation split, reported on ``split``), ``selected`` (one threshold per budget, chosen on
-    validation) and ``test_frontier`` (chosen on ``split`` itself: optimistic) are ``policy``'s.
+    validation) and ``test_frontier`` (chosen on ``split`` itself: optimistic) are ``policy``'s (default:
+    confidence, or regression_patience for a regression model).
+
+    A regression run (one output per exit, e.g. STS-B) is evaluated the same way with minus the mean squared error
+    in place of accuracy (higher is better, so budgets and selection read the same), its own policies only, no AUC
+    and no ECE.
     """
-    POLICIES.get(policy)  # an unknown name fails before any work
+    if policy is not None:
+        POLICIES.get(policy)  # an unknown name fails before any work
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if n_thresholds < 2:
         raise ConfigError(f"n_thresholds must be >= 2, got {n_thresholds}")
     run = as_run(run_dir).require_model()
     model = run.model()
-    if model.spec.get("task") == "regression":
-        raise ExitlabError(f"{run.path}: exitlab eval does not evaluate regression runs yet (its sweep measures "
-                           "accuracy); use exitlab.early_exit with regression_patience (docs/text.md)")
+    task = "regression" if model.spec.get("task") == "regression" else "classification"
+    policy = policy or ("regression_patience" if task == "regression" else "confidence")
+    if POLICIES.get(policy).task != task:
+        raise ConfigError(f"policy {policy!r} is a {POLICIES.get(policy).task} policy but {run.path} is a {task} run; "
+                          f"use {'regression_patience' if task == 'regression' else 'confidence, entropy or patience'}")
+    policies = [p for p in policies if POLICIES.get(p).task == task]  # the defaults are classification policies
     if thresholds is not None and policy != "ztw":  # bad thresholds fail before any logits are computed
         make_policy(policy).check_thresholds(thresholds, model.num_exits, model.num_classes)
     logits, labels = run.logits(split)
@@ -177,7 +191,7 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split
                                     target_accuracy=target_accuracy, val_costs=val_costs)
     exits = exit_table(logits, labels, costs)
     result = {
-        "run_dir": str(run.path), "split": split, "samples": len(labels), "policy": policy,
+        "run_dir": str(run.path), "split": split, "samples": len(labels), "policy": policy, "task": task,
         "model_sha256": run.model_digest(), "costs": costs.to_dict(), "exits": exits,
         "final_accuracy": exits[-1]["accuracy"], "budget_table": curves[policy]["budget_table"],
         "auc": curves[policy]["auc"], "chosen_on": curves[policy]["chosen_on"],
@@ -192,22 +206,27 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str = "confidence", split
 def format_report(result: dict) -> str:
     """The per-exit table and the budget table of an ``evaluate_run`` result, as text (the CLI prints it)."""
     c = result["costs"]
+    reg = result.get("task") == "regression"
+    score = (lambda v: f"{-v:>8.4f}") if reg else (lambda v: f"{v:>7.2%}")  # regression: the MSE itself
     lines = [f"{result['run_dir']}: {result['split']} split, {result['samples']} samples; backbone "
              f"{c['backbone_flops'] / 1e6:.2f} MFLOPs ({c['backbone_macs'] / 1e6:.2f} MMACs; FLOPs = 2 x MACs)"
              + ("; text: the mean over the texts, each at its own length" if "per_sample" in c else ""),
-             f"{'exit':>4} {'block':>5} {'MFLOPs':>9} {'backbone':>8} {'params':>9} {'acc':>7} {'ECE':>6}"]
+             f"{'exit':>4} {'block':>5} {'MFLOPs':>9} {'backbone':>8} {'params':>9} "
+             + (f"{'MSE':>8}" if reg else f"{'acc':>7} {'ECE':>6}")]
     for e in result["exits"]:
         lines.append(f"{e['exit']:>4} {e['block']:>5} {e['flops'] / 1e6:>9.3f} {e['fraction']:>8.1%} "
-                     f"{e['params']:>9,d} {e['accuracy']:>7.2%} {e['ece']:>6.3f}")
-    lines += _budget_lines(result)
+                     f"{e['params']:>9,d} {score(e['accuracy'])}" + ("" if reg else f" {e['ece']:>6.3f}"))
+    lines += _budget_lines(result, score)
+    what = "MSE" if reg else "acc"
     if result.get("selected"):
         lines.append("\none threshold chosen on val, reported on " + result["split"] + ":")
         for key, sel in result["selected"].items():
             if sel is None:
                 lines.append(f"  {key:<11} no threshold meets it on val")
             else:
-                lines.append(f"  {key:<11} t={sel['threshold']:<8.4g} val acc {sel['val_accuracy']:.2%} at "
-                             f"{sel['val_fraction']:.1%} -> acc {sel['accuracy']:.2%} at {sel['fraction']:.1%}")
+                lines.append(f"  {key:<11} t={sel['threshold']:<8.4g} val {what} {score(sel['val_accuracy']).strip()} "
+                             f"at {sel['val_fraction']:.1%} -> {what} {score(sel['accuracy']).strip()} at "
+                             f"{sel['fraction']:.1%}")
     if result.get("budgeted"):
         lines.append("\nbudgeted batch (MSDNet protocol: per-exit thresholds fitted on val, geometric exit profile):")
         for key, bb in result["budgeted"].items():
@@ -216,16 +235,21 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _budget_lines(result: dict) -> list[str]:
+def _budget_lines(result: dict, score) -> list[str]:
     """The headline budget table (chosen on val) and the optimistic test frontier under it."""
-    def row(table: dict, value: float) -> str:
-        return "  ".join(f"{v:>7.2%}" if v is not None else f"{'-':>7}" for v in table.values()) + f"  {value:>7.4f}"
+    width = len(score(0.0))
+
+    def row(table: dict, value) -> str:
+        cells = "  ".join(score(v) if v is not None else f"{'-':>{width}}" for v in table.values())
+        return cells + (f"  {value:>7.4f}" if value is not None else "")
 
     bt, tf = result["budget_table"], result["test_frontier"]
-    return [f"\npolicy {result['policy']}: accuracy on {result['split']} at a share of backbone FLOPs, operating "
+    what = "MSE" if result.get("task") == "regression" else "accuracy"
+    return [f"\npolicy {result['policy']}: {what} on {result['split']} at a share of backbone FLOPs, operating "
             f"points chosen on {result['chosen_on']}",
-            "  ".join(f"{k + '%':>7}" for k in bt) + f"  {'AUC':>7}", row(bt, result["auc"]),
-            f"  (optimistic: chosen on {result['split']} itself)", row(tf["budget_table"], tf["auc"])]
+            "  ".join(f"{k + '%':>{width}}" for k in bt) + (f"  {'AUC':>7}" if result["auc"] is not None else ""),
+            row(bt, result["auc"]), f"  (optimistic: chosen on {result['split']} itself)",
+            row(tf["budget_table"], tf["auc"])]
 
 
 __all__ = ["as_run", "cached_logits", "compute_logits", "evaluate_run", "exit_table", "format_report",

@@ -93,7 +93,7 @@ class _Router:
         """Predictions, exit indices and logits in input order."""
         if len(self.pieces) == 1 and self.pieces[0][1] is None:  # everyone left at the same exit, in order
             j, _, pred, logits = self.pieces[0]
-            return pred, torch.full_like(pred, j), logits
+            return pred, torch.full(pred.shape, j, dtype=torch.long, device=pred.device), logits  # pred: maybe float
         rows = torch.cat([r for _, r, _, _ in self.pieces])  # [B]: a permutation of the input rows
         pred = torch.cat([p for _, _, p, _ in self.pieces])
         preds = torch.empty_like(pred)  # int64 classes, or float values for regression

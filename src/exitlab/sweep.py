@@ -47,6 +47,15 @@ class Sweep:
                 "fraction": self.fraction.tolist(), "exit_fractions": self.exit_fractions.tolist()}
 
 
+def sample_scores(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """What every exit earns on every sample, ``[E, N]``: 1 or 0 for a right or wrong class, or for regression
+    (float predictions) minus the squared error, so that the mean is accuracy or minus the mean squared error and
+    higher is better either way."""
+    if preds.is_floating_point():
+        return -(preds.double() - labels.double()[None]) ** 2
+    return (preds == labels[None]).long()
+
+
 def exit_indices(scores: torch.Tensor, thresholds: torch.Tensor, exit_when: str = "above") -> torch.Tensor:
     """Exit taken by every sample at every threshold: ``[T, N]`` int64, from scores ``[E, N]``.
 
@@ -84,17 +93,17 @@ def simulate(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor, co
     tt = t.to(scores.dtype) if exit_when == "above" else -t.to(scores.dtype)
     s = scores if exit_when == "above" else -scores
     running = s[:-1].cummax(0).values  # [E-1, N]
-    correct = (preds == labels[None]).long()  # [E, N]
+    correct = sample_scores(preds, labels)  # [E, N]: 0/1, or minus the squared error (regression)
     reach = torch.full((len(t), E + 1), N, dtype=torch.long)  # reach[:, k]: samples that get to exit k
     reach[:, E] = 0
-    hits = torch.full((len(t),), int(correct[0].sum()), dtype=torch.long)
+    hits = correct[0].sum().expand(len(t)).clone()  # exact integer counts for classification
     per_sample = torch.as_tensor(costs, dtype=torch.float64)
     per_sample = per_sample if per_sample.ndim == 2 else None  # [E, N] or None
     total = torch.full((len(t),), float(per_sample[0].sum()) if per_sample is not None else 0.0, dtype=torch.float64)
     for k in range(1, E):
         r, order = running[k - 1].sort()
         reach[:, k] = torch.searchsorted(r, tt, side="left")  # samples whose running max is below t
-        gain = torch.cat([torch.zeros(1, dtype=torch.long), (correct[k] - correct[k - 1])[order].cumsum(0)])
+        gain = torch.cat([torch.zeros(1, dtype=correct.dtype), (correct[k] - correct[k - 1])[order].cumsum(0)])
         hits += gain[reach[:, k]]
         if per_sample is not None:  # the same prefix sums over what going on to exit k adds to each sample's cost
             extra = (per_sample[k] - per_sample[k - 1])[order].cumsum(0)
@@ -145,7 +154,10 @@ def auc(fraction: torch.Tensor, acc: torch.Tensor, upper: float = 1.0) -> float:
 
 
 def exit_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """Top-1 accuracy of every exit from ``[E, N, C]`` logits."""
+    """Top-1 accuracy of every exit from ``[E, N, C]`` logits; for regression (float labels, one output) minus the
+    mean squared error."""
+    if labels.is_floating_point():
+        return sample_scores(logits[..., 0], labels).mean(1).tolist()
     return (logits.argmax(-1) == labels[None]).double().mean(1).tolist()
 
 
@@ -306,7 +318,7 @@ def budgeted_batch(val_scores, val_preds, val_labels, test_scores, test_preds, t
 
     def run(scores, preds, labels, c, base, t):
         e = exits_per_exit_thresholds(scores, t, exit_when)
-        acc = (preds[e, torch.arange(len(e))] == labels).double().mean().item()
+        acc = sample_scores(preds[e, torch.arange(len(e))][None], labels)[0].double().mean().item()
         spent = c[e, torch.arange(len(e))] if c.ndim == 2 else c[e]
         return acc, spent.mean().item() / base, torch.bincount(e, minlength=len(c)).tolist()
 

@@ -13,7 +13,7 @@ import yaml
 
 from ..checkpoint import atomic_write
 from ..config import from_dict
-from ..errors import ExitlabError
+from ..errors import ConfigError, ExitlabError
 from ..evaluate import evaluate_run
 from ..grid import Job, plan_grid, run_grid
 from ..procs import worker_pool
@@ -55,6 +55,9 @@ def check_out(cc: CompareConfig, out: Path) -> None:
 def run_compare(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = lambda s: None) -> dict:
     """Train (resuming and reusing finished runs), evaluate, aggregate; returns the summary written to summary.json."""
     check_out(cc, out)
+    if cc.base.data.name in ("text", "spam_assassin") and cc.base.data.text.task == "regression":
+        raise ConfigError("exitlab compare does not compare regression runs yet (its tables and plots are "
+                          "accuracies); train each regime with exitlab train and evaluate it with exitlab eval")
     jobs = plan(cc, out)  # every grid cell is validated before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "compare.yaml").exists():  # an existing one has this config's signature (check_out)

@@ -73,8 +73,11 @@ def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str
                options: ExtraOptions) -> dict:
     """Add ``extras`` (for policy ``main``), ``risk_control`` (every policy) and ``ood`` (``main``) to ``result``."""
     classes = (getattr(run.model(), "info", None) or {}).get("classes")
+    selected = result["policies"][main].get("selected") or {}
+    key = f"budget_{round(options.class_budget * 100)}"
+    threshold = (selected[key] or {}).get("threshold") if key in selected else ...  # the budget table's own choice
     result["extras"] = exit_extras(policies[main], logits, labels, val, costs, budget=options.class_budget,
-                                   classes=classes)
+                                   classes=classes, threshold=threshold)
     if options.risk is not None:
         result["risk_control"] = {}
         for name, pol in policies.items():

@@ -81,12 +81,13 @@ def operating_point(policy: Policy, val: tuple, costs, budget: float) -> float |
 
 
 def exit_extras(policy: Policy, logits: torch.Tensor, labels: torch.Tensor, val: tuple, costs, *,
-                budget: float = 0.5, classes: list[str] | None = None) -> dict:
+                budget: float = 0.5, classes: list[str] | None = None, threshold=...) -> dict:
     """Overthinking, hindsight improvability and top-5 accuracy per exit on ``logits``/``labels``, and the
     per-class exit statistics of ``policy`` at the threshold chosen on ``val`` for ``budget`` (a fraction of the
-    backbone's FLOPs; without one, everyone leaves at the final exit)."""
+    backbone's FLOPs; without one, everyone leaves at the final exit). A ``threshold`` given (None: the final exit)
+    replaces that choice."""
     E, N, C = logits.shape
-    t = operating_point(policy, val, costs, budget)
+    t = operating_point(policy, val, costs, budget) if threshold is ... else threshold
     scores, preds = policy.scores(logits)
     if t is None:
         exits = torch.full((N,), E - 1, dtype=torch.long)

@@ -72,12 +72,17 @@ def add_extra_arguments(p) -> None:
 def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str, logits, labels, val, costs,
                options: ExtraOptions) -> dict:
     """Add ``extras`` (for policy ``main``), ``risk_control`` (every policy) and ``ood`` (``main``) to ``result``."""
-    classes = (getattr(run.model(), "info", None) or {}).get("classes")
-    selected = result["policies"][main].get("selected") or {}
-    key = f"budget_{round(options.class_budget * 100)}"
-    threshold = (selected[key] or {}).get("threshold") if key in selected else ...  # the budget table's own choice
-    result["extras"] = exit_extras(policies[main], logits, labels, val, costs, budget=options.class_budget,
-                                   classes=classes, threshold=threshold)
+    regression = policies[main].task != "classification"
+    if regression:
+        result["extras"] = {"note": "overthinking, improvability, top-5 and per-class statistics need classes; "
+                                    "this is a regression model"}
+    else:
+        selected = result["policies"][main].get("selected") or {}
+        key = f"budget_{round(options.class_budget * 100)}"
+        threshold = (selected[key] or {}).get("threshold") if key in selected else ...  # the budget table's choice
+        result["extras"] = exit_extras(policies[main], logits, labels, val, costs, budget=options.class_budget,
+                                       classes=(getattr(run.model(), "info", None) or {}).get("classes"),
+                                       threshold=threshold)
     if options.risk is not None:
         result["risk_control"] = {}
         for name, pol in policies.items():
@@ -88,6 +93,8 @@ def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str
                                                            options.confidence, kind=options.risk_kind,
                                                            bound=options.risk_bound)
     if options.ood:
+        if regression:
+            raise ConfigError("--ood scores samples by their class confidence; a regression model has none")
         ood = ood_logits_for_run(run, options.ood, options.ood_split)
         result["ood"] = {"source": list(options.ood), "split": options.ood_split,
                          **ood_detection(policies[main], logits, ood, costs)}
@@ -96,7 +103,7 @@ def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str
 
 def format_extras_report(result: dict) -> list[str]:
     """The extras' lines of the printed eval report."""
-    lines = format_extras(result["extras"]) if "extras" in result else []
+    lines = format_extras(result["extras"]) if "overthinking" in result.get("extras", {}) else []
     if result.get("risk_control"):
         lines += format_risk(result["risk_control"])
         if result.get("split") == "val":

@@ -112,6 +112,10 @@ def test_binomial_and_hoeffding_p_values_by_hand():
     hb = min(math.exp(-n * h), math.e * want[1])
     assert p_values(k[1:2], n, alpha, "hoeffding_bentkus").item() == pytest.approx(hb)
     assert p_values(k[3:], n, alpha, "hoeffding_bentkus").item() == 1.0  # r > alpha: no evidence
+    ks = torch.arange(0, 500)  # for 0/1 losses the exact binomial p-value is the smallest valid one of the three
+    exact = p_values(ks, 2000, 0.05, "binomial")
+    assert bool((p_values(ks, 2000, 0.05, "hoeffding_bentkus") >= exact).all())
+    assert bool((p_values(ks, 2000, 0.05, "hoeffding") >= exact).all())
 
 
 def test_losses_by_hand():
@@ -201,3 +205,23 @@ def test_refusals():
         risk_controlled(make_policy("confidence"), val, val, costs, 1.5)
     with pytest.raises(ConfigError, match="unknown risk bound"):
         risk_controlled(make_policy("confidence"), val, val, costs, 0.01, bound="bonferroni")
+
+
+def test_risk_controlled_for_ztw():
+    from exitlab.ztw import fit_ensemble
+
+    train, val, test = _logits(seed=2), _logits(seed=0), _logits(seed=1)
+    pol = fit_ensemble(*train, steps=20)
+    res = risk_controlled(pol, val, test, _FakeCosts([1.0, 2.0, 3.0, 4.0]), 0.02, 0.9)
+    assert res["certified"] and res["test"]["saved"] > 0.3 and res["val"]["risk"] <= 0.02
+
+
+def test_the_disagreement_risk_needs_no_labels():
+    val, test = _logits(seed=0), _logits(seed=1)
+    costs = _FakeCosts([1.0, 2.0, 3.0, 4.0])
+    a = risk_controlled(make_policy("confidence"), val, test, costs, 0.02, kind="disagree")
+    shuffled = (val[0], val[1][torch.randperm(len(val[1]), generator=torch.Generator().manual_seed(0))])
+    b = risk_controlled(make_policy("confidence"), shuffled, test, costs, 0.02, kind="disagree")
+    assert a["certified"] and a["threshold"] == b["threshold"]
+    g = risk_controlled(make_policy("confidence"), shuffled, test, costs, 0.02)  # the gap risk does use them
+    assert g["threshold"] != a["threshold"]

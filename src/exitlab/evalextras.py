@@ -70,8 +70,11 @@ def add_extra_arguments(p) -> None:
 
 
 def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str, logits, labels, val, costs,
-               options: ExtraOptions) -> dict:
-    """Add ``extras`` (for policy ``main``), ``risk_control`` (every policy) and ``ood`` (``main``) to ``result``."""
+               options: ExtraOptions, val_costs=None) -> dict:
+    """Add ``extras`` (for policy ``main``), ``risk_control`` (every policy) and ``ood`` (``main``) to ``result``.
+    ``costs``: the evaluated split's :class:`exitlab.costs.ExitCosts`; ``val_costs``: the validation split's where
+    they differ per sample (text), else ``costs``."""
+    vc = val_costs or costs
     regression = policies[main].task != "classification"
     if regression:
         result["extras"] = {"note": "overthinking, improvability, top-5 and per-class statistics need classes; "
@@ -80,7 +83,7 @@ def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str
         selected = result["policies"][main].get("selected") or {}
         key = f"budget_{round(options.class_budget * 100)}"
         threshold = (selected[key] or {}).get("threshold") if key in selected else ...  # the budget table's choice
-        result["extras"] = exit_extras(policies[main], logits, labels, val, costs, budget=options.class_budget,
+        result["extras"] = exit_extras(policies[main], logits, labels, val, vc, budget=options.class_budget,
                                        classes=(getattr(run.model(), "info", None) or {}).get("classes"),
                                        threshold=threshold)
     if options.risk is not None:
@@ -91,7 +94,7 @@ def add_extras(result: dict, run: RunDir, policies: dict[str, Policy], main: str
                 continue
             result["risk_control"][name] = risk_controlled(pol, val, (logits, labels), costs, options.risk,
                                                            options.confidence, kind=options.risk_kind,
-                                                           bound=options.risk_bound)
+                                                           bound=options.risk_bound, val_costs=vc)
     if options.ood:
         if regression:
             raise ConfigError("--ood scores samples by their class confidence; a regression model has none")

@@ -72,10 +72,13 @@ def per_class_exits(exits: torch.Tensor, correct: torch.Tensor, labels: torch.Te
 
 
 def operating_point(policy: Policy, val: tuple, costs, budget: float) -> float | None:
-    """The threshold chosen on validation for ``budget`` (the most accurate within it): None when none is."""
+    """The threshold chosen on validation for ``budget`` (the most accurate within it): None when none is.
+    ``costs``: the validation split's :class:`exitlab.costs.ExitCosts`."""
     scores, preds = policy.scores(val[0])
     t = score_thresholds(scores, policy.exit_when)
-    sw = simulate(scores, preds, val[1], costs.flops, t, policy.exit_when, backbone_flops=costs.backbone_flops)
+    table = getattr(costs, "table", None)  # [E, N] per sample (text) where the costs have one
+    sw = simulate(scores, preds, val[1], costs.flops if table is None else table, t, policy.exit_when,
+                  backbone_flops=costs.backbone_flops)
     i = select(sw, budget=budget)
     return None if i is None else sw.thresholds[i].item()
 
@@ -84,8 +87,8 @@ def exit_extras(policy: Policy, logits: torch.Tensor, labels: torch.Tensor, val:
                 budget: float = 0.5, classes: list[str] | None = None, threshold=...) -> dict:
     """Overthinking, hindsight improvability and top-5 accuracy per exit on ``logits``/``labels``, and the
     per-class exit statistics of ``policy`` at the threshold chosen on ``val`` for ``budget`` (a fraction of the
-    backbone's FLOPs; without one, everyone leaves at the final exit). A ``threshold`` given (None: the final exit)
-    replaces that choice."""
+    backbone's FLOPs; without one, everyone leaves at the final exit). ``costs``: the validation split's
+    :class:`exitlab.costs.ExitCosts`. A ``threshold`` given (None: the final exit) replaces that choice."""
     E, N, C = logits.shape
     t = operating_point(policy, val, costs, budget) if threshold is ... else threshold
     scores, preds = policy.scores(logits)

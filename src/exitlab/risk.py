@@ -151,6 +151,7 @@ def risk_threshold(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tens
     """Fixed-sequence Learn-then-Test on calibration scores/predictions ``[E, N]`` and labels ``[N]``: the
     cheapest threshold certified to have risk at most ``alpha`` with probability ``1 - delta`` (module docstring).
 
+    ``costs``: cumulative FLOPs per exit ``[E]`` (or ``[E, N]`` per sample, where :func:`simulate` takes them).
     ``thresholds`` default to every distinct running maximum of the scores (:func:`exitlab.sweep.score_thresholds`).
     """
     check_risk_args(alpha, 1 - delta, kind, bound)
@@ -169,15 +170,23 @@ def risk_threshold(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tens
     return RiskChoice(float(t[i]), i, t, p, risks, rejected)
 
 
+def charged(costs) -> torch.Tensor:
+    """What a simulation charges from an :class:`exitlab.costs.ExitCosts`: its ``table`` (``[E, N]`` per sample for
+    text) where it has one, else the per-exit FLOPs ``[E]``."""
+    table = getattr(costs, "table", None)
+    return costs.flops if table is None else table
+
+
 def _at(policy: Policy, logits, labels, costs, threshold: float | None, kind: str) -> dict:
     """Accuracy, risk, cost and exit shares of one threshold on one split (None: everyone at the final exit)."""
     scores, preds = policy.scores(logits)
-    final_cost = float(costs.flops[-1])
+    table = charged(costs)
+    final_cost = float(table[-1].mean())  # per-sample costs (text): the mean cost of the final exit
     if threshold is None:
         t = torch.tensor([math.inf if policy.exit_when == "above" else -math.inf], dtype=torch.float64)
     else:
         t = torch.tensor([threshold], dtype=torch.float64)
-    sw = simulate(scores, preds, labels, costs.flops, t, policy.exit_when, backbone_flops=costs.backbone_flops)
+    sw = simulate(scores, preds, labels, table, t, policy.exit_when, backbone_flops=costs.backbone_flops)
     final_acc = (preds[-1] == labels).double().mean().item()
     loss = loss_sums(scores, sample_losses(preds, labels, kind), t, policy.exit_when)
     return {"accuracy": sw.accuracy.item(), "final_accuracy": final_acc, "drop": final_acc - sw.accuracy.item(),
@@ -186,10 +195,12 @@ def _at(policy: Policy, logits, labels, costs, threshold: float | None, kind: st
 
 
 def risk_controlled(policy: Policy, val: tuple, test: tuple, costs, alpha: float, confidence: float = 0.9, *,
-                    kind: str = "gap", bound: str = "binomial") -> dict:
+                    kind: str = "gap", bound: str = "binomial", val_costs=None) -> dict:
     """Choose ``policy``'s threshold on the calibration (validation) logits and labels ``val`` with risk at most
     ``alpha`` at ``confidence``, and report it on ``test``: accuracy, the drop against the final exit, the risk, mean
-    FLOPs (from ``costs``, an :class:`exitlab.costs.ExitCosts`) and the share of the final exit's FLOPs saved."""
+    FLOPs (from ``costs``, an :class:`exitlab.costs.ExitCosts` of the test split) and the share of the final exit's
+    FLOPs saved. ``val_costs``: the validation split's own costs where they differ per sample (default ``costs``)."""
+    vc = val_costs or costs
     if policy.task != "classification":
         raise ConfigError(f"risk control is defined here for classification (a 0-1 loss against the final exit); "
                           f"policy {policy.name!r} is a {policy.task} policy, so drop --risk")
@@ -197,13 +208,13 @@ def risk_controlled(policy: Policy, val: tuple, test: tuple, costs, alpha: float
     scores, preds = policy.scores(val[0])
     E, _, C = val[0].shape
     cand = policy.default_thresholds(E, C) if policy.integer else None  # whole numbers 1..E for patience
-    choice = risk_threshold(scores, preds, val[1], costs.flops, alpha, 1 - confidence, exit_when=policy.exit_when,
+    choice = risk_threshold(scores, preds, val[1], charged(vc), alpha, 1 - confidence, exit_when=policy.exit_when,
                             kind=kind, bound=bound, thresholds=cand)
     out = {"risk": kind, "alpha": alpha, "confidence": confidence, "bound": bound, "threshold": choice.threshold,
            "certified": choice.threshold is not None, "calibration_samples": len(val[1]),
            "tested": min(choice.rejected + 1, len(choice.thresholds)), "rejected": choice.rejected,
-           "val": _at(policy, *val, costs, choice.threshold, kind), "test": _at(policy, *test, costs,
-                                                                               choice.threshold, kind)}
+           "val": _at(policy, *val, vc, choice.threshold, kind), "test": _at(policy, *test, costs, choice.threshold,
+                                                                                 kind)}
     if choice.index is not None:
         out["val_p_value"] = choice.p_values[choice.index].item()
     return out
@@ -228,5 +239,5 @@ def format_risk(risk: dict) -> list[str]:
     return lines
 
 
-__all__ = ["BOUNDS", "KINDS", "RiskChoice", "binomial_cdf", "format_risk", "loss_sums", "p_values",
+__all__ = ["BOUNDS", "KINDS", "RiskChoice", "binomial_cdf", "charged", "format_risk", "loss_sums", "p_values",
            "risk_controlled", "risk_threshold", "sample_losses"]

@@ -225,3 +225,18 @@ def test_the_disagreement_risk_needs_no_labels():
     assert a["certified"] and a["threshold"] == b["threshold"]
     g = risk_controlled(make_policy("confidence"), shuffled, test, costs, 0.02)  # the gap risk does use them
     assert g["threshold"] != a["threshold"]
+
+
+def test_the_report_lines_say_what_was_chosen_and_what_was_refused():
+    from exitlab.risk import format_risk
+
+    val, test = _logits(seed=0), _logits(seed=1)
+    costs = _FakeCosts([1.0, 2.0, 3.0, 4.0])
+    risk = {"confidence": risk_controlled(make_policy("confidence"), val, test, costs, 0.02),
+            "regression_patience": "refused: risk control is defined for classification only"}
+    lines = format_risk(risk)
+    r = risk["confidence"]
+    assert lines[0].startswith("\nrisk control (gap risk <= 0.02 with confidence 0.9, binomial bound")
+    assert f"t={r['threshold']:<8.4g}" in lines[1] and f"{r['test']['saved']:.1%} saved" in lines[1]
+    assert lines[2] == "  regression_patience refused: risk control is defined for classification only"
+    assert format_risk({"rp": "refused: x"}) == ["\nrisk control: rp: refused: x"]

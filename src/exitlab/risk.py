@@ -222,7 +222,9 @@ def risk_controlled(policy: Policy, val: tuple, test: tuple, costs, alpha: float
 
 def format_risk(risk: dict) -> list[str]:
     """The risk-control lines of the eval report: per policy, threshold, test drop and compute saved."""
-    first = next(iter(risk.values()))
+    first = next((r for r in risk.values() if isinstance(r, dict)), None)
+    if first is None:  # every policy refused (regression)
+        return ["\nrisk control: " + "; ".join(f"{name}: {r}" for name, r in risk.items())]
     lines = [f"\nrisk control ({first['risk']} risk <= {first['alpha']:g} with confidence {first['confidence']:g}, "
              f"{first['bound']} bound, fixed-sequence test on val, {first['calibration_samples']} samples), on test:"]
     for name, r in risk.items():

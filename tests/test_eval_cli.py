@@ -121,6 +121,7 @@ def test_eval_risk_control_extras_and_ood(run_dir, capsys):
     assert sum(c["samples"] for c in ex["per_class"]["classes"]) == res["samples"]
     assert [e["exit"] for e in res["ood"]["per_exit"]] == list(range(len(res["exits"])))
     assert all(0 <= e["auroc_msp"] <= 1 for e in res["ood"]["per_exit"])
+    assert f"best max-softmax AUROC {max(res['ood']['curve']['auroc_msp']):.4f}" in out
 
 
 def test_eval_ood_from_another_data_set_and_its_errors(run_dir, capsys):

@@ -118,6 +118,10 @@ def format_extras_report(result: dict) -> list[str]:
         for e in o["per_exit"]:
             lines.append(f"  exit {e['exit']}  {e['fraction']:>6.1%} of backbone FLOPs  max-softmax "
                          f"{e['auroc_msp']:.4f}  {o['policy']} score {e['auroc_score']:.4f}")
+        c = o["curve"]
+        best = max(range(len(c["auroc_msp"])), key=lambda i: (c["auroc_msp"][i], -c["flops"][i]))
+        lines.append(f"  early exit along {len(c['flops'])} {o['policy']} thresholds: best max-softmax AUROC "
+                     f"{c['auroc_msp'][best]:.4f} at {c['fraction'][best]:.1%} of backbone FLOPs (ood.curve)")
     return lines
 
 

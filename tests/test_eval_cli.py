@@ -84,3 +84,64 @@ def test_bench_bad_input(run_dir, capsys):
     assert "outside its range" in capsys.readouterr().err
     assert main(["bench", str(run_dir), "--batch", "0"]) == 2
     assert "argument --batch: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_eval_risk_control_extras_and_ood(run_dir, capsys):
+    """--risk chooses every policy's threshold on val; the reported test numbers are recomputed here from the
+    cached test logits at that threshold."""
+    import torch
+
+    from exitlab.policies import make_policy
+    from exitlab.rundir import RunDir
+    from exitlab.sweep import exit_indices
+
+    argv = ["eval", str(run_dir), "--risk", "0.05", "--confidence", "0.9", "--ood", "noise"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    res = json.loads((run_dir / "eval.json").read_text())
+    assert "risk control (gap risk <= 0.05 with confidence 0.9" in out and "OOD detection (noise" in out
+    logits, labels = RunDir(run_dir).logits("test")
+    flops = torch.tensor([e["flops"] for e in res["exits"]], dtype=torch.float64)
+    for name in ("confidence", "entropy", "patience"):
+        r = res["risk_control"][name]
+        assert r["alpha"] == 0.05 and r["calibration_samples"] == len(RunDir(run_dir).logits("val")[1])
+        if not r["certified"]:
+            assert f"{name:<11} no threshold meets the bound on val: the final exit for everyone" in out
+            continue
+        scores, preds = make_policy(name).scores(logits)
+        ex = exit_indices(scores, torch.tensor([r["threshold"]], dtype=torch.float64),
+                          make_policy(name).exit_when)[0]
+        acc = (preds[ex, torch.arange(len(labels))] == labels).double().mean().item()
+        assert r["test"]["accuracy"] == pytest.approx(acc)
+        assert r["test"]["drop"] == pytest.approx(res["final_accuracy"] - acc)
+        assert r["test"]["saved"] == pytest.approx(1 - flops[ex].mean().item() / flops[-1].item())
+        assert r["val"]["risk"] <= 0.05
+    ex = res["extras"]
+    assert len(ex["overthinking"]["per_exit"]) == len(res["exits"]) - 1 and ex["top5"] is None  # 7 classes
+    assert sum(c["samples"] for c in ex["per_class"]["classes"]) == res["samples"]
+    assert [e["exit"] for e in res["ood"]["per_exit"]] == list(range(len(res["exits"])))
+    assert all(0 <= e["auroc_msp"] <= 1 for e in res["ood"]["per_exit"])
+    assert f"best max-softmax AUROC {max(res['ood']['curve']['auroc_msp']):.4f}" in out
+
+
+def test_eval_ood_from_another_data_set_and_its_errors(run_dir, capsys):
+    other = ["--ood", "data.synthetic={size: 16, n_train: 70, n_test: 35, seed: 9}"]
+    assert main(["eval", str(run_dir), *other]) == 0
+    res = json.loads((run_dir / "eval.json").read_text())
+    assert res["ood"]["ood_samples"] == 35 and res["ood"]["id_samples"] == res["samples"]
+    assert main(["eval", str(run_dir), "--ood", "data.synthetic={size: 8}"]) == 2
+    assert "its images are (3, 8, 8) but the model takes (3, 16, 16)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--risk", "1.5"], "risk level must be in (0, 1)"),
+    (["--risk", "0.01", "--confidence", "1"], "confidence must be in (0, 1)"),
+    (["--risk", "0.01", "--risk-kind", "drop"], "only --risk-bound hoeffding is valid"),
+    (["--class-budget", "0"], "--class-budget must be > 0"),
+    (["--ood", "mnist"], "expected 'noise' or data.KEY=VALUE"),
+    (["--ood", "data.nope=1"], "data.nope: unknown key"),
+])
+def test_eval_extras_bad_input(run_dir, capsys, argv, message):
+    assert main(["eval", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err

@@ -19,6 +19,7 @@ from .config import check_range, load_config
 from .demo import run_demo
 from .demo_text import run_text_demo
 from .errors import ConfigError, ExitlabError
+from .evalextras import ExtraOptions, add_extra_arguments
 from .evaluate import evaluate_run, format_report
 from .export import export_run
 from .models import BACKBONES, HEADS
@@ -92,8 +93,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     thresholds = _floats(args.thresholds) if args.thresholds else None
+    extras = ExtraOptions.from_args(args)
     result = evaluate_run(args.run_dir, policy=args.policy, split=args.split, thresholds=thresholds,
-                          n_thresholds=args.n_thresholds, target_accuracy=args.target_accuracy)
+                          n_thresholds=args.n_thresholds, target_accuracy=args.target_accuracy, extras=extras)
     print(format_report(result))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
@@ -250,6 +252,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--target-accuracy", type=number(float, lo=0, hi=1, lo_open=True),
                    help="also pick the cheapest threshold reaching this val accuracy")
     p.add_argument("--threads", type=COUNT, default=0, help="torch CPU threads (default: torch's choice)")
+    add_extra_arguments(p)
 
 
 def _add_bench(sub) -> None:

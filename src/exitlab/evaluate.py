@@ -16,6 +16,7 @@ import torch
 
 from .costs import ExitCosts, exit_costs, length_table, text_costs
 from .errors import ConfigError
+from .evalextras import ExtraOptions, add_extras, format_extras_report
 from .files import atomic_write
 from .policies import POLICIES, Policy, make_policy
 from .rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
@@ -150,14 +151,15 @@ def _resolve_policy(run: RunDir, name: str) -> Policy:
 
 def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split: str = "test", *, thresholds=None,
                  n_thresholds: int = MAX_THRESHOLDS, budgets=BUDGETS, target_accuracy: float | None = None,
-                 policies=DEFAULT_POLICIES, write: bool = True) -> dict:
+                 policies=DEFAULT_POLICIES, write: bool = True, extras: ExtraOptions | None = None) -> dict:
     """Evaluate a finished run and (with ``write``) save the result as ``RUN_DIR/eval.json``; returns it.
 
     Curves are computed for ``policies`` plus ``policy``; ``thresholds`` (checked against the policy's range)
     replace the score-derived ones for ``policy`` only. The top-level ``budget_table`` and ``auc`` (operating points
     chosen on the validation split, reported on ``split``), ``selected`` (one threshold per budget, chosen on
     validation) and ``test_frontier`` (chosen on ``split`` itself: optimistic) are ``policy``'s (default:
-    confidence, or regression_patience for a regression model).
+    confidence, or regression_patience for a regression model). ``extras`` adds risk-controlled thresholds and OOD
+    detection (:mod:`exitlab.evalextras`); the per-exit extras always come (classification only).
 
     A regression run (one output per exit, e.g. STS-B) is evaluated the same way with minus the mean squared error
     in place of accuracy (higher is better, so budgets and selection read the same), its own policies only, no AUC
@@ -165,6 +167,8 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split:
     """
     if policy is not None:
         POLICIES.get(policy)  # an unknown name fails before any work
+    extras = extras or ExtraOptions()
+    extras.check()
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if n_thresholds < 2:
@@ -183,9 +187,9 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split:
     val = run.logits("val") if split != "val" else (logits, labels)
     costs, val_costs = split_costs(run, model, split)
     names = list(dict.fromkeys([*policies, policy]))
-    curves = {}
+    curves, pols = {}, {}
     for name in names:
-        pol = _resolve_policy(run, name)
+        pol = pols[name] = _resolve_policy(run, name)
         curves[name] = policy_curve(pol, logits, labels, costs, thresholds=thresholds if name == policy else None,
                                     n_thresholds=n_thresholds, val=val, budgets=budgets,
                                     target_accuracy=target_accuracy, val_costs=val_costs)
@@ -198,6 +202,7 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split:
         "selected": curves[policy].get("selected"), "budgeted": curves[policy].get("budgeted"),
         "test_frontier": curves[policy]["test_frontier"], "policies": curves, "notes": NOTES,
     }
+    add_extras(result, run, pols, policy, logits, labels, val, costs, extras, val_costs=val_costs)
     if write:
         atomic_write(run / RunDir.EVAL, lambda p: p.write_text(json.dumps(result, indent=1)))
     return result
@@ -232,6 +237,7 @@ def format_report(result: dict) -> str:
         for key, bb in result["budgeted"].items():
             lines.append(f"  {key:<11} " + ("val cannot meet it" if bb is None else
                          f"acc {bb['accuracy']:.2%} at {bb['fraction']:.1%} (val {bb['val_fraction']:.1%})"))
+    lines += format_extras_report(result)
     return "\n".join(lines)
 
 

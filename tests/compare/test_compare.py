@@ -97,3 +97,24 @@ def test_regime_overrides_change_one_regime_and_keep_phase1_shared(tmp_path):
         load_compare_config(write_config(tmp_path / "bad.yaml", regime_overrides={"mixd": {"phase2.lr": 0.1}}))
     with pytest.raises(ConfigError, match=r"regime_overrides: 'joint': phase2.lr must be > 0"):
         load_compare_config(write_config(tmp_path / "bad2.yaml", regime_overrides={"joint": {"phase2.lr": 0}}))
+
+
+def test_overthinking_and_improvability_tables_match_the_evaluations(compared):
+    out, summary = compared
+    md = (out / "tables" / "overthinking.md").read_text().splitlines()
+    hi = (out / "tables" / "improvability.md").read_text().splitlines()
+    assert md[0].startswith("| regime | exit 0 (") and "final" not in md[0] and "final (" in hi[0]
+    assert "overthinking" in md[-1] and "hindsight improvability" in hi[-1]
+    for line, hline, regime in zip(md[2:], hi[2:], ["joint", "disjoint", "mixed"]):
+        ex = json.loads((out / "seed0" / regime / "eval.json").read_text())["extras"]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == regime
+        assert cells[1:] == [f"{100 * v:.2f} ± 0.00" for v in ex["overthinking"]["per_exit"]]
+        hcells = [c.strip() for c in hline.strip("|").split("|")][1:]
+        assert hcells == [f"{100 * v:.2f} ± 0.00" if v is not None else "n/a" for v in ex["improvability"]]
+    for ext in ("csv", "tex"):
+        assert (out / "tables" / f"improvability.{ext}").read_text().count("mixed") == 1
+    from exitlab.compare.report import build_report
+
+    page = build_report(out).read_text()
+    assert "<h2>Overthinking (SDN)</h2>" in page and "<h2>Hindsight improvability (ZTW)</h2>" in page

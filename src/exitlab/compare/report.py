@@ -10,7 +10,16 @@ from pathlib import Path
 from ..checkpoint import atomic_write
 from ..errors import ExitlabError
 from ..rundir import read_json
-from .tables import BUDGET_COLS, caption, cell_text, exit_table, paper_table
+from .tables import (
+    BUDGET_COLS,
+    EXTRA_CAPTIONS,
+    caption,
+    cell_text,
+    exit_table,
+    improvability_table,
+    overthinking_table,
+    paper_table,
+)
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -76,6 +85,16 @@ def build_report(directory: str | Path) -> Path:
     return out
 
 
+def _extras_html(summary: dict) -> list[str]:
+    """Overthinking and hindsight improvability per regime (absent from summaries written before them)."""
+    if "overthinking" not in summary["rows"][0]:
+        return []
+    return ["<h2>Overthinking (SDN)</h2>", _table_html(*overthinking_table(summary)),
+            f"<p class='note'>{html.escape(EXTRA_CAPTIONS['overthinking'])}</p>",
+            "<h2>Hindsight improvability (ZTW)</h2>", _table_html(*improvability_table(summary)),
+            f"<p class='note'>{html.escape(EXTRA_CAPTIONS['improvability'])}</p>"]
+
+
 def _page(d: Path, summary: dict) -> str:
     """The report's HTML."""
     config = (d / "compare.yaml").read_text() if (d / "compare.yaml").exists() else json.dumps(summary["config"])
@@ -99,6 +118,7 @@ def _page(d: Path, summary: dict) -> str:
         "budgets in [0, 100%]. train TFLOPs: measured training compute of the run, forward and backward, a shared "
         "phase 1 included. The test split's own frontier (optimistic) is in summary.json under test_frontier.</p>",
         "<h2>Per-exit accuracy</h2>", _table_html(*exit_table(summary)),
+        *_extras_html(summary),
         "<h2>Plots</h2>", figures,
         *(["<h2>Analyses</h2>", analysis_html] if analysis_html else []),
         "<h2>Timings</h2>", _timings(summary),

@@ -123,6 +123,8 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "compute": compute,
             "exit_accuracy": [[x["accuracy"] for x in e["exits"]] for e in seeds],
             "exit_fraction_flops": [x["fraction"] for x in seeds[0]["exits"]],
+            "overthinking": [e["extras"]["overthinking"]["per_exit"] for e in seeds],
+            "improvability": [e["extras"]["improvability"] for e in seeds],
             "curves": [_curve(e, cc.policy) for e in seeds],
             "distribution": [(e["policies"][cc.policy]["selected"] or {}).get(key) for e in seeds],
             "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],

@@ -77,6 +77,33 @@ def exit_table(summary: dict) -> tuple[list[str], list[list]]:
     return header, body
 
 
+def overthinking_table(summary: dict) -> tuple[list[str], list[list]]:
+    """Per IC, SDN's overthinking (right there, wrong at the final exit) for each regime; test split."""
+    fr = summary["rows"][0]["exit_fraction_flops"]
+    header = ["regime"] + [f"exit {k} ({100 * fr[k]:.0f}% FLOPs)" for k in range(len(fr) - 1)]
+    body = [[r["row"], *[[seed[k] for seed in r["overthinking"]] for k in range(len(fr) - 1)]]
+            for r in summary["rows"]]
+    return header, body
+
+
+def improvability_table(summary: dict) -> tuple[list[str], list[list]]:
+    """Per exit, ZTW's hindsight improvability (of the samples it gets wrong, the share an earlier exit got
+    right) for each regime; test split. Exit 0 is 0 by definition."""
+    fr = summary["rows"][0]["exit_fraction_flops"]
+    header = ["regime"] + [f"exit {k} ({100 * fr[k]:.0f}% FLOPs)" if k < len(fr) - 1 else f"final ({100 * fr[k]:.0f}%)"
+                           for k in range(len(fr))]
+    body = [[r["row"], *[[seed[k] for seed in r["improvability"]] for k in range(len(fr))]] for r in summary["rows"]]
+    return header, body
+
+
+EXTRA_CAPTIONS = {
+    "overthinking": "SDN's overthinking: share of test samples an internal classifier gets right and the final exit "
+                    "gets wrong, in %.",
+    "improvability": "ZTW's hindsight improvability: of the test samples an exit gets wrong, the share some earlier "
+                     "exit got right, in % (n/a: the exit got none wrong on some seed).",
+}
+
+
 def markdown(header: list[str], body: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([row[0], *map(cell_text, row[1:])]) + " |" for row in body]
@@ -106,11 +133,16 @@ def csv_text(header: list[str], body: list[list]) -> str:
 
 
 def write_tables(summary: dict, directory: Path) -> dict[str, str]:
-    """Write ``paper.{md,csv,tex}`` and ``exits.{md,csv,tex}``; returns the Markdown texts."""
+    """Write ``paper.{md,csv,tex}``, ``exits.{md,csv,tex}``, ``overthinking.*`` and ``improvability.*``; returns the
+    Markdown texts."""
     directory.mkdir(parents=True, exist_ok=True)
     texts = {}
-    for name, (header, body) in (("paper", paper_table(summary)), ("exits", exit_table(summary))):
-        texts[name] = markdown(header, body) + "\n" + caption(summary) + "\n"
+    tables = [("paper", paper_table(summary)), ("exits", exit_table(summary))]
+    if "overthinking" in summary["rows"][0]:  # summaries written before exitlab had the extras lack them
+        tables += [("overthinking", overthinking_table(summary)), ("improvability", improvability_table(summary))]
+    for name, (header, body) in tables:
+        extra = EXTRA_CAPTIONS.get(name, "")
+        texts[name] = markdown(header, body) + "\n" + caption(summary) + (" " + extra if extra else "") + "\n"
         (directory / f"{name}.md").write_text(texts[name])
         (directory / f"{name}.csv").write_text(csv_text(header, body))
         (directory / f"{name}.tex").write_text(latex(header, body))

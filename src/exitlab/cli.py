@@ -74,8 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.text:
         out = Path(args.out if args.out != "runs/demo" else "runs/demo-text")
-        return run_text_demo(out, root=args.data_root, budget=args.budget)
-    return run_demo(Path(args.out), budget=args.budget, workers=args.workers, resume=args.resume)
+        return run_text_demo(out, root=args.data_root, budget=args.budget or 4)
+    return run_demo(Path(args.out), budget=args.budget or 3, workers=args.workers, resume=args.resume)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -192,8 +192,8 @@ def _add_train(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train joint, disjoint and mixed on Fashion-MNIST and compare per-exit accuracy")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--budget", type=number(int, lo=2), default=3,
-                   help="epochs per regime, matched across regimes (default: 3; at least 2)")
+    p.add_argument("--budget", type=number(int, lo=2), default=None,
+                   help="epochs per regime, matched across regimes (default: 3, or 4 with --text; at least 2)")
     p.add_argument("--workers", type=POSITIVE, default=2, help="parallel 1-thread training processes (default: 2)")
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out and resume unfinished ones")
     p.add_argument("--text", action="store_true", help="the text demo instead: a small BERT from scratch on the "

@@ -169,3 +169,34 @@ def test_exitlab_eval_on_a_text_run_trained_in_memory_takes_its_data_back(tmp_pa
     result = evaluate_run(RunDir(out, data=data), policies=("confidence",))
     assert "per_sample" in result["costs"] and len(result["exits"]) == 3
     assert result["exits"][0]["flops"] < result["exits"][-1]["flops"]
+
+
+def test_compute_budgets_loss_weights_and_distillation_work_unchanged_on_text(tmp_path):
+    """budget_flops matches measured training compute within one step, SDN loss weights are planned for the
+    encoder's exits, and self-distillation adds its (positive) term to the loss, all on a text encoder."""
+    import dataclasses
+    import json
+
+    from exitlab.config import PhaseConfig
+    from exitlab.loop import phase_loss
+    from exitlab.phases import Phase
+
+    torch.manual_seed(0)
+    src = _source()
+    base = from_dict(RunConfig, {"data": {"batch_size": 16, "eval_batch_size": 32}, "progress": False})
+    p2 = {**OPT, "loss_weights": "sdn", "distill": 0.5}
+    out = exitlab.train(exitlab.from_hf(tiny("bert"), exits=[0, 2]), tmp_path / "b", data=src, regime="mixed",
+                        config=base, budget_flops=2.0e8, phase1=OPT, phase2=p2)
+    status = json.loads((out / "run.json").read_text())
+    compute = status["compute"]
+    assert compute["budget"] == {"matched": "flops", "value": 2.0e8}
+    step = max(p["flops_per_sample"] for p in compute["phases"]) * 16
+    assert abs(compute["train_flops"] - 2.0e8) <= step
+    planned = status["phases"][1]
+    assert planned["weights"] == pytest.approx([1 / 6, 2 / 6, 3 / 6])  # SDN: proportional to depth
+    kd = Phase(2, 1, from_dict(PhaseConfig, planned["options"]), tuple(planned["weights"]))
+    plain = dataclasses.replace(kd, options=dataclasses.replace(kd.options, distill=0.0))
+    x, y = next(iter(TextLoader(src.train_x, src.train_y, 16)))
+    trained = exitlab.load(out).eval()
+    with torch.no_grad():
+        assert float(phase_loss(trained, kd, x, y)[0]) > float(phase_loss(trained, plain, x, y)[0])

@@ -219,3 +219,23 @@ def test_export_refuses_a_text_run_in_one_line(text_run, capsys):
                    "attention mask, at a dynamic length); serve them from PyTorch with exitlab.early_exit "
                    "(docs/text.md)"]
     assert not (out.parent / "onnx").exists()
+
+
+def test_a_local_folder_gives_its_weights_with_pretrained_and_only_its_config_without(tmp_path):
+    from exitlab.config import ModelConfig
+    from exitlab.data.textfiles import word_tokenizer
+    from exitlab.planning import model_from_config
+
+    hf = tiny("bert", num_labels=2)
+    hf.save_pretrained(tmp_path / "m")
+    word_tokenizer(["a b c"], 20).save_pretrained(tmp_path / "m")
+    section = {"backbone": f"hf:{tmp_path / 'm'}", "exits": [0], "head": "text", "pretrained": True}
+    loaded = model_from_config(from_dict(ModelConfig, section), 2, (3, 8))
+    want = hf.state_dict()
+    got = loaded.backbone.model.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    fresh = model_from_config(from_dict(ModelConfig, {**section, "pretrained": False}), 2, (3, 8))
+    same_shape = fresh.backbone.model.state_dict()
+    assert all(same_shape[k].shape == want[k].shape for k in want)
+    assert not torch.equal(same_shape["bert.encoder.layer.0.attention.self.query.weight"],
+                           want["bert.encoder.layer.0.attention.self.query.weight"])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .contract import BlocksBackbone, ExitPoint, TapFn, TextFeature  # noqa: F401  (re-exported: the contract's old home)
+from .contract import BlocksBackbone, ExitPoint, MultiScaleFeature, TapFn, TextFeature  # noqa: F401  (re-exported)
 from .heads import build_head
 
 # on_exit(exit j, its logits, the feature it read) -> what the walk does next: True goes on with every sample,
@@ -35,6 +35,8 @@ def _grad_scaled(h, scale: float):
     """``h`` with its gradient scaled on the way back (a text feature's token states; its mask has no gradient)."""
     if isinstance(h, TextFeature):
         return h.with_hidden(_GradScale.apply(h.hidden, scale))
+    if isinstance(h, MultiScaleFeature):
+        return h.apply(lambda m: _GradScale.apply(m, scale))
     return _GradScale.apply(h, scale)
 
 

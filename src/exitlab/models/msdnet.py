@@ -200,10 +200,15 @@ class MSDNet(BlocksBackbone):
         _check(blocks, base, step, step_mode, channels, growth, g, b, reduction)
         cfg = _Config(g, b, bool(bottleneck))
         n = len(g)
+        plan = layer_plan(blocks, base, step, step_mode, n)
+        if plan[-1][-1][1] != 1:
+            raise ValueError(f"msdnet with {sum(map(len, plan))} layers keeps {plan[-1][-1][1]} scales after its last "
+                             "layer, and no classifier reads the finer ones (parameters without gradients); change "
+                             "blocks, base or step")
         self.num_classes = num_classes
         self.stem = _Stem(in_chans, channels, g)
         width, steps, info = channels, [], []
-        for rows in layer_plan(blocks, base, step, step_mode, n):
+        for rows in plan:
             layers = []
             for scales_in, scales_out in rows:
                 layers.append(_DenseLayer(width, growth, scales_in, scales_out, cfg))
@@ -216,7 +221,7 @@ class MSDNet(BlocksBackbone):
             info.append(ExitPoint(width * g[-1], 2 ** (n - 1), "scales"))
         self.blocks = nn.ModuleList(steps)
         self.feature_info = info
-        self.scales = [rows[-1][1] for rows in layer_plan(blocks, base, step, step_mode, n)]  # maps after each block
+        self.scales = [rows[-1][1] for rows in plan]  # how many maps each block hands on
         self.final = MSDNetHead(info[-1], num_classes, width=head_width)
         _init(self)
 
@@ -229,5 +234,5 @@ def _init(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)

@@ -34,7 +34,8 @@ def _adapted():
 
 
 def _msdnet():  # multi-scale maps between blocks: every scale's rows are compacted together
-    model = build_model("msdnet", num_classes=C, in_chans=3, img_size=16, exits="every:1", head_kwargs={"cascade": True},
+    model = build_model("msdnet", num_classes=C, in_chans=3, img_size=16, exits="every:1",
+                        head_kwargs={"cascade": True},
                         backbone_kwargs=dict(blocks=5, base=1, step=1, channels=4, growth=2, head_width=8))
     with torch.no_grad():  # cascades that lean on the previous exit, so that patience sees neighbours agree
         for head in model.heads[1:]:

@@ -22,7 +22,7 @@ from ..checkpoint import load_state, load_tensors
 from ..config import RunConfig
 from ..data import RunData
 from ..errors import ExitlabError
-from ..models.core import BlocksBackbone, MultiExitModel
+from ..models.core import BlocksBackbone, MultiExitModel, MultiScaleFeature
 from ..phases import regime_label
 from ..planning import model_from_config
 from ..rundir import RunDir, checkpoints
@@ -176,7 +176,8 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
     last = max(taps) if taps == set(blocks) else None  # stop early unless the model's output is wanted too
 
     def on_tap(i: int, h: torch.Tensor) -> torch.Tensor | None:
-        got[i] = h.detach().clone()  # clone: later blocks may work in place on h
+        got[i] = h.apply(lambda m: m.detach().clone()) if isinstance(h, MultiScaleFeature) else h.detach().clone()
+        # clone: later blocks may work in place on h
         return None if i == last else h
 
     out = model.backbone.run(x, taps, on_tap)
@@ -187,7 +188,10 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
 
 def pool_feature(h: torch.Tensor, pool: int) -> torch.Tensor:
     """``pool > 0``: average maps ``[B, C, H, W]`` down to ``pool x pool`` and token sequences ``[B, N, D]`` to their
-    mean token; ``pool = 0`` keeps the output as it is."""
+    mean token; ``pool = 0`` keeps the output as it is. A multi-scale output (MSDNet) is every scale's map, each
+    pooled so, flattened and concatenated: ``[B, sum_s D_s]``."""
+    if isinstance(h, MultiScaleFeature):
+        return torch.cat([pool_feature(m, pool).flatten(1) for m in h.maps], 1)
     if pool <= 0:
         return h
     if h.dim() == 4:

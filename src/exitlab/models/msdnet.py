@@ -227,7 +227,7 @@ class MSDNet(BlocksBackbone):
 
 
 def _init(model: nn.Module) -> None:
-    """As the reference: convs normal with std sqrt(2 / (k * k * out channels)), BN weight 1 and bias 0, linear bias 0."""
+    """As the reference: convs normal with std sqrt(2 / (k * k * out channels)), BN weight 1, bias 0; linear bias 0."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exitlab.costs import exit_costs
-from exitlab.errors import ConfigError
+from exitlab.errors import ConfigError, ExitlabError
 from exitlab.inference import early_exit
 from exitlab.models import build_model, model_from_spec
 from exitlab.models.contract import MultiScaleFeature
@@ -15,13 +15,7 @@ from exitlab.models.heads import CoarsestScale
 from exitlab.models.msdnet import MSDNetHead, layer_plan
 from exitlab.policies import make_policy
 
-# Reference counts per exit, cumulative (blocks 0..j plus classifiers 0..j), one 3x32x32 image, CIFAR-100. Computed by
-# running kalviny/MSDNet-PyTorch (commit f654595) on CPU with its own op_counter.measure_model (parameters) and
-# forward hooks that add up the multiply-adds of every Conv2d and Linear (the ops exitlab's FLOPs count):
-#   python /tmp/msdnet/ref_counts.py   (the script and its output are quoted in docs/models.md, "MSDNet")
-# The reference was built with main.py's CIFAR-100 anytime command (--nBlocks 7 --stepmode even --step 2 --base 4
-# --nChannels 16, defaults growthRate 6, grFactor 1-2-4, bnFactor 1-2-4, prune max, reduction 0.5, bottleneck) and
-# with its batch-computation command (--nBlocks 5 --stepmode lin_grow --step 1 --base 1 --nChannels 16).
+# Reference counts per exit: see the docstring of test_parameters_and_flops_per_exit_equal_the_reference_code.
 REFERENCE = {
     "anytime": ({}, {
         "params": [433876, 876792, 1274952, 1695548, 2178352, 2603252, 3067960],
@@ -41,6 +35,17 @@ def _tiny(head=None, classes=7, **kw):
 
 @pytest.mark.parametrize("config", list(REFERENCE))
 def test_parameters_and_flops_per_exit_equal_the_reference_code(config):
+    """Per-exit counts, cumulative (blocks 0..j plus classifiers 0..j), one 3x32x32 image, 100 classes, against
+    ``REFERENCE``: the reference code kalviny/MSDNet-PyTorch (commit f654595) run on CPU, its own
+    ``op_counter.measure_model`` for the parameters and forward hooks adding up the multiply-adds of every Conv2d and
+    Linear (the ops exitlab's FLOPs count, 2 FLOPs each), by
+
+        OMP_NUM_THREADS=1 python benchmarks/count_msdnet_reference.py /path/to/MSDNet-PyTorch
+
+    The reference was built as its CIFAR-100 anytime command (``--nBlocks 7 --stepmode even --step 2 --base 4
+    --nChannels 16``; defaults growthRate 6, grFactor 1-2-4, bnFactor 1-2-4, prune max, reduction 0.5, bottleneck)
+    and its batch-computation command (``--nBlocks 5 --stepmode lin_grow --step 1 --base 1 --nChannels 16``).
+    """
     kwargs, ref = REFERENCE[config]
     model = build_model("msdnet", num_classes=100, img_size=32, backbone_kwargs=kwargs)
     assert model.num_exits == len(ref["params"]) and model.head_name == "msdnet"
@@ -139,7 +144,8 @@ def test_the_regimes_train_msdnet_end_to_end(tiny_cfg, tmp_path, regime):
     assert json.loads((out / "run.json").read_text())["status"] == "done"
 
 
-def test_rank_mi_gradients_and_landscape_run_on_the_multi_scale_state():
+def test_rank_mi_gradients_landscape_and_connectivity_run_on_the_multi_scale_state():
+    from exitlab.analysis.connectivity import linear_path
     from exitlab.analysis.gradients import gradient_contributions
     from exitlab.analysis.landscape import landscape_1d
     from exitlab.analysis.mi import mi_profile
@@ -161,6 +167,14 @@ def test_rank_mi_gradients_and_landscape_run_on_the_multi_scale_state():
     assert len(grads["norm"]) == 5 and all(v is not None for v in grads["norm"][0])
     line = landscape_1d(model, batches[:1], steps=3, span=0.5, params="heads")
     assert len(line["loss"]) == model.num_exits
+    other = _tiny(classes=3)
+    torch.manual_seed(1)
+    for p in other.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    path = linear_path(model, other, batches[:1], batches[1:], points=3)
+    assert path["kind"] == "linear" and path["t"] == [0.0, 0.5, 1.0] and len(path["loss"]) == model.num_exits
+    with pytest.raises(ExitlabError, match="weight matching .* not for MSDNet"):
+        linear_path(model, other, batches[:1], batches[1:], points=3, align=True)
 
 
 @pytest.mark.slow  # about 30 s on 2 shared cores (three graphs through the dynamo exporter)

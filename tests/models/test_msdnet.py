@@ -27,9 +27,9 @@ REFERENCE = {
 TINY = dict(blocks=5, base=1, step=1, channels=4, growth=2, head_width=8)
 
 
-def _tiny(head=None, classes=7, **kw):
+def _tiny(head=None, classes=7, head_kwargs=None, **kw):
     torch.manual_seed(0)
-    return build_model("msdnet", num_classes=classes, img_size=16, exits="every:1", head=head,
+    return build_model("msdnet", num_classes=classes, img_size=16, exits="every:1", head=head, head_kwargs=head_kwargs,
                        backbone_kwargs={**TINY, **kw})
 
 
@@ -101,6 +101,8 @@ def test_its_own_classifiers_are_the_default_head_and_other_heads_read_the_coars
     model = _tiny()
     assert model.head_name == "msdnet" and model.spec["head"] == "msdnet"
     assert all(isinstance(h, MSDNetHead) for h in model.heads) and isinstance(model.backbone.final, MSDNetHead)
+    assert [h.fc.in_features for h in [*model.heads, model.backbone.final]] == [8] * 5  # head_width, ICs too
+    assert _tiny(head_kwargs={"width": 16}).heads[0].fc.in_features == 16
     again = model_from_spec(model.spec)
     again.load_state_dict(model.state_dict())
     x = torch.randn(3, 3, 16, 16)

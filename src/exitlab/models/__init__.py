@@ -69,9 +69,10 @@ def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size:
                          **dict(backbone_kwargs or {}))
     blocks = resolve_exits(exits, net, (in_chans, img_size, img_size))
     head = head or getattr(net, "default_head", "sdn")
+    own = getattr(net, "default_head_kwargs", {}) if head == getattr(net, "default_head", None) else {}
     spec = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size, exits=blocks,
                 head=head, head_kwargs=dict(head_kwargs or {}), backbone_kwargs=dict(backbone_kwargs or {}))
-    return MultiExitModel(net, blocks, head, head_kwargs=head_kwargs, spec=spec)
+    return MultiExitModel(net, blocks, head, head_kwargs={**own, **(head_kwargs or {})}, spec=spec)
 
 
 def model_from_spec(spec: dict, module=None) -> MultiExitModel:

@@ -223,6 +223,7 @@ class MSDNet(BlocksBackbone):
         self.feature_info = info
         self.scales = [rows[-1][1] for rows in plan]  # how many maps each block hands on
         self.final = MSDNetHead(info[-1], num_classes, width=head_width)
+        self.default_head_kwargs = {"width": head_width}  # its ICs are as wide as its final classifier
         _init(self)
 
 

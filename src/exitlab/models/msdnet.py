@@ -168,9 +168,10 @@ def layer_plan(blocks: int, base: int, step: int, step_mode: str, n_scales: int)
     return plan
 
 
-def _check(blocks, base, step, step_mode, channels, growth, growth_factors, bn_factors, reduction) -> None:
+def _check(blocks, base, step, step_mode, channels, growth, growth_factors, bn_factors, reduction, head_width
+           ) -> None:
     for name, v, lo in (("blocks", blocks, 2), ("base", base, 1), ("step", step, 1), ("channels", channels, 1),
-                        ("growth", growth, 1)):
+                        ("growth", growth, 1), ("head_width", head_width, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"msdnet {name} must be a whole number >= {lo}, got {v!r}")
     if step_mode not in ("even", "lin_grow"):
@@ -197,7 +198,7 @@ class MSDNet(BlocksBackbone):
                  bottleneck: bool = True, reduction: float = 0.5, head_width: int = 128):
         super().__init__()
         g, b = list(growth_factors), list(bn_factors)
-        _check(blocks, base, step, step_mode, channels, growth, g, b, reduction)
+        _check(blocks, base, step, step_mode, channels, growth, g, b, reduction, head_width)
         cfg = _Config(g, b, bool(bottleneck))
         n = len(g)
         plan = layer_plan(blocks, base, step, step_mode, n)
@@ -207,24 +208,33 @@ class MSDNet(BlocksBackbone):
                              "blocks, base or step")
         self.num_classes = num_classes
         self.stem = _Stem(in_chans, channels, g)
-        width, steps, info = channels, [], []
-        for rows in plan:
-            layers = []
-            for scales_in, scales_out in rows:
-                layers.append(_DenseLayer(width, growth, scales_in, scales_out, cfg))
-                width += growth
-                if scales_in > scales_out and reduction > 0:  # a scale was dropped: compress
-                    narrow = math.floor(reduction * width)
-                    layers.append(_Transition(width, narrow, list(range(n - scales_out, n)), g))
-                    width = narrow
-            steps.append(_Step(layers))
-            info.append(ExitPoint(width * g[-1], 2 ** (n - 1), "scales"))
+        steps, widths = _build_steps(plan, channels, growth, reduction, cfg)
+        info = [ExitPoint(w * g[-1], 2 ** (n - 1), "scales") for w in widths]  # the coarsest map's
         self.blocks = nn.ModuleList(steps)
         self.feature_info = info
         self.scales = [rows[-1][1] for rows in plan]  # how many maps each block hands on
         self.final = MSDNetHead(info[-1], num_classes, width=head_width)
         self.default_head_kwargs = {"width": head_width}  # its ICs are as wide as its final classifier
         _init(self)
+
+
+def _build_steps(plan: list[list[tuple[int, int]]], width: int, growth: int, reduction: float, cfg: _Config
+                 ) -> tuple[list[_Step], list[int]]:
+    """The blocks of ``plan`` and each block's output base width (scale s has ``width * growth_factors[s]``)."""
+    n = len(cfg.growth_factors)
+    steps, widths = [], []
+    for rows in plan:
+        layers: list[nn.Module] = []
+        for scales_in, scales_out in rows:
+            layers.append(_DenseLayer(width, growth, scales_in, scales_out, cfg))
+            width += growth
+            if scales_in > scales_out and reduction > 0:  # a scale was dropped: compress
+                narrow = math.floor(reduction * width)
+                layers.append(_Transition(width, narrow, list(range(n - scales_out, n)), cfg.growth_factors))
+                width = narrow
+        steps.append(_Step(layers))
+        widths.append(width)
+    return steps, widths
 
 
 def _init(model: nn.Module) -> None:

@@ -195,3 +195,22 @@ def test_staged_onnx_export_passes_every_scale_between_stages(tmp_path):
     torch.manual_seed(4)
     used = assert_same_as_pytorch(model, OnnxModel(tmp_path), torch.randn(48, 1, 16, 16))
     assert len(used) >= 2
+
+
+def test_eval_mode_restores_every_module_and_calls_a_modules_own_train():
+    from exitlab.models.core import eval_mode
+
+    calls = []
+
+    class Own(torch.nn.Module):  # a module with its own train(), e.g. one that freezes its statistics
+        def train(self, mode: bool = True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model = _tiny().train()
+    model.backbone.blocks[1].eval()  # mixed modes, as in phase 3
+    model.heads[0].add_module("own", Own())
+    before = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before and calls == [False, True]

@@ -160,12 +160,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then give every submodule back its own mode (a frozen backbone inside a
     training model stays in eval mode). Every inference entry point goes through this."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(training for _, training in modes):
+        model.eval()
     try:
         yield model
     finally:
-        for m, training in modes:
-            m.train(training)
+        for m, training in modes:  # pre-order: a parent before its children
+            if m.training == training:
+                continue
+            if type(m).train is nn.Module.train:
+                m.training = training  # train() would redo m's whole subtree: quadratic on MSDNet's ~1500 modules
+            else:
+                m.train(training)  # a module with its own train(); its children are set right after it
 
 
 def check_exits(exits: Sequence[int], n_blocks: int) -> None:

@@ -30,11 +30,12 @@ CASES = {
     "unknown phase": (T + ["--set", "regime=[1, 4]"],
                       "error: regime: phase list [1, 4] must be non-empty and use only phases 1, 2 and 3"),
     "unknown backbone": (T + ["--set", "model.backbone=resnet9"],
-                         "error: unknown backbone 'resnet9'; choose one of: mobilenetv2, resnet110, resnet18_cifar, "
-                         "resnet20, resnet32, resnet34_cifar, resnet50_cifar, resnet56, resnet8, vgg16_bn, vit, "
-                         "vit_small, vit_tiny, wrn28"),
+                         "error: unknown backbone 'resnet9'; choose one of: mobilenetv2, msdnet, resnet110, "
+                         "resnet18_cifar, resnet20, resnet32, resnet34_cifar, resnet50_cifar, resnet56, resnet8, "
+                         "vgg16_bn, vit, vit_small, vit_tiny, wrn28"),
     "unknown head": (T + ["--set", "model.head=sdnn"],
-                     "error: unknown head 'sdnn'; choose one of: cls, mlp, mlp1, mlp2, mlp3, pooled, sdn, text"),
+                     "error: unknown head 'sdnn'; choose one of: cls, mlp, mlp1, mlp2, mlp3, msdnet, pooled, sdn, "
+                     "text"),
     "head for the wrong feature kind": (T + ["--set", "model.head=cls"],
                                         "error: head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs "
                                         "use 'sdn' or 'pooled'"),

@@ -337,6 +337,7 @@ TINY = {
     "resnet50_cifar": dict(width=4), "wrn28": dict(k=1), "vgg16_bn": dict(width_mult=0.0625),
     "mobilenetv2": dict(width_mult=0.25, last_channels=32), "vit": dict(dim=32, depth=4, heads=2),
     "vit_tiny": dict(dim=24, depth=3, heads=3), "vit_small": dict(dim=24, depth=3, heads=6),
+    "msdnet": dict(blocks=5, base=1, step=1, channels=4, growth=2, head_width=8),
 }
 
 

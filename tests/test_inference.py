@@ -33,7 +33,17 @@ def _adapted():
     return from_module(net, ["1", "3", "5"], num_classes=C, input_shape=(3, 16, 16), head="pooled")
 
 
-MODELS = {"cnn": _cnn, "vit": _vit, "adapted": _adapted}
+def _msdnet():  # multi-scale maps between blocks: every scale's rows are compacted together
+    model = build_model("msdnet", num_classes=C, in_chans=3, img_size=16, exits="every:1",
+                        head_kwargs={"cascade": True},
+                        backbone_kwargs=dict(blocks=5, base=1, step=1, channels=4, growth=2, head_width=8))
+    with torch.no_grad():  # cascades that lean on the previous exit, so that patience sees neighbours agree
+        for head in model.heads[1:]:
+            head.cascade.weight.copy_(torch.eye(C) * 2)
+    return model
+
+
+MODELS = {"cnn": _cnn, "vit": _vit, "adapted": _adapted, "msdnet": _msdnet}
 POLICY_NAMES = ["confidence", "entropy", "patience", "ztw"]
 
 

@@ -130,7 +130,7 @@ def _build_and_run(m: dict, c: int, h: int) -> int:
         outs = model(torch.zeros(2, c, h, h))
         torch.stack([o.float().sum() for o in outs]).sum().backward()
     except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
-        raise ConfigError(f"model: {m['backbone']!r} with head {m['head']!r} fails on a {c}x{h}x{h} input "
+        raise ConfigError(f"model: {m['backbone']!r} with head {model.head_name!r} fails on a {c}x{h}x{h} input "
                           f"({_short(e)}); check model.head_kwargs, model.backbone_kwargs and data.img_size") from None
     return model.num_exits
 

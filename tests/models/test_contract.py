@@ -9,6 +9,7 @@ SMALL = {  # shrink the big ones so the contract runs in seconds; the architectu
     "resnet18_cifar": {"width": 8}, "resnet34_cifar": {"width": 8}, "resnet50_cifar": {"width": 4},
     "wrn28": {"k": 1}, "vgg16_bn": {"width_mult": 0.125}, "mobilenetv2": {"width_mult": 0.25, "last_channels": 64},
     "vit": {"dim": 32, "depth": 4, "heads": 2}, "vit_tiny": {"depth": 3}, "vit_small": {"depth": 2},
+    "msdnet": {"blocks": 3, "base": 1, "step": 1, "channels": 4, "growth": 2, "head_width": 8},
 }
 TOKEN_HEADS = ["pooled", "mlp1", "mlp2", "mlp3", "cls"]
 MAP_HEADS = ["sdn", "pooled", "mlp1", "mlp2", "mlp3"]
@@ -25,6 +26,8 @@ def _model(name, head, size=16, chans=3, cascade=False):
 
 
 def _heads_for(name):
+    if name == "msdnet":  # its own classifiers first (the default), then map heads on the coarsest scale
+        return ["msdnet", *MAP_HEADS]
     return TOKEN_HEADS if name.startswith("vit") else MAP_HEADS
 
 
@@ -51,7 +54,7 @@ def test_forward_to_is_a_prefix(name):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "vit", "mobilenetv2", "wrn28", "vgg16_bn", "resnet50_cifar"])
+@pytest.mark.parametrize("name", ["resnet20", "vit", "mobilenetv2", "wrn28", "vgg16_bn", "resnet50_cifar", "msdnet"])
 @pytest.mark.parametrize("cascade", [False, True])
 def test_every_parameter_gets_a_gradient(name, cascade):
     for head in _heads_for(name):

@@ -23,7 +23,7 @@ from ..config import RunConfig
 from ..data import RunData
 from ..errors import ExitlabError
 from ..models.contract import TextFeature
-from ..models.core import BlocksBackbone, MultiExitModel
+from ..models.core import BlocksBackbone, MultiExitModel, MultiScaleFeature
 from ..phases import regime_label
 from ..planning import model_from_config
 from ..rundir import RunDir, checkpoints
@@ -181,8 +181,9 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
     pool = (model.spec.get("head_kwargs") or {}).get("pool", "cls")
 
     def on_tap(i: int, h) -> torch.Tensor | None:
-        rep = h.pooled(pool) if isinstance(h, TextFeature) else h
-        got[i] = rep.detach().clone()  # clone: later blocks may work in place on h
+        rep = h.pooled(pool) if isinstance(h, TextFeature) else h  # text: the vector the heads read
+        # clone: later blocks may work in place on h
+        got[i] = rep.apply(lambda m: m.detach().clone()) if isinstance(rep, MultiScaleFeature) else rep.detach().clone()
         return None if i == last else h
 
     out = model.backbone.run(x, taps, on_tap)
@@ -193,7 +194,10 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
 
 def pool_feature(h: torch.Tensor, pool: int) -> torch.Tensor:
     """``pool > 0``: average maps ``[B, C, H, W]`` down to ``pool x pool`` and token sequences ``[B, N, D]`` to their
-    mean token; ``pool = 0`` keeps the output as it is."""
+    mean token; ``pool = 0`` keeps the output as it is. A multi-scale output (MSDNet) is every scale's map, each
+    pooled so, flattened and concatenated: ``[B, sum_s D_s]``."""
+    if isinstance(h, MultiScaleFeature):
+        return torch.cat([pool_feature(m, pool).flatten(1) for m in h.maps], 1)
     if pool <= 0:
         return h
     if h.dim() == 4:

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExitlabError
-from ..models.core import MultiExitModel
-from .common import Batches, block_outputs, check_blocks, exit_names, preserved
+from ..models.core import MultiExitModel, MultiScaleFeature
+from .common import Batches, block_outputs, check_blocks, exit_names, pool_feature, preserved
 
 LN2 = math.log(2)
 MIN_SAMPLES = 20
@@ -265,13 +265,17 @@ def _collect(model: MultiExitModel, batches: Batches, blocks: list[int], max_fea
     preds, ys = [], []
     for x, y in batches:
         for b, h in block_outputs(model, x, blocks).items():
+            if isinstance(h, MultiScaleFeature):  # MSDNet: every scale's map flattened; pooled, its channel means
+                h, p = pool_feature(h, 0), pool_feature(h, 1).float()
+            else:
+                p = _pool(h)
             f = h.float().flatten(1).cpu()  # [B, D]
             if b not in cols:
                 g = torch.Generator().manual_seed(seed + b)
                 big = max_features is not None and f.shape[1] > max_features
                 cols[b] = torch.randperm(f.shape[1], generator=g)[:max_features].sort().values if big else None
             flat[b].append(f if cols[b] is None else f[:, cols[b]])
-            pooled[b].append(_pool(h).cpu())
+            pooled[b].append(p.cpu())
         preds.append(torch.stack(model(x)).argmax(-1).cpu())  # [E, B]
         ys.append(y.cpu())
     cat = lambda d: {b: torch.cat(v) for b, v in d.items()}  # noqa: E731

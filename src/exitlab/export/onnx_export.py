@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -144,6 +145,8 @@ def _export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
     _cache_torchlib()
     batch = torch.export.Dim("batch", min=1)
     dynamic = tuple({0: batch} for _ in args)  # every input shares the one dynamic batch dimension
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
+        dynamic = (dynamic,)  # forward(*args) (a Stage): torch.export reads *args as one tuple argument
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notices

@@ -83,10 +83,11 @@ def _check_chain(man: Manifest, sessions) -> None:
         raise ExportError(f"the all-exits graph has {len(sessions[0].get_outputs())} outputs for {man.num_exits} "
                           "exits; the manifest does not match its graphs")
     for j in range(len(sessions) - 1 if man.layout == "staged" else 0):
-        feat = _dims(sessions[j].get_outputs()[0].shape)[1:]
-        nxt = list(man.graphs[j + 1].input_shapes[0])
-        if all(d is not None for d in feat) and feat != nxt:
-            raise ExportError(f"stage {j} returns features of shape {feat}, stage {j + 1} takes {nxt}; the export "
+        feats = [_dims(o.shape)[1:] for o in sessions[j].get_outputs()[:-1]]
+        nxt = [list(s) for n, s in zip(man.graphs[j + 1].inputs, man.graphs[j + 1].input_shapes) if n != "prev_logits"]
+        known = all(d is not None for f in feats for d in f)
+        if len(feats) != len(nxt) or (known and feats != nxt):
+            raise ExportError(f"stage {j} returns features of shape {feats}, stage {j + 1} takes {nxt}; the export "
                               "mixes graphs from different models")
 
 
@@ -125,13 +126,10 @@ class OnnxModel:
         x = self._check_input(x)
         if self.manifest.layout == "all":
             return self.sessions[0].run(None, {"x": x})
-        outs, h, prev = [], x, None
+        outs, h, prev = [], [x], None
         for g, sess in zip(self.manifest.graphs, self.sessions):
-            feeds = {g.inputs[0]: h, **({"prev_logits": prev} if len(g.inputs) > 1 else {})}
-            res = sess.run(None, feeds)
-            if len(res) == 2:
-                h = res[0]
-            prev = res[-1]
+            res = sess.run(None, _feeds(g, h, prev))
+            h, prev = res[:-1], res[-1]
             outs.append(prev)
         return outs
 
@@ -158,17 +156,16 @@ class OnnxModel:
         man, B = self.manifest, len(x)
         res = _empty(B, man.num_classes)
         alive = np.arange(B)  # original row of every sample still running
-        h, prev, state = x, None, {}
+        h, prev, state = [x], None, {}
         for j, (g, sess) in enumerate(zip(man.graphs, self.sessions)):
-            feeds = {g.inputs[0]: h, **({"prev_logits": prev} if len(g.inputs) > 1 else {})}
-            outs = sess.run(None, feeds)
+            outs = sess.run(None, _feeds(g, h, prev))
             logits = outs[-1]  # [b, C]
             leave, score, pred, state = _decide(policy, t, j, logits, state, j == man.num_exits - 1)
             _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.exit_flops[j])
             if leave.all():
                 break
             keep = ~leave
-            alive, h, prev = alive[keep], outs[0][keep], logits[keep]  # compaction: [b', ...]
+            alive, h, prev = alive[keep], [o[keep] for o in outs[:-1]], logits[keep]  # compaction: [b', ...]
             state = policy.compact(state, torch.from_numpy(keep)) if policy is not None else state
         return res
 
@@ -188,6 +185,12 @@ class OnnxModel:
             if len(alive) == 0:
                 break
         return res
+
+
+def _feeds(g: GraphEntry, h: list[np.ndarray], prev: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A stage's inputs: its feature tensors (one, or one per scale for MSDNet), then the previous logits if taken."""
+    names = [n for n in g.inputs if n != "prev_logits"]
+    return {**dict(zip(names, h)), **({"prev_logits": prev} if "prev_logits" in g.inputs else {})}
 
 
 def _empty(B: int, C: int) -> Prediction:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import ExitlabError
 from ..flops import count_flops
+from ..models.contract import MultiScaleFeature
 
 
 def _has_cascade(head: nn.Module) -> bool:
@@ -18,11 +19,23 @@ def _has_cascade(head: nn.Module) -> bool:
     return getattr(head, "cascade", None) is not None
 
 
+def _arity(bb: nn.Module, block: int) -> int:
+    """How many tensors a block's output is: one, or one per scale (``bb.scales``, MSDNet's multi-scale maps)."""
+    scales = getattr(bb, "scales", None)
+    return 1 if scales is None else scales[block]
+
+
+def _flat(h) -> tuple[torch.Tensor, ...]:
+    return tuple(h.maps) if isinstance(h, MultiScaleFeature) else (h,)
+
+
 class Stage(nn.Module):
     """Blocks ``start..end-1`` (plus the stem for stage 0), then exit ``index``'s head, or the final classifier.
 
-    ``forward(x[, prev_logits])`` returns ``(feature, logits)`` for an internal exit and ``logits`` alone for the
-    final exit. ``prev_logits`` is taken only when the head is a cascading head and this is not the first exit.
+    ``forward(*features[, prev_logits])`` returns ``(*features, logits)`` for an internal exit and ``logits`` alone
+    for the final exit. A feature is one tensor, or one tensor per scale for a multi-scale backbone (MSDNet), so
+    every graph input and output is a plain tensor with the batch first. ``prev_logits`` is taken only when the head
+    is a cascading head and this is not the first exit.
     """
 
     def __init__(self, model: nn.Module, index: int):
@@ -37,6 +50,8 @@ class Stage(nn.Module):
         self.head = model.heads[index] if index < n_ics else None
         self.final = bb.final if index == n_ics else None
         self.takes_prev = self.head is not None and index > 0 and _has_cascade(self.head)
+        self.n_in = 1 if index == 0 else _arity(bb, start - 1)
+        self.n_out = 0 if self.final is not None else _arity(bb, end - 1)
 
     @property
     def is_final(self) -> bool:
@@ -44,21 +59,27 @@ class Stage(nn.Module):
 
     @property
     def input_names(self) -> list[str]:
-        first = "x" if self.index == 0 else "feature_in"
-        return [first, "prev_logits"] if self.takes_prev else [first]
+        first = ["x"] if self.index == 0 else _names("feature_in", self.n_in)
+        return [*first, "prev_logits"] if self.takes_prev else first
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits"] if self.is_final else ["feature", "logits"]
+        return ["logits"] if self.is_final else [*_names("feature", self.n_out), "logits"]
 
-    def forward(self, h: torch.Tensor, prev: torch.Tensor | None = None):
+    def forward(self, *args: torch.Tensor):
+        h = args[0] if self.n_in == 1 else MultiScaleFeature(list(args[: self.n_in]))
+        prev = args[self.n_in] if self.takes_prev else None
         if self.stem is not None:
             h = self.stem(h)
         for block in self.blocks:
             h = block(h)
         if self.final is not None:
             return self.final(h)  # [B, K]
-        return h, self.head(h, prev if self.takes_prev else None)  # feature, [B, K]
+        return (*_flat(h), self.head(h, prev))  # feature tensors, [B, K]
+
+
+def _names(stem: str, n: int) -> list[str]:
+    return [stem] if n == 1 else [f"{stem}_{s}" for s in range(n)]
 
 
 class AllExits(nn.Module):
@@ -89,13 +110,13 @@ def build_stages(model: nn.Module) -> list[Stage]:
 @torch.no_grad()
 def example_inputs(stages: list[Stage], x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """The inputs each stage sees when the model runs on ``x`` (used for tracing, FLOPs and verification)."""
-    inputs, h, prev = [], x, None
+    inputs, h, prev = [], (x,), None
     for st in stages:
-        args = (h, prev) if st.takes_prev else (h,)
+        args = (*h, prev) if st.takes_prev else h
         inputs.append(args)
         out = st(*args)
         if not st.is_final:
-            h, prev = out
+            h, prev = out[:-1], out[-1]
     return inputs
 
 

@@ -13,6 +13,7 @@ from .core import MultiExitModel
 from .foreign import build_foreign, from_timm, from_torchvision, tap_candidates
 from .heads import HEADS, build_head
 from .hf import from_hf, model_from_hf_spec
+from .msdnet import MSDNet, MSDNetHead
 from .placement import resolve_exits
 from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet
 from .vgg_mobilenet import VGG, MobileNetV2
@@ -30,6 +31,8 @@ BACKBONES.register("mobilenetv2", MobileNetV2)
 BACKBONES.register("vit_tiny", functools.partial(ViT, dim=192, depth=12, heads=3))
 BACKBONES.register("vit_small", functools.partial(ViT, dim=384, depth=12, heads=6))
 BACKBONES.register("vit", ViT)  # fully configurable: dim, depth, heads, patch_size
+BACKBONES.register("msdnet", MSDNet)  # CIFAR configuration by default; blocks, base, step, channels, growth, ...
+HEADS.register("msdnet", MSDNetHead)
 
 _SIZED = {"vit", "vit_tiny", "vit_small"}  # builders that need the image size
 
@@ -48,13 +51,14 @@ def build_backbone(name: str, *, num_classes: int, in_chans: int = 3, img_size: 
 
 
 def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size: int = 32, exits="every:1",
-                head: str = "sdn", head_kwargs: dict | None = None, backbone_kwargs: dict | None = None,
+                head: str | None = None, head_kwargs: dict | None = None, backbone_kwargs: dict | None = None,
                 factory: str | None = None, pretrained: bool | str = False) -> MultiExitModel:
     """Build a backbone and attach ICs. ``backbone``: a registered name, ``"timm:NAME"`` or ``"torchvision:NAME"``;
     or ``factory="package.module:function"`` (called with ``backbone_kwargs``). ``exits``: block indices (or module
     names for foreign models), ``"every:K"`` or ``"flops:N"``. ``pretrained``: a local weights file (foreign
     models; ``True`` lets timm load from its cache)."""
     if factory or backbone.startswith(("timm:", "torchvision:")):
+        head = head or "sdn"
         shape = (in_chans, img_size, img_size)
         return build_foreign(factory or backbone, num_classes=num_classes, exits=exits, head=head,
                              head_kwargs=head_kwargs, kwargs=backbone_kwargs, input_shape=shape, pretrained=pretrained)
@@ -64,9 +68,11 @@ def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size:
     net = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
                          **dict(backbone_kwargs or {}))
     blocks = resolve_exits(exits, net, (in_chans, img_size, img_size))
+    head = head or getattr(net, "default_head", "sdn")
+    own = getattr(net, "default_head_kwargs", {}) if head == getattr(net, "default_head", None) else {}
     spec = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size, exits=blocks,
                 head=head, head_kwargs=dict(head_kwargs or {}), backbone_kwargs=dict(backbone_kwargs or {}))
-    return MultiExitModel(net, blocks, head, head_kwargs=head_kwargs, spec=spec)
+    return MultiExitModel(net, blocks, head, head_kwargs={**own, **(head_kwargs or {})}, spec=spec)
 
 
 def model_from_spec(spec: dict, module=None) -> MultiExitModel:

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 # on_tap(block_index, feature) -> the feature to continue with (possibly fewer samples), or None to stop. A feature
-# is a tensor, or a TextFeature (token states with their attention mask) for text encoders.
-TapFn = Callable[[int, "torch.Tensor | TextFeature"], "torch.Tensor | TextFeature | None"]
+# is a tensor, a TextFeature (token states with their attention mask) for text encoders, or a MultiScaleFeature
+# (MSDNet's maps at several scales).
+TapFn = Callable[[int, "torch.Tensor | TextFeature | MultiScaleFeature"],
+                 "torch.Tensor | TextFeature | MultiScaleFeature | None"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,8 @@ class ExitPoint:
 
     channels: int
     reduction: int = 1
-    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first; "text": TextFeature
+    kind: str = "map"  # "map": [B, C, H, W]; "tokens": [B, N, D] with the CLS token first; "text": TextFeature;
+    # "scales": MultiScaleFeature (channels and reduction are its coarsest map's)
 
 
 @dataclass
@@ -51,6 +54,32 @@ class TextFeature:
             return h[:, 0]
         m = self.mask.to(h.dtype).unsqueeze(-1)  # [B, L, 1]
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, D]
+
+
+@dataclass
+class MultiScaleFeature:
+    """A multi-scale block output (MSDNet): a list of maps ``[B, C_s, H_s, W_s]``, finest first, coarsest last.
+    Rows slice together, so a sample that leaves takes all its scales with it."""
+
+    maps: list[torch.Tensor]
+
+    def __getitem__(self, rows) -> MultiScaleFeature:
+        return MultiScaleFeature([m[rows] for m in self.maps])
+
+    def __len__(self) -> int:
+        return self.maps[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps[0].device
+
+    @property
+    def coarsest(self) -> torch.Tensor:
+        return self.maps[-1]
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> MultiScaleFeature:
+        """The same feature with ``fn`` applied to every scale's map."""
+        return MultiScaleFeature([fn(m) for m in self.maps])
 
 
 class Backbone(Protocol):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .contract import BlocksBackbone, ExitPoint, TapFn, TextFeature  # noqa: F401  (re-exported: the contract's old home)
+from .contract import BlocksBackbone, ExitPoint, MultiScaleFeature, TapFn, TextFeature  # noqa: F401  (re-exported)
 from .heads import build_head
 
 # on_exit(exit j, its logits, the feature it read) -> what the walk does next: True goes on with every sample,
@@ -35,6 +35,8 @@ def _grad_scaled(h, scale: float):
     """``h`` with its gradient scaled on the way back (a text feature's token states; its mask has no gradient)."""
     if isinstance(h, TextFeature):
         return h.with_hidden(_GradScale.apply(h.hidden, scale))
+    if isinstance(h, MultiScaleFeature):
+        return h.apply(lambda m: _GradScale.apply(m, scale))
     return _GradScale.apply(h, scale)
 
 
@@ -158,12 +160,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then give every submodule back its own mode (a frozen backbone inside a
     training model stays in eval mode). Every inference entry point goes through this."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(training for _, training in modes):
+        model.eval()
     try:
         yield model
     finally:
-        for m, training in modes:
-            m.train(training)
+        for m, training in modes:  # pre-order: a parent before its children
+            if m.training == training:
+                continue
+            if type(m).train is nn.Module.train:
+                m.training = training  # train() would redo m's whole subtree: quadratic on MSDNet's ~1500 modules
+            else:
+                m.train(training)  # a module with its own train(); its children are set right after it
 
 
 def check_exits(exits: Sequence[int], n_blocks: int) -> None:

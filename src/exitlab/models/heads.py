@@ -157,9 +157,27 @@ class TextHead(_Head):
         return self._combine(self.fc(x.pooled(self.pool)), prev)  # x: token states [B, L, D] and their mask
 
 
+class CoarsestScale(nn.Module):
+    """A map head on a multi-scale exit (MSDNet): it reads the coarsest scale's map only."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def cascade(self) -> nn.Module | None:
+        return self.inner.cascade
+
+    def forward(self, x, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner(x.coarsest, prev)  # [B, C, H, W] of the coarsest scale
+
+
 def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:
-    """Build the head ``name`` for a feature described by ``point``."""
+    """Build the head ``name`` for a feature described by ``point``. On a multi-scale exit, a head that does not
+    read scales itself (``reads_scales``) is built for the coarsest map and reads only that."""
     cls = HEADS.get(name)
+    if point.kind == "scales" and not getattr(cls, "reads_scales", False):
+        return CoarsestScale(build_head(name, ExitPoint(point.channels, point.reduction), num_classes, **kwargs))
     if point.kind == "text" and name != "text":
         raise ConfigError(f"head {name!r} reads image maps or ViT tokens; a text encoder's exits take head 'text' "
                           "(options pool: cls|mean, layers: 1|2)")

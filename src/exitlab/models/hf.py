@@ -260,7 +260,8 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
 HEAD_OPTIONS = ("pool", "layers", "cascade")
 
 
-def build_hf(source: str, *, num_labels: int, exits="every:1", head: str = "text", head_kwargs: dict | None = None,
+def build_hf(source: str, *, num_labels: int, exits="every:1", head: str | None = "text",
+             head_kwargs: dict | None = None,
              backbone_kwargs: dict | None = None, pretrained: bool | str = False, task: str = "classification",
              vocab_size: int | None = None) -> MultiExitModel:
     """The model a config names with ``backbone: hf:SOURCE``. ``SOURCE`` is a model type (``bert``, ``roberta``,
@@ -270,6 +271,7 @@ def build_hf(source: str, *, num_labels: int, exits="every:1", head: str = "text
     tf = require_transformers()
     name = source.removeprefix("hf:")
     kw = dict(backbone_kwargs or {})
+    head = head or "text"  # none named: the encoder's own head kind
     if head != "text":
         raise ConfigError(f"model.head: an encoder's exits use the head kind text (options pool: cls|mean, layers: "
                           f"1|2, cascade), not {head!r}; set model.head: text")

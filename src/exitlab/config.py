@@ -26,7 +26,7 @@ class ModelConfig:
     factory: Union[str, None] = None  # or "package.module:function" building the network (backbone_kwargs)  # noqa: UP007
     pretrained: Union[bool, str] = False  # foreign models: a local weights file (true: timm's cache)  # noqa: UP007
     exits: Union[list[int], list[str], str] = "every:1"  # block indices or module names, "every:K", "flops:N"  # noqa: UP007
-    head: Union[str, None] = None  # a name from `exitlab ls heads`; null: the backbone's own (msdnet: msdnet, else sdn)  # noqa: UP007
+    head: Union[str, None] = None  # a name from `exitlab ls heads`; null: the backbone's own (msdnet, text, sdn)  # noqa: UP007
     head_kwargs: dict = field(default_factory=dict)  # options of the head, e.g. {grid: 4} or {cascade: true}
     backbone_kwargs: dict = field(default_factory=dict)  # options of the backbone or factory, e.g. {width: 16}
 

@@ -111,31 +111,38 @@ def test_distillation_and_label_smoothing_are_refused_on_regression(tmp_path, op
     assert not (tmp_path / "r").exists()
 
 
-def test_exitlab_eval_on_a_regression_run_reports_mse_and_matches_real_early_exit(tmp_path, capsys):
+def _regression_config(root) -> dict:
+    """A regression text config on files under ``root``: the target is each text's length / 4, which every layer
+    can see."""
     import csv
 
+    from tests.data.test_text_files import _rows
+
+    for name, n, seed in (("train.csv", 96, 0), ("test.csv", 24, 1)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "score"])
+            for r in _rows(n, seed=seed):
+                w.writerow([r["text"], len(r["text"].split()) / 4])
+    return {"model": {"backbone": "hf:bert", "exits": [0, 1], "head": "text", "head_kwargs": {"pool": "mean"},
+                      "backbone_kwargs": {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+                                          "intermediate_size": 32, "max_position_embeddings": 32}},
+            "data": {"name": "text", "root": str(root), "batch_size": 16, "eval_batch_size": 32,
+                     "text": {"train": "train.csv", "test": "test.csv", "label": "score", "task": "regression",
+                              "vocab_size": 60, "max_length": 24}},
+            "regime": "joint", "budget": 2, "phase1": {"optimizer": "adamw", "lr": 3e-3},
+            "phase2": {"optimizer": "adamw", "lr": 3e-3}, "phase3": {"optimizer": "adamw", "lr": 3e-3},
+            "progress": False}
+
+
+def test_exitlab_eval_on_a_regression_run_reports_mse_and_matches_real_early_exit(tmp_path, capsys):
     from exitlab.cli import main
     from exitlab.costs import length_costs
     from exitlab.evaluate import evaluate_run
     from exitlab.rundir import RunDir
     from exitlab.sweep import simulate
-    from tests.data.test_text_files import _rows
 
-    for name, n, seed in (("train.csv", 96, 0), ("test.csv", 24, 1)):
-        with open(tmp_path / name, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "score"])
-            for r in _rows(n, seed=seed):
-                w.writerow([r["text"], len(r["text"].split()) / 4])  # a target every layer can see: the length
-    cfg = from_dict(RunConfig, {
-        "model": {"backbone": "hf:bert", "exits": [0, 1], "head": "text", "head_kwargs": {"pool": "mean"},
-                  "backbone_kwargs": {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
-                                      "intermediate_size": 32, "max_position_embeddings": 32}},
-        "data": {"name": "text", "root": str(tmp_path), "batch_size": 16, "eval_batch_size": 32,
-                 "text": {"train": "train.csv", "test": "test.csv", "label": "score", "task": "regression",
-                          "vocab_size": 60, "max_length": 24}},
-        "regime": "joint", "budget": 2, "phase2": {"optimizer": "adamw", "lr": 3e-3}, "progress": False})
-    out = exitlab.train(cfg, tmp_path / "run")
+    out = exitlab.train(from_dict(RunConfig, _regression_config(tmp_path)), tmp_path / "run")
     result = evaluate_run(out)
     assert result["task"] == "regression" and result["policy"] == "regression_patience"
     assert set(result["policies"]) == {"regression_patience"} and result["auc"] is None
@@ -161,3 +168,34 @@ def test_exitlab_eval_on_a_regression_run_reports_mse_and_matches_real_early_exi
                    "regression_patience"]
     assert main(["eval", str(out)]) == 0
     assert "MSE" in capsys.readouterr().out
+
+
+def test_compare_and_the_analyses_on_regression_runs(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from exitlab.cli import main
+    from exitlab.evaluate import evaluate_run
+
+    base = _regression_config(tmp_path)
+    base.pop("regime")
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump({"base": base, "seeds": [0], "workers": 1, "threads": 1}))
+    assert main(["compare", str(tmp_path / "cmp.yaml"), "--out", str(tmp_path / "cmp")]) == 0
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert summary["task"] == "regression" and summary["policy"] == "regression_patience"
+    table = (tmp_path / "cmp" / "tables" / "exits.md").read_text()
+    joint = evaluate_run(tmp_path / "cmp" / "seed0" / "joint", write=False)
+    row = next(line for line in table.splitlines() if line.startswith("| joint"))
+    assert f"{-joint['exits'][-1]['accuracy']:.4f} ± 0.0000" in row  # the final exit's MSE, not a percentage
+    assert "MSE@25%" in (tmp_path / "cmp" / "tables" / "paper.md").read_text()
+    assert main(["report", str(tmp_path / "cmp")]) == 0
+    assert "test MSE (regression)" in (tmp_path / "cmp" / "report.html").read_text()
+    run = str(tmp_path / "cmp" / "seed0" / "mixed")
+    for kind in ("rank", "gradients", "landscape"):
+        assert main(["analyze", kind, run, "--samples", "20", "--out", str(tmp_path / kind)]) == 0, kind
+    capsys.readouterr()
+    assert main(["analyze", "mi", run, "--samples", "20", "--out", str(tmp_path / "mi")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: analyze mi estimates I(Z;Y) over classes; a regression run has none (its target is a number); use "
+        "rank, gradients, landscape or connectivity")

@@ -136,7 +136,10 @@ def _finished(job: Job) -> bool:
 def _report_progress(job: Job, t0: float, on_event: Callable[[str], None]) -> None:
     records = read_jsonl(job.out / "metrics.jsonl")
     for r in records[job.seen:]:
-        acc = " ".join(f"{a * 100:.1f}" for a in r["val_acc"])
-        on_event(f"{job.name}: phase {r['phase']} epoch {r['epoch']} done, val acc per exit {acc} "
+        if job.cfg.data.text.task == "regression":  # val_acc holds minus the MSE
+            what, acc = "val MSE", " ".join(f"{-a:.4f}" for a in r["val_acc"])
+        else:
+            what, acc = "val acc", " ".join(f"{a * 100:.1f}" for a in r["val_acc"])
+        on_event(f"{job.name}: phase {r['phase']} epoch {r['epoch']} done, {what} per exit {acc} "
                  f"[{time.perf_counter() - t0:.0f}s]")
     job.seen = len(records)

@@ -311,19 +311,25 @@ def reestimate_bn(model: nn.Module, batches: Batches) -> bool:
 
 @torch.no_grad()
 def exit_metrics(model: MultiExitModel, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy and accuracy of every exit over ``batches``: two ``[E]`` float64 tensors."""
+    """Mean cross-entropy and accuracy of every exit over ``batches``: two ``[E]`` float64 tensors (regression:
+    the mean squared error and minus it, as training's ``val_acc``)."""
     return logits_metrics((model(x), y) for x, y in batches)
 
 
 def logits_metrics(pairs: Iterable[tuple[list[torch.Tensor], torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy and accuracy per exit from ``(per-exit logits, labels)`` batches."""
+    """Mean cross-entropy and accuracy per exit from ``(per-exit logits, labels)`` batches; for float labels
+    (regression, one output) the mean squared error and minus it."""
     loss_sum = acc_sum = None
     n = 0
     for outs, y in pairs:
         logits = torch.stack(outs).float()  # [E, B, C]
         E, B, C = logits.shape
-        ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none").view(E, B)
-        ls, hs = ce.double().sum(1), (logits.argmax(-1) == y).double().sum(1)
+        if y.is_floating_point():
+            se = (logits[..., 0].double() - y.double()) ** 2  # [E, B]
+            ls, hs = se.sum(1), -se.sum(1)
+        else:
+            ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none").view(E, B)
+            ls, hs = ce.double().sum(1), (logits.argmax(-1) == y).double().sum(1)
         loss_sum = ls if loss_sum is None else loss_sum + ls
         acc_sum = hs if acc_sum is None else acc_sum + hs
         n += B

@@ -37,7 +37,7 @@ class CompareConfig:
     variants: list[Union[str, dict]] = field(default_factory=list)  # named variants or {name: {key: value}}  # noqa: UP007
     workers: int = 2  # parallel training processes (1 thread each by default)
     threads: int = 1  # torch threads per process
-    policy: str = "confidence"  # exit policy for the tables and curves
+    policy: Union[str, None] = None  # exit policy of the tables and curves; null: confidence (regression_patience)  # noqa: UP007
     distribution_budget: float = 0.5  # budget (fraction of backbone FLOPs) at which the exit distribution is drawn
     analyses: list[str] = field(default_factory=list)  # analysis plots to add: gradients, rank, mi, landscape, ...
     regime_overrides: dict = field(default_factory=dict)  # per regime, {dotted.key: value}: e.g. phase2.lr for joint

@@ -20,31 +20,39 @@ def _plt():
     return plt
 
 
-def frontier_band(curves: list[dict], points: int = 120) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each seed's Pareto frontier interpolated on a common grid of budgets; mean and std over seeds, in percent."""
+def _scale(summary: dict) -> tuple[float, str]:
+    """How scores are drawn: accuracy in percent, or for regression (scores are minus the MSE) the MSE."""
+    return (-1.0, "MSE") if summary.get("task") == "regression" else (100.0, "accuracy (%)")
+
+
+def frontier_band(curves: list[dict], points: int = 120, scale: float = 100.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each seed's Pareto frontier interpolated on a common grid of budgets; mean and std over seeds, times
+    ``scale`` (percent; -1 turns regression's minus-MSE scores into the MSE)."""
     fronts = [pareto_frontier(torch.tensor(c["fraction"]), torch.tensor(c["accuracy"])) for c in curves]
     lo = max(float(f[0][0]) for f in fronts)
     hi = min(float(f[0][-1]) for f in fronts)
     xs = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
-    ys = np.array([[accuracy_at(c, a, float(x)) for x in xs] for c, a in fronts], dtype=float) * 100  # [S, P]
+    ys = np.array([[accuracy_at(c, a, float(x)) for x in xs] for c, a in fronts], dtype=float) * scale  # [S, P]
     return xs, ys.mean(0), ys.std(0, ddof=1) if len(fronts) > 1 else np.zeros_like(xs)
 
 
 def plot_accuracy_vs_flops(summary: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    scale, label = _scale(summary)
     for i, row in enumerate(summary["rows"]):
         color = f"C{i}"
-        xs, mean, std = frontier_band(row["curves"])
+        xs, mean, std = frontier_band(row["curves"], scale=scale)
         ax.plot(xs * 100, mean, color=color, label=row["row"])
         ax.fill_between(xs * 100, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-        ex = np.array(row["exit_accuracy"]).mean(0) * 100
+        ex = np.array(row["exit_accuracy"]).mean(0) * scale
         ax.scatter(np.array(row["exit_fraction_flops"]) * 100, ex, color=color, marker="o", s=28, zorder=3,
                    edgecolor="white")
     ax.set_xlabel("mean cost (% of backbone FLOPs)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Accuracy vs compute ({summary['policy']} policy; dots = single exits; band = ±1 std over seeds)",
-                 fontsize=9)
+    ax.set_ylabel(f"test {label}")
+    ax.set_title(f"{label.split(' ')[0].capitalize()} vs compute ({summary['policy']} policy; dots = single exits; "
+                 "band = ±1 std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -84,12 +92,13 @@ def training_history(records: list[dict], phase1_from: str | None) -> list[dict]
 def plot_training_curves(summary: dict, path: Path) -> None:
     plt = _plt()
     rows = summary["rows"]
+    scale, label = _scale(summary)
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), sharey=True, squeeze=False)
     for ax, row in zip(axes[0], rows):
         hist = training_history(row["training"][0], row["phase1_from"][0])
         if not hist:
             continue
-        accs = np.array([h["val_acc"] for h in hist]) * 100  # [epochs, E]
+        accs = np.array([h["val_acc"] for h in hist]) * scale  # [epochs, E]
         epochs = np.arange(1, len(hist) + 1)
         for k in range(accs.shape[1]):
             ax.plot(epochs, accs[:, k], marker=".", label="final" if k == accs.shape[1] - 1 else f"exit {k}")
@@ -101,7 +110,7 @@ def plot_training_curves(summary: dict, path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("validation accuracy (%), seed " + str(rows[0]["seeds"][0]))
+    axes[0][0].set_ylabel(f"validation {label}, seed " + str(rows[0]["seeds"][0]))
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

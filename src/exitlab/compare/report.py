@@ -17,8 +17,10 @@ from .tables import (
     cell_text,
     exit_table,
     improvability_table,
+    metric,
     overthinking_table,
     paper_table,
+    regression,
 )
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -110,9 +112,11 @@ def _page(d: Path, summary: dict) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>exitlab regime comparison</h1><p class='note'>{html.escape(str(d))}: {len(summary['rows'])} rows, "
         f"seeds {seeds}, {summary['samples']} test samples, policy <b>{html.escape(summary['policy'])}</b>. "
-        f"All numbers are measured; accuracy in %, mean &plusmn; sample std over seeds.</p>",
+        f"All numbers are measured; {'test MSE (regression)' if regression(summary) else 'accuracy in %'}, mean "
+        "&plusmn; sample std over seeds.</p>",
         "<h2>Accuracy at a fraction of the backbone's FLOPs</h2>", _table_html(*paper_table(summary)),
-        f"<p class='note'>{html.escape(caption(summary))} Columns acc@{'/'.join(BUDGET_COLS)}%: test accuracy at that "
+        f"<p class='note'>{html.escape(caption(summary))} Columns {metric(summary)}@{'/'.join(BUDGET_COLS)}%: test "
+        f"{'MSE' if regression(summary) else 'accuracy'} at that "
         "mean cost, with the operating point (one threshold, or a mix of two neighbouring ones) chosen on the "
         "validation split; n/a = on some seed validation cannot spend that little. AUC = mean of that accuracy over "
         "budgets in [0, 100%]. train TFLOPs: measured training compute of the run, forward and backward, a shared "

@@ -13,7 +13,7 @@ import yaml
 
 from ..checkpoint import atomic_write
 from ..config import from_dict
-from ..errors import ConfigError, ExitlabError
+from ..errors import ExitlabError
 from ..evaluate import evaluate_run
 from ..grid import Job, plan_grid, run_grid
 from ..procs import worker_pool
@@ -55,9 +55,6 @@ def check_out(cc: CompareConfig, out: Path) -> None:
 def run_compare(cc: CompareConfig, out: Path, on_event: Callable[[str], None] = lambda s: None) -> dict:
     """Train (resuming and reusing finished runs), evaluate, aggregate; returns the summary written to summary.json."""
     check_out(cc, out)
-    if cc.base.data.name in ("text", "spam_assassin") and cc.base.data.text.task == "regression":
-        raise ConfigError("exitlab compare does not compare regression runs yet (its tables and plots are "
-                          "accuracies); train each regime with exitlab train and evaluate it with exitlab eval")
     jobs = plan(cc, out)  # every grid cell is validated before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "compare.yaml").exists():  # an existing one has this config's signature (check_out)
@@ -86,12 +83,12 @@ def _seconds(d: Path) -> float | None:
     return read_status(d).get("seconds")
 
 
-def _eval(run: str, policy: str, threads: int) -> dict:
+def _eval(run: str, policy: str | None, threads: int) -> dict:
     torch.set_num_threads(threads)
     return evaluate_run(run, policy=policy, split="test")
 
 
-def evaluate_all(dirs: list[Path], policy: str, workers: int, threads: int) -> dict[Path, dict]:
+def evaluate_all(dirs: list[Path], policy: str | None, workers: int, threads: int) -> dict[Path, dict]:
     """``evaluate_run`` on every run, in parallel processes (cached logits make a rerun cheap)."""
     with worker_pool(workers) as pool:
         futures = {d: pool.submit(_eval, str(d), policy, threads) for d in dirs}
@@ -123,13 +120,16 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "compute": compute,
             "exit_accuracy": [[x["accuracy"] for x in e["exits"]] for e in seeds],
             "exit_fraction_flops": [x["fraction"] for x in seeds[0]["exits"]],
-            "overthinking": [e["extras"]["overthinking"]["per_exit"] for e in seeds],
-            "improvability": [e["extras"]["improvability"] for e in seeds],
-            "curves": [_curve(e, cc.policy) for e in seeds],
-            "distribution": [(e["policies"][cc.policy]["selected"] or {}).get(key) for e in seeds],
+            **({"overthinking": [e["extras"]["overthinking"]["per_exit"] for e in seeds],
+                "improvability": [e["extras"]["improvability"] for e in seeds]}
+               if "overthinking" in seeds[0].get("extras", {}) else {}),  # classification only
+            "curves": [_curve(e, e["policy"]) for e in seeds],
+            "distribution": [(e["policies"][e["policy"]]["selected"] or {}).get(key) for e in seeds],
             "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],
             "phase1_from": [read_status(run_dir(out, s, regime, variant)).get("phase1_from") for s in cc.seeds],
         })
     matched = "flops" if cc.base.budget_flops else "epochs" if cc.base.budget else "none"
-    return {"config": dataclasses.asdict(cc), "policy": cc.policy, "distribution_budget": cc.distribution_budget,
-            "rows": table, "samples": next(iter(evals.values()))["samples"], "budget_matched": matched}
+    policy = next(iter(evals.values()))["policy"]  # cc.policy, or the task's default
+    return {"config": dataclasses.asdict(cc), "policy": policy, "distribution_budget": cc.distribution_budget,
+            "rows": table, "samples": next(iter(evals.values()))["samples"], "budget_matched": matched,
+            "task": next(iter(evals.values())).get("task", "classification")}

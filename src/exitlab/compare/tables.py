@@ -47,12 +47,31 @@ def cell_text(v, latex: bool = False) -> str:
 _cell = cell_text
 
 
+def regression(summary: dict) -> bool:
+    """A comparison of regression runs: its scores are minus the MSE, shown as the MSE itself."""
+    return summary.get("task") == "regression"
+
+
+def metric(summary: dict) -> str:
+    return "MSE" if regression(summary) else "acc"
+
+
+def score(values: list, summary: dict) -> Values:
+    """Per-seed scores as a cell: accuracy in percent, or for regression the MSE (4 decimals)."""
+    if regression(summary):
+        return Values([None if v is None else -v for v in values], 1.0, 4)
+    return Values(values, 100.0)
+
+
 def paper_table(summary: dict) -> tuple[list[str], list[list]]:
-    """Rows = regime (and variant); columns = accuracy at 25/50/75/100% of backbone FLOPs (operating points chosen
-    on validation), final exit, AUC, and the measured training compute (TFLOPs) and time (minutes) per run."""
-    header = ["regime"] + [f"acc@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC", "train TFLOPs", "train min"]
-    body = [[r["row"], *[r["budget"].get(b, [None]) for b in BUDGET_COLS], r["final"], r["auc"],
-             Values(r.get("train_flops", [None]), 1e-12, 1), Values(r.get("train_seconds", [None]), 1 / 60, 1)]
+    """Rows = regime (and variant); columns = accuracy (regression: MSE) at 25/50/75/100% of backbone FLOPs
+    (operating points chosen on validation), final exit, AUC (classification), and the measured training compute
+    (TFLOPs) and time (minutes) per run."""
+    m = metric(summary)
+    header = ["regime"] + [f"{m}@{b}%" for b in BUDGET_COLS] + ["final exit", "AUC", "train TFLOPs", "train min"]
+    body = [[r["row"], *[score(r["budget"].get(b, [None]), summary) for b in BUDGET_COLS], score(r["final"], summary),
+             Values(r["auc"], 100.0), Values(r.get("train_flops", [None]), 1e-12, 1),
+             Values(r.get("train_seconds", [None]), 1 / 60, 1)]
             for r in summary["rows"]]
     return header, body
 
@@ -63,17 +82,19 @@ def caption(summary: dict) -> str:
     matched = summary.get("budget_matched", "epochs")
     what = {"flops": "training FLOPs (compute-matched)", "epochs": "epochs (not compute: phase 3 steps are cheaper)",
             "none": "nothing (each phase ran its own epochs or early stopping)"}.get(matched, matched)
-    return (f"Mean ± sample std over n = {n} seed{'s' if n != 1 else ''}. Accuracy at a budget: the operating point "
+    score = "Test MSE (regression; no AUC)" if regression(summary) else "Accuracy"
+    return (f"Mean ± sample std over n = {n} seed{'s' if n != 1 else ''}. {score} at a budget: the operating point "
             f"chosen on the validation split, reported on test. Budget matched across regimes: {what}.")
 
 
 def exit_table(summary: dict) -> tuple[list[str], list[list]]:
-    """Per-exit test accuracy for each regime."""
+    """Per-exit test accuracy (regression: MSE) for each regime."""
     n = len(summary["rows"][0]["exit_accuracy"][0])
     fr = summary["rows"][0]["exit_fraction_flops"]
     header = ["regime"] + [f"exit {k} ({100 * fr[k]:.0f}% FLOPs)" if k < n - 1 else f"final ({100 * fr[k]:.0f}%)"
                            for k in range(n)]
-    body = [[r["row"], *[[seed[k] for seed in r["exit_accuracy"]] for k in range(n)]] for r in summary["rows"]]
+    body = [[r["row"], *[score([seed[k] for seed in r["exit_accuracy"]], summary) for k in range(n)]]
+            for r in summary["rows"]]
     return header, body
 
 

@@ -18,6 +18,7 @@ import torch
 from .config import ModelConfig, RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
 from .models import MultiExitModel, build_model
+from .models.layerdrop import skippable_blocks
 from .phases import Phase, plan_phases
 
 
@@ -63,12 +64,16 @@ def check_data_options(cfg: RunConfig) -> None:
 
 def check_model(cfg: RunConfig) -> int:
     """Build the model on the side and run one forward and backward pass; returns its number of exits."""
-    m = cfg.model
-    return _check_model(json.dumps({"model": to_dict(m), "shape": input_shape(cfg)}, sort_keys=True))
+    return _model_facts(cfg)[0]
+
+
+def _model_facts(cfg: RunConfig) -> tuple[int, int]:
+    """The number of exits and of skippable blocks (layer dropout) of the model ``cfg.model`` describes."""
+    return _check_model(json.dumps({"model": to_dict(cfg.model), "shape": input_shape(cfg)}, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=64)
-def _check_model(key: str) -> int:
+def _check_model(key: str) -> tuple[int, int]:
     spec = json.loads(key)
     m, (c, h, _) = spec["model"], spec["shape"]
     with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors": the error below says it better
@@ -97,7 +102,7 @@ def _build_and_run(m: dict, c: int, h: int) -> int:
     except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
         raise ConfigError(f"model: {m['backbone']!r} with head {m['head']!r} fails on a {c}x{h}x{h} input "
                           f"({_short(e)}); check model.head_kwargs, model.backbone_kwargs and data.img_size") from None
-    return model.num_exits
+    return model.num_exits, len(skippable_blocks(model.backbone))
 
 
 def _short(e: Exception) -> str:
@@ -109,4 +114,11 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
     With ``model`` (a model passed in, not built from ``cfg.model``) its exits are planned for instead."""
     resolve_device(cfg.device)
     check_data_options(cfg)
-    return plan_phases(cfg, check_model(cfg) if model is None else model.num_exits)
+    exits, skippable = _model_facts(cfg) if model is None else (model.num_exits, len(skippable_blocks(model.backbone)))
+    phases = plan_phases(cfg, exits)
+    for p in phases:
+        if p.options.layer_drop and not skippable:
+            raise ConfigError(f"{p.name}.layer_drop is set, but this backbone has no block that can be skipped (no "
+                              "residual block with an identity shortcut: VGG and adapted models have none); drop "
+                              "layer_drop, or use a ResNet, WRN, MobileNetV2 or ViT")
+    return phases

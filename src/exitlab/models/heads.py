@@ -166,7 +166,7 @@ class TextHead(_Head):
 def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:
     """Build the head ``name`` for a feature described by ``point``."""
     cls = HEADS.get(name)
-    if point.kind == "text" and name != "text":
+    if point.kind == "text" and name not in ("text", "gpf"):
         raise ConfigError(f"head {name!r} reads image maps or ViT tokens; a text encoder's exits take head 'text' "
                           "(options pool: cls|mean, layers: 1|2)")
     try:

@@ -25,8 +25,8 @@ T = ["train", "{d}/cfg.yaml", "--out", "{d}/new"]
 CASES = {
     # ---- train: config values
     "unknown regime": (T + ["--set", "regime=jont"],
-                       "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, mixed, or a list of "
-                       "phases such as [1, 2, 3]"),
+                       "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, layerskip, mixed, or a "
+                       "list of phases such as [1, 2, 3]"),
     "unknown phase": (T + ["--set", "regime=[1, 4]"],
                       "error: regime: phase list [1, 4] must be non-empty and use only phases 1, 2 and 3"),
     "unknown backbone": (T + ["--set", "model.backbone=resnet9"],
@@ -126,8 +126,8 @@ CASES = {
                                          "error: connectivity compares 2 or 3 runs, got 1"),
     # ---- compare and report
     "compare: unknown regime": (["compare", "{d}/cmp-regime.yaml", "--out", "{d}/cmp"],
-                                "error: regimes: unknown regime 'mixd'; choose from disjoint, joint, mixed or give a "
-                                "phase list such as [1, 2, 3]"),
+                                "error: regimes: unknown regime 'mixd'; choose from disjoint, joint, layerskip, mixed "
+                                "or give a phase list such as [1, 2, 3]"),
     "compare: unknown variant": (["compare", "{d}/cmp-variant.yaml", "--out", "{d}/cmp"],
                                  "error: variants: unknown variant 'sdn-wieghts'; choose from distill, exits-every2, "
                                  "grad-equilibrium, head-mlp2, head-pooled, head-sdn, sdn-weights, uniform-weights or "

@@ -23,7 +23,7 @@ def cfg_file(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("regime=jont", "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, mixed"),
+    ("regime=jont", "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, layerskip, mixed"),
     ("regime=[1, 5]", "error: regime: phase list [1, 5] must be non-empty and use only phases 1, 2 and 3"),
     ("model.backbone=resnet9", "error: unknown backbone 'resnet9'; choose one of: mobilenetv2, resnet110"),
     ("model.head=sdnn", "error: unknown head 'sdnn'; choose one of: cls, mlp, mlp1, mlp2, mlp3, pooled, sdn, text"),

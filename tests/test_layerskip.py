@@ -174,3 +174,31 @@ def test_layer_dropout_changes_training_and_an_interrupted_run_resumes_exactly(t
     c, _ = ckpt.load_tensors(plain / "model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)  # layer dropout did act in the training loop
 
+
+
+def test_a_shared_head_is_the_final_classifier_at_every_exit(tiny_cfg, tmp_path):
+    torch.manual_seed(0)
+    vit = dict(dim=32, depth=4, heads=2)
+    model = build_model("vit", num_classes=7, img_size=16, exits=[0, 1, 2], head="shared", backbone_kwargs=vit)
+    assert list(model.heads.parameters()) == []  # no weights of its own: the backbone's final classifier's
+    x = torch.randn(3, 3, 16, 16)
+    feats = []
+    outs = model(x, feats=feats)
+    for z, h in zip(outs[:-1], feats):
+        assert torch.equal(z, model.backbone.final(h))
+    with pytest.raises(ConfigError, match=r"model.head=shared reuses the final classifier, which reads 64-channel map "
+                                          r"features, but the exits after blocks \[0, 1\] give another shape"):
+        build_model("resnet8", num_classes=7, img_size=16, exits=[0, 1], head="shared")
+    with pytest.raises(ConfigError, match=r"model.head=shared: the ICs are the backbone's final classifier, which "
+                                          r"phase 3 keeps frozen"):
+        plan_phases(tiny_cfg(regime="disjoint", **{"model.head": "shared"}), 3)
+    from exitlab import load
+
+    cfg = tiny_cfg(regime="layerskip", **{"model.backbone": "vit", "model.head": "shared", "model.exits": "[0, 1]",
+                                          "model.backbone_kwargs": "{dim: 32, depth: 3, heads: 2}"})
+    out = train(cfg, tmp_path / "run")
+    again = load(out).eval()
+    with torch.no_grad():
+        got = again(x)
+    bb = again.backbone
+    assert len(got) == 3 and torch.equal(got[0], bb.final(bb.blocks[0](bb.stem(x))))

@@ -157,7 +157,10 @@ def _label(regime: str | list[int]) -> str:
 
 
 def check_head(kind: int, o: PhaseConfig, head: str) -> None:
-    """GPF's imitation loss needs GPF's heads."""
+    """GPF's imitation loss needs GPF's heads; shared heads have no weights of their own for phase 3 to train."""
+    if kind == 3 and head == "shared":
+        raise ConfigError("model.head=shared: the ICs are the backbone's final classifier, which phase 3 keeps frozen, "
+                          "so phase 3 would train nothing; use regime joint, mixed or layerskip, or another head")
     if o.gpf_imitation and head != "gpf":
         raise ConfigError(f"phase{kind}.gpf_imitation is set, but model.head is {head!r}; set model.head=gpf (GPF's "
                           "past-future heads), or drop gpf_imitation")

@@ -56,8 +56,7 @@ class MultiExitModel(nn.Module):
         self.exits = exits
         self.head_name = head
         self.head_kwargs = dict(head_kwargs or {})
-        self.heads = nn.ModuleList(_heads(head, [backbone.feature_info[i] for i in exits], backbone.num_classes,
-                                          self.head_kwargs))
+        self.heads = nn.ModuleList(_heads(head, backbone, exits, self.head_kwargs))
         self.spec = dict(spec or {})  # how to rebuild this model (set by build_model); saved with checkpoints
 
     @property
@@ -160,10 +159,21 @@ class MultiExitModel(nn.Module):
         }
 
 
-def _heads(head: str, points: list[ExitPoint], num_classes: int, head_kwargs: dict) -> list[nn.Module]:
-    """One IC head per exit point; GPF's are built together, since they share their projections."""
+def _heads(head: str, backbone: nn.Module, exits: list[int], head_kwargs: dict) -> list[nn.Module]:
+    """One IC head per exit; GPF's are built together (they share projections), and ``shared`` ICs are the
+    backbone's own final classifier, which needs every exit's feature to have the last block's shape."""
+    points, num_classes = [backbone.feature_info[i] for i in exits], backbone.num_classes
     if head == "gpf":
         return gpf_heads(points, num_classes, **head_kwargs)
+    if head == "shared":
+        last = backbone.feature_info[-1]
+        bad = [e for e, p in zip(exits, points) if (p.channels, p.kind) != (last.channels, last.kind)]
+        if bad or head_kwargs or not isinstance(getattr(backbone, "final", None), nn.Module):
+            raise ConfigError(f"model.head=shared reuses the final classifier, which reads {last.channels}-channel "
+                              f"{last.kind} features, but the exits after blocks {bad or exits} give another shape (or "
+                              "the backbone has no final module, or head_kwargs are set); place the exits where the "
+                              "width is the last block's (e.g. the last stage, or any ViT block) or use another head")
+        return [build_head("shared", p, num_classes, final=backbone.final) for p in points]
     heads = []
     for j, point in enumerate(points):
         kwargs = dict(head_kwargs)

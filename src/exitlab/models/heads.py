@@ -163,6 +163,22 @@ class TextHead(_Head):
         return self._combine(self.fc(pooled), prev)
 
 
+@HEADS.register("shared")
+class SharedHead(nn.Module):
+    """LayerSkip's shared exit: the IC is the backbone's own final classifier, the same weights at every exit. Its
+    parameters are the backbone's (a plain reference, not registered again); built by the model, not by name."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, final: nn.Module | None = None):
+        super().__init__()
+        if final is None:
+            raise ConfigError("head 'shared' reuses the backbone's final classifier; use model.head=shared (the model "
+                              "builds it)")
+        self.__dict__["final"] = final
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.__dict__["final"](x)
+
+
 def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:
     """Build the head ``name`` for a feature described by ``point``."""
     cls = HEADS.get(name)

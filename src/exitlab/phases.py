@@ -92,6 +92,7 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
     for k, o, e in zip(kinds, options, epochs):
         check_used(k, o)
         check_head(k, o, cfg.model.head)
+        check_probes(k, o, cfg.grad_log_every)
         if o.patience and o.schedule == "cosine":
             log.warning("phase%d: patience %d with a cosine schedule over the maximum %d epochs: a phase stopped "
                         "early has not annealed; schedule: plateau (or constant) suits early stopping",
@@ -117,6 +118,7 @@ def _plan_flops(cfg: RunConfig, kinds: tuple[int, ...], options: list[PhaseConfi
     for k, o in zip(kinds, options):
         check_used(k, o)
         check_head(k, o, cfg.model.head)
+        check_probes(k, o, cfg.grad_log_every)
     weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
     return [Phase(k, 0, o, w, flops=f) for k, o, w, f in zip(kinds, options, weights, shares)]
 
@@ -164,6 +166,15 @@ def check_head(kind: int, o: PhaseConfig, head: str) -> None:
     if o.gpf_imitation and head != "gpf":
         raise ConfigError(f"phase{kind}.gpf_imitation is set, but model.head is {head!r}; set model.head=gpf (GPF's "
                           "past-future heads), or drop gpf_imitation")
+
+
+def check_probes(kind: int, o: PhaseConfig, grad_log_every: int) -> None:
+    """The gradient-contribution logger models the weighted per-exit losses, not the LayerSkip or GPF terms."""
+    extra = [k for k in ("layer_drop", "gpf_imitation") if getattr(o, k)] + \
+        (["exit_curriculum"] if o.exit_curriculum != "none" else [])
+    if grad_log_every and extra:
+        raise ConfigError(f"grad_log_every is set, but phase{kind}.{extra[0]} changes the objective in a way the "
+                          "gradient-contribution logger does not model yet; drop one of them")
 
 
 def check_used(kind: int, o: PhaseConfig) -> None:

@@ -103,3 +103,54 @@ def test_the_meta_step_leaves_batchnorm_statistics_alone():
     meta_step(m, net, torch.optim.Adam(net.parameters(), 1e-3), (x, y), (x, y), lr=0.1, epsilon=0.5,
               shares=torch.tensor([0.5, 0.5]))
     assert torch.equal(model[1].running_mean, before)
+
+
+def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cfg, tmp_path):
+    from exitlab import checkpoint as ckpt
+    from exitlab.recipes import train
+
+    over = {"phase2.epochs": 2, "phase2.l2w_epsilon": 0.8, "phase2.l2w_meta_lr": 0.01, "phase2.l2w_hidden": 8}
+    cfg = tiny_cfg(regime="joint", **over)
+    full = train(cfg, tmp_path / "full")
+    part = train(cfg, tmp_path / "part")
+    for p in (part / "checkpoints").iterdir():
+        if p.name > "00-phase2-e001.safetensors":
+            p.unlink()
+    (part / "model.safetensors").unlink()
+    (part / "run.json").write_text('{"status": "running"}')
+    train(cfg, part, resume=True)
+    a, _ = ckpt.load_tensors(full / "model.safetensors")
+    b, _ = ckpt.load_tensors(part / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    mid, _ = ckpt.load_tensors(part / "checkpoints" / "00-phase2-e001.safetensors")
+    assert any(k.startswith("l2w.net.") for k in mid) and any(k.startswith("l2w.optim.") for k in mid)
+    plain = train(tiny_cfg(regime="joint", **{**over, "phase2.l2w_epsilon": 0.0}), tmp_path / "plain")
+    c, _ = ckpt.load_tensors(plain / "model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the weights changed what was trained
+
+
+def test_l2w_is_refused_where_it_does_not_apply(tiny_cfg):
+    from exitlab.phases import plan_phases
+
+    with pytest.raises(ConfigError, match=r"phase3.l2w_epsilon is set, but phase 3 ignores it"):
+        plan_phases(tiny_cfg(regime="disjoint", **{"phase3.l2w_epsilon": 0.5}), 3)
+    with pytest.raises(ConfigError, match=r"phase2.l2w_meta_subsets: 'all'; choose disjoint or overlapping"):
+        tiny_cfg(**{"phase2.l2w_meta_subsets": "all"})
+
+
+def test_the_phase_loss_with_sample_weights_is_the_weighted_mean_per_exit():
+    from exitlab.config import PhaseConfig
+    from exitlab.loop import phase_loss
+    from exitlab.models import build_model
+    from exitlab.phases import Phase
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=7, img_size=16, exits=[0, 1], head="pooled")
+    x, y = torch.randn(5, 3, 16, 16), torch.randint(0, 7, (5,))
+    w = torch.rand(5, 3) + 0.5
+    loss, per_exit = phase_loss(model, Phase(2, 1, PhaseConfig(), (0.2, 0.3, 0.5)), x, y, weigh=lambda _: w)
+    outs = model(x)
+    hand = sum(lam * (w[:, j] * F.cross_entropy(outs[j], y, reduction="none")).mean()
+               for j, lam in enumerate((0.2, 0.3, 0.5)))
+    torch.testing.assert_close(loss, hand)
+    torch.testing.assert_close(per_exit, torch.stack([F.cross_entropy(o, y) for o in outs]))  # reported unweighted

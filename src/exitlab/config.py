@@ -86,6 +86,13 @@ class PhaseConfig:
     curriculum_rotation: int = 2  # rotational: every R-th IC gets a loss, shifted by one exit at every step
     curriculum_fraction: float = 0.5  # gradual: every IC is on from this fraction of the phase's steps, in (0, 1]
     gpf_imitation: float = 0.0  # GPF: weight of the imitation loss of future states (needs model.head gpf)
+    l2w_epsilon: float = 0.0  # > 0: L2W sample weighting (phase 2), weights 1 + eps (u - mean u) from a meta-learnt net
+    l2w_meta_lr: float = 1e-4  # L2W: Adam learning rate of the weight net
+    l2w_meta_interval: int = 1  # L2W: a meta step every N training steps
+    l2w_target: int = 20  # L2W: target exit shares q_j proportional to (index / 20)^j, index in 1..39
+    l2w_hidden: int = 100  # L2W: hidden units of the weight net
+    l2w_constraint: str = "mat"  # L2W: centre the weights over the whole matrix (mat), per exit (row), per sample (col)
+    l2w_meta_subsets: str = "disjoint"  # L2W: disjoint (the reference) or overlapping (the paper code base)
 
 
 @dataclass
@@ -235,7 +242,8 @@ def _validate_phase(key: str, p: PhaseConfig) -> None:
 
 
 LAYERSKIP_CHOICES = {"layer_drop_scale": ("exp", "linear", "uniform"), "layer_drop_time": ("constant", "exp", "linear"),
-                     "layer_drop_per": ("sample", "batch"), "exit_curriculum": ("none", "rotational", "gradual")}
+                     "layer_drop_per": ("sample", "batch"), "exit_curriculum": ("none", "rotational", "gradual"),
+                     "l2w_constraint": ("mat", "row", "col"), "l2w_meta_subsets": ("disjoint", "overlapping")}
 
 
 def _validate_layerskip(key: str, p: PhaseConfig) -> None:
@@ -243,6 +251,11 @@ def _validate_layerskip(key: str, p: PhaseConfig) -> None:
     check_range(f"{key}.curriculum_rotation", p.curriculum_rotation, lo=1)
     check_range(f"{key}.curriculum_fraction", p.curriculum_fraction, lo=0, hi=1, lo_open=True)
     check_range(f"{key}.gpf_imitation", p.gpf_imitation, lo=0)
+    check_range(f"{key}.l2w_epsilon", p.l2w_epsilon, lo=0)
+    check_range(f"{key}.l2w_meta_lr", p.l2w_meta_lr, lo=0, lo_open=True)
+    for name, lo in (("l2w_meta_interval", 1), ("l2w_target", 1), ("l2w_hidden", 1)):
+        check_range(f"{key}.{name}", getattr(p, name), lo=lo)
+    check_range(f"{key}.l2w_target", p.l2w_target, hi=39)
     for name, choices in LAYERSKIP_CHOICES.items():
         if getattr(p, name) not in choices:
             raise ConfigError(f"{key}.{name}: {getattr(p, name)!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")

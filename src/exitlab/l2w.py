@@ -18,18 +18,24 @@ reference's behaviour: a sample given to one exit's meta subset is not offered t
 whole batch; ``record_used=False`` reproduces that. The look-ahead is plain SGD (the reference loads the optimizer's
 state into its look-ahead SGD, momentum included).
 
-Status: a library API (:func:`meta_step`, :func:`weighted_loss`); ``exitlab train`` has no option for it yet.
+In ``exitlab train`` (phase 2, ``phase2.l2w_epsilon > 0``; :class:`L2W`): every ``l2w_meta_interval`` steps the
+batch's halves take the look-ahead and meta roles (swapped at the next meta step), then the model trains on the whole
+batch with ``sum_j lambda_j mean_b w_bj l_bj`` (``lambda``: the phase's per-exit weights; ``uniform`` gives the
+reference's objective divided by the number of exits). The reference instead makes two half-batch steps per batch,
+one per role. The weight net and its Adam optimizer are checkpointed, so a resumed run is exact.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .config import PhaseConfig
 from .errors import ConfigError
 
 
@@ -66,9 +72,12 @@ def sample_weights(weight_net: nn.Module, losses: torch.Tensor, epsilon: float, 
     return 1 + epsilon * (u - u.mean(dims[constraint], keepdim=True))
 
 
-def per_sample_losses(outs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+def per_sample_losses(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of every sample at every exit: ``[B, E]``."""
-    return torch.stack([F.cross_entropy(o.float(), y, reduction="none") for o in outs], 1)
+    if y.is_floating_point():
+        raise ConfigError("L2W weights per-sample cross-entropies; float (regression) labels are not supported")
+    return torch.stack([F.cross_entropy(o.float(), y, reduction="none", label_smoothing=label_smoothing)
+                        for o in outs], 1)
 
 
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -123,3 +132,51 @@ def meta_step(model: nn.Module, weight_net: nn.Module, meta_opt: torch.optim.Opt
         p.grad = g
     meta_opt.step()
     return loss.detach()
+
+
+@dataclass
+class L2W:
+    """The state L2W adds to a phase: the weight net, its optimizer and the target exit shares."""
+
+    net: WeightNet
+    opt: torch.optim.Optimizer
+    shares: torch.Tensor
+    options: PhaseConfig
+
+    @classmethod
+    def for_phase(cls, o: PhaseConfig, num_exits: int, device: torch.device, seed: int) -> L2W | None:
+        """A fresh state for a phase with ``l2w_epsilon > 0`` (seeded: the same net on every run), else None."""
+        if not o.l2w_epsilon:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = WeightNet(num_exits, o.l2w_hidden).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=o.l2w_meta_lr)
+        return cls(net, opt, target_shares(num_exits, o.l2w_target).to(device), o)
+
+    def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, step: int) -> None:
+        """The meta step of training step ``step`` (every ``l2w_meta_interval``-th step)."""
+        o = self.options
+        if step % o.l2w_meta_interval:
+            return
+        if not torch.is_tensor(x) or len(y) < 2:
+            raise ConfigError("L2W splits each batch into a look-ahead half and a meta half: it needs tensor inputs "
+                              "and batches of at least 2 samples")
+        half = len(y) // 2
+        a, b = slice(0, half), slice(half, None)
+        if (step // o.l2w_meta_interval) % 2:
+            a, b = b, a
+        meta_step(model, self.net, self.opt, (x[a], y[a]), (x[b], y[b]), lr=lr, epsilon=o.l2w_epsilon,
+                  shares=self.shares, constraint=o.l2w_constraint, record_used=o.l2w_meta_subsets == "disjoint")
+
+    @torch.no_grad()
+    def weigh(self, losses: torch.Tensor) -> torch.Tensor:
+        """The training weights ``[B, E]`` for per-sample losses ``[B, E]`` (no gradient)."""
+        return sample_weights(self.net, losses, self.options.l2w_epsilon, self.options.l2w_constraint)
+
+    def state(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])

@@ -170,7 +170,7 @@ def check_head(kind: int, o: PhaseConfig, head: str) -> None:
 
 def check_probes(kind: int, o: PhaseConfig, grad_log_every: int) -> None:
     """The gradient-contribution logger models the weighted per-exit losses, not the LayerSkip or GPF terms."""
-    extra = [k for k in ("layer_drop", "gpf_imitation") if getattr(o, k)] + \
+    extra = [k for k in ("layer_drop", "gpf_imitation", "l2w_epsilon") if getattr(o, k)] + \
         (["exit_curriculum"] if o.exit_curriculum != "none" else [])
     if grad_log_every and extra:
         raise ConfigError(f"grad_log_every is set, but phase{kind}.{extra[0]} changes the objective in a way the "
@@ -185,13 +185,15 @@ def check_used(kind: int, o: PhaseConfig) -> None:
         ignored = [("loss_weights", "it trains one exit, the final one"),
                    ("exit_curriculum", "it trains one exit, the final one"),
                    ("gpf_imitation", "it trains the backbone alone, without GPF's heads"),
+                   ("l2w_epsilon", "L2W weights the losses of several exits; phase 1 trains one"),
                    ("grad_equilibrium", "it trains the backbone alone, without ICs"),
                    ("distill", "it trains the backbone alone, with no ICs to distil into")]
     elif kind == 3:
         ignored = [("grad_equilibrium", "its backbone is frozen, and gradient equilibrium rescales the backbone's "
                                         "gradients"),
                    ("layer_drop", "its backbone is frozen (in eval mode), so no block is dropped"),
-                   ("exit_curriculum", "the exit curriculum is implemented for phase 2 (joint training) only")]
+                   ("exit_curriculum", "the exit curriculum is implemented for phase 2 (joint training) only"),
+                   ("l2w_epsilon", "L2W is implemented for phase 2 (joint training) only")]
     for key, why in ignored:
         if getattr(o, key) != getattr(default, key):
             raise ConfigError(f"phase{kind}.{key} is set, but phase {kind} ignores it: {why}; remove it")

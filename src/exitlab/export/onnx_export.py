@@ -253,6 +253,9 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
     if layout not in LAYOUTS:
         raise ExitlabError(f"unknown export layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     spec = dict(getattr(model, "spec", {}) or {})
+    if getattr(model, "head_name", None) == "gpf":
+        raise ExitlabError("ONNX export of GPF heads is not supported yet (each exit reads the earlier exits' states); "
+                           "serve the model from PyTorch (exitlab.load)")
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:

@@ -128,3 +128,13 @@ def test_gpf_on_a_hugging_face_encoder():
     loss.backward()
     sh = model.heads[0].gpf
     assert sh.imitators[2][0].weight.grad.abs().sum() > 0 and sh.reduce_w.grad.abs().sum() > 0
+
+
+def test_onnx_export_refuses_gpf_heads_in_one_line(tmp_path):
+    pytest.importorskip("onnx")
+    from exitlab.errors import ExitlabError
+    from exitlab.export import export_onnx
+
+    with pytest.raises(ExitlabError, match=r"ONNX export of GPF heads is not supported yet"):
+        export_onnx(_model(), tmp_path / "out", input_shape=(3, 16, 16))
+    assert not (tmp_path / "out").exists()

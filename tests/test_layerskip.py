@@ -202,3 +202,37 @@ def test_a_shared_head_is_the_final_classifier_at_every_exit(tiny_cfg, tmp_path)
         got = again(x)
     bb = again.backbone
     assert len(got) == 3 and torch.equal(got[0], bb.final(bb.blocks[0](bb.stem(x))))
+
+
+def test_layer_dropout_skips_hugging_face_encoder_layers_per_sample():
+    transformers = pytest.importorskip("transformers")
+    import exitlab
+
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                            intermediate_size=64, vocab_size=101, max_position_embeddings=32,
+                                            num_labels=7, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    # (no dropout: its draws would interleave with layer dropout's and this test predicts the draws)
+    model = exitlab.from_hf(transformers.AutoModelForSequenceClassification.from_config(cfg), exits=[0, 1, 2])
+    model.train()
+    bb = model.backbone
+    assert skippable_blocks(bb) == [0, 1, 2, 3]
+    rates = block_rates(bb, 0.7, "linear")
+    assert rates == pytest.approx([0.0, 0.7 / 3, 1.4 / 3, 0.7])
+    ids = torch.randint(5, 101, (16, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones(16, 8, dtype=torch.long)}
+    torch.manual_seed(5)
+    want = {i: torch.rand(16) < r for i, r in enumerate(rates) if r > 0}
+    torch.manual_seed(5)
+    seen = {}
+    with layer_dropout(bb, rates):
+        hooks = [layer.register_forward_hook(
+            lambda m, a, o, k=k: seen.__setitem__(k, (a[0].detach(), (o[0] if isinstance(o, tuple) else o).detach())))
+            for k, layer in enumerate(bb.layers)]
+        model(batch)
+    for h in hooks:
+        h.remove()
+    for i, drop in want.items():
+        inp, out = seen[i]
+        assert torch.equal((out == inp).flatten(1).all(1), drop), f"layer {i}"
+    assert any(d.any() for d in want.values())

@@ -120,5 +120,5 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
         if p.options.layer_drop and not skippable:
             raise ConfigError(f"{p.name}.layer_drop is set, but this backbone has no block that can be skipped (no "
                               "residual block with an identity shortcut: VGG and adapted models have none); drop "
-                              "layer_drop, or use a ResNet, WRN, MobileNetV2 or ViT")
+                              "layer_drop, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
     return phases

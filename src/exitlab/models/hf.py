@@ -156,6 +156,8 @@ class HFEncoder(nn.Module):
             return m.classifier(m.dropout(z))
         return m.classifier(h)  # RoBERTa, ELECTRA: their classification head reads the CLS token itself
 
+    layers_skippable = True  # layer dropout may skip any transformer layer: residual, same width in and out
+
     def run(self, x, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
         """Embeddings, then layer by layer; the feature of every layer in ``taps`` (a :class:`TextFeature`) goes
         to ``on_tap``, which may hand back fewer rows (their attention mask goes with them) or stop."""

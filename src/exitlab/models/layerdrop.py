@@ -22,12 +22,22 @@ from torch import nn
 from ..errors import ConfigError
 
 
+def droppable(backbone: nn.Module) -> tuple[list[nn.Module], list[int]]:
+    """The blocks layer dropout counts (in order) and the indices of those it may skip. Built-in backbones: their
+    ``blocks``, skippable where ``identity_skip``; Hugging Face encoders: every transformer layer (residual, same
+    width in and out); anything else: none."""
+    blocks = getattr(backbone, "blocks", None)
+    if isinstance(blocks, nn.ModuleList):
+        return list(blocks), [i for i, b in enumerate(blocks) if getattr(b, "identity_skip", False)]
+    layers = getattr(backbone, "layers", None)
+    if getattr(backbone, "layers_skippable", False) and isinstance(layers, nn.ModuleList):
+        return list(layers), list(range(len(layers)))
+    return [], []
+
+
 def skippable_blocks(backbone: nn.Module) -> list[int]:
     """Indices of the backbone's blocks that layer dropout may skip (empty for adapters and non-residual nets)."""
-    blocks = getattr(backbone, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList):
-        return []
-    return [i for i, b in enumerate(blocks) if getattr(b, "identity_skip", False)]
+    return droppable(backbone)[1]
 
 
 def depth_scale(kind: str, l: int, n: int) -> float:  # noqa: E741
@@ -44,8 +54,8 @@ def depth_scale(kind: str, l: int, n: int) -> float:  # noqa: E741
 
 def block_rates(backbone: nn.Module, p_max: float, kind: str = "exp", time_scale: float = 1.0) -> list[float]:
     """Drop rate of every block: p_l = S(t) D(l) p_max over all ``L`` blocks, 0 for blocks that cannot be skipped."""
-    n = len(backbone.blocks)
-    ok = set(skippable_blocks(backbone))
+    blocks, skippable = droppable(backbone)
+    n, ok = len(blocks), set(skippable)
     return [time_scale * depth_scale(kind, i, n) * p_max if i in ok else 0.0 for i in range(n)]
 
 
@@ -54,10 +64,13 @@ def _hook(rate: float, per: str):
         x = args[0]
         if not module.training:
             return out
+        y = out[0] if isinstance(out, tuple) else out  # transformers 4.x layers return a tuple
         if per == "batch":
-            return x if float(torch.rand(())) < rate else out
-        drop = (torch.rand(x.shape[0]) < rate).to(x.device)  # [B], drawn on the CPU: the same on every device
-        return torch.where(drop.view(-1, *([1] * (x.dim() - 1))), x, out)
+            y = x if float(torch.rand(())) < rate else y
+        else:
+            drop = (torch.rand(x.shape[0]) < rate).to(x.device)  # [B], drawn on the CPU: the same on every device
+            y = torch.where(drop.view(-1, *([1] * (x.dim() - 1))), x, y)
+        return (y, *out[1:]) if isinstance(out, tuple) else y
 
     return hook
 
@@ -67,7 +80,8 @@ def layer_dropout(backbone: nn.Module, rates: list[float], per: str = "sample") 
     """Within the block, every block ``i`` with ``rates[i] > 0`` is skipped with that probability (in train mode)."""
     if per not in ("sample", "batch"):
         raise ConfigError(f"layer_drop_per: {per!r}; choose sample or batch")
-    handles = [backbone.blocks[i].register_forward_hook(_hook(r, per)) for i, r in enumerate(rates) if r > 0]
+    blocks = droppable(backbone)[0]
+    handles = [blocks[i].register_forward_hook(_hook(r, per)) for i, r in enumerate(rates) if r > 0]
     try:
         yield
     finally:

@@ -25,8 +25,8 @@ T = ["train", "{d}/cfg.yaml", "--out", "{d}/new"]
 CASES = {
     # ---- train: config values
     "unknown regime": (T + ["--set", "regime=jont"],
-                       "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, mixed, or a list of "
-                       "phases such as [1, 2, 3]"),
+                       "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, layerskip, mixed, or a "
+                       "list of phases such as [1, 2, 3]"),
     "unknown phase": (T + ["--set", "regime=[1, 4]"],
                       "error: regime: phase list [1, 4] must be non-empty and use only phases 1, 2 and 3"),
     "unknown backbone": (T + ["--set", "model.backbone=resnet9"],
@@ -34,8 +34,8 @@ CASES = {
                          "resnet18_cifar, resnet20, resnet32, resnet34_cifar, resnet50_cifar, resnet56, resnet8, "
                          "vgg16_bn, vit, vit_small, vit_tiny, wrn28"),
     "unknown head": (T + ["--set", "model.head=sdnn"],
-                     "error: unknown head 'sdnn'; choose one of: cls, mlp, mlp1, mlp2, mlp3, msdnet, pooled, sdn, "
-                     "text"),
+                     "error: unknown head 'sdnn'; choose one of: cls, gpf, mlp, mlp1, mlp2, mlp3, msdnet, pooled, sdn, "
+                     "shared, text"),
     "head for the wrong feature kind": (T + ["--set", "model.head=cls"],
                                         "error: head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs "
                                         "use 'sdn' or 'pooled'"),
@@ -49,9 +49,12 @@ CASES = {
     "negative epochs": (T + ["--set", "phase2.epochs=-2"], "error: phase2.epochs must be >= 0, got -2"),
     "wrong type": (T + ["--set", "phase2.epochs=two"], "error: phase2.epochs: expected int, got 'two'"),
     "unknown key": (T + ["--set", "phase2.epoch=3"],
-                    "error: phase2.epoch: unknown key; valid keys here: decay_params, distill, distill_temperature, "
-                    "epochs, grad_clip, grad_equilibrium, label_smoothing, loss_weights, lr, momentum, optimizer, "
-                    "patience, plateau_factor, plateau_patience, schedule, stop_rule, warmup_epochs, weight_decay"),
+                    "error: phase2.epoch: unknown key; valid keys here: curriculum_fraction, curriculum_rotation, "
+                    "decay_params, distill, distill_temperature, epochs, exit_curriculum, gpf_imitation, grad_clip, "
+                    "grad_equilibrium, l2w_constraint, l2w_epsilon, l2w_hidden, l2w_meta_interval, l2w_meta_lr, "
+                    "l2w_meta_subsets, l2w_target, label_smoothing, layer_drop, layer_drop_per, layer_drop_scale, "
+                    "layer_drop_time, loss_weights, lr, momentum, optimizer, patience, plateau_factor, "
+                    "plateau_patience, schedule, stop_rule, warmup_epochs, weight_decay"),
     "unknown optimizer": (T + ["--set", "phase1.optimizer=adam"],
                           "error: phase1.optimizer: unknown optimizer 'adam'; choose adamw or sgd"),
     "validation share out of range": (T + ["--set", "data.val_fraction=1.5"],
@@ -162,8 +165,8 @@ CASES = {
                                          "error: connectivity compares 2 or 3 runs, got 1"),
     # ---- compare and report
     "compare: unknown regime": (["compare", "{d}/cmp-regime.yaml", "--out", "{d}/cmp"],
-                                "error: regimes: unknown regime 'mixd'; choose from disjoint, joint, mixed or give a "
-                                "phase list such as [1, 2, 3]"),
+                                "error: regimes: unknown regime 'mixd'; choose from disjoint, joint, layerskip, mixed "
+                                "or give a phase list such as [1, 2, 3]"),
     "compare: unknown variant": (["compare", "{d}/cmp-variant.yaml", "--out", "{d}/cmp"],
                                  "error: variants: unknown variant 'sdn-wieghts'; choose from distill, exits-every2, "
                                  "grad-equilibrium, head-mlp2, head-pooled, head-sdn, sdn-weights, uniform-weights or "

@@ -11,7 +11,7 @@ def test_defaults_and_typed_overrides():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("regime=mixd", "regime: unknown regime 'mixd'; choose one of: disjoint, joint, mixed"),
+    ("regime=mixd", "regime: unknown regime 'mixd'; choose one of: disjoint, joint, layerskip, mixed"),
     ("regime=[1, 4]", r"regime: phase list \[1, 4\] must be non-empty and use only phases 1, 2 and 3"),
     ("phase1.epochs=-1", "phase1.epochs must be >= 0, got -1"),
     ("phase2.epochs=two", "phase2.epochs: expected int, got 'two'"),

@@ -12,7 +12,7 @@ from exitlab.registries import sdn_weights, uniform_weights
 
 def test_regimes_are_the_papers():
     assert REGIMES.get("joint") == (2,) and REGIMES.get("disjoint") == (1, 3) and REGIMES.get("mixed") == (1, 2)
-    with pytest.raises(ConfigError, match="unknown regime 'mixd'; choose one of: disjoint, joint, mixed"):
+    with pytest.raises(ConfigError, match="unknown regime 'mixd'; choose one of: disjoint, joint, layerskip, mixed"):
         REGIMES.get("mixd")
     with pytest.raises(ValueError, match="already registered"):
         REGIMES.register("joint", (2,))

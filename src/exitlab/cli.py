@@ -25,7 +25,7 @@ from .export import export_run
 from .models import BACKBONES, HEADS
 from .policies import POLICIES, make_policy
 from .recipes import train
-from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
+from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIME_PRESETS, REGIMES, SCHEDULES
 from .serve import Limits, check_port, create_app
 from .ztw import ztw_for_run
 
@@ -78,9 +78,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), budget=args.budget or 3, workers=args.workers, resume=args.resume)
 
 
+def _preset(regime: str) -> str:
+    """A regime's preset phase options, as ``exitlab ls`` shows them."""
+    preset = REGIME_PRESETS.get(regime, {})
+    items = [f"phase{k}.{key}={v}" for k, opts in preset.items() for key, v in opts.items()]
+    return f" with {', '.join(items)}" if items else ""
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     tables = {"backbones": BACKBONES.names(), "heads": HEADS.names(),
-              "regimes": [f"{n} = phases {list(REGIMES.get(n))}" for n in REGIMES.names()],
+              "regimes": [f"{n} = phases {list(REGIMES.get(n))}{_preset(n)}" for n in REGIMES.names()],
               "policies": POLICIES.names(), "optimizers": OPTIMIZERS.names(), "schedules": SCHEDULES.names(),
               "loss-weights": LOSS_WEIGHTS.names()}
     for kind in [args.kind] if args.kind else tables:

@@ -96,6 +96,21 @@ class PhaseConfig:
     grad_equilibrium: bool = False  # gradient equilibrium of Li et al. 2019 (phase 2 only)
     distill: float = 0.0  # weight of self-distillation from the final exit into the ICs (phase 2 and 3)
     distill_temperature: float = 3.0  # softmax temperature for self-distillation
+    layer_drop: float = 0.0  # LayerSkip layer dropout: the largest rate p_max, in [0, 1) (phases 1 and 2)
+    layer_drop_scale: str = "exp"  # its growth over depth: exp (LayerSkip), linear (stochastic depth) or uniform
+    layer_drop_time: str = "constant"  # its growth over the phase's steps: constant, exp (LayerSkip) or linear
+    layer_drop_per: str = "sample"  # skip blocks per sample (stochastic depth) or per batch
+    exit_curriculum: str = "none"  # which exits get a loss at each step: none (all), rotational, gradual (phase 2)
+    curriculum_rotation: int = 2  # rotational: every R-th IC gets a loss, shifted by one exit at every step
+    curriculum_fraction: float = 0.5  # gradual: every IC is on from this fraction of the phase's steps, in (0, 1]
+    gpf_imitation: float = 0.0  # GPF: weight of the imitation loss of future states (needs model.head gpf)
+    l2w_epsilon: float = 0.0  # > 0: L2W sample weighting (phase 2), weights 1 + eps (u - mean u) from a meta-learnt net
+    l2w_meta_lr: float = 1e-4  # L2W: Adam learning rate of the weight net
+    l2w_meta_interval: int = 1  # L2W: a meta step every N training steps
+    l2w_target: int = 20  # L2W: target exit shares q_j proportional to (index / 20)^j, index in 1..39
+    l2w_hidden: int = 100  # L2W: hidden units of the weight net
+    l2w_constraint: str = "mat"  # L2W: centre the weights over the whole matrix (mat), per exit (row), per sample (col)
+    l2w_meta_subsets: str = "disjoint"  # L2W: disjoint (the reference) or overlapping (the paper code base)
 
 
 @dataclass
@@ -258,12 +273,33 @@ def _validate_phase(key: str, p: PhaseConfig) -> None:
         raise ConfigError(f"{key}.stop_rule: {p.stop_rule!r}; choose mean (the trained exits' mean accuracy stalls) "
                           "or every (every trained exit stalls, as in the paper's code)")
     check_range(f"{key}.distill_temperature", p.distill_temperature, lo=0, lo_open=True)
+    _validate_layerskip(key, p)
     if isinstance(p.loss_weights, str) and p.loss_weights not in LOSS_WEIGHTS:
         raise ConfigError(f"{key}.loss_weights: unknown weighting {p.loss_weights!r}; choose "
                           f"{', '.join(LOSS_WEIGHTS.names())}, or a list of one weight per trained exit")
     if isinstance(p.loss_weights, list) and (not p.loss_weights or any(w < 0 for w in p.loss_weights)
                                              or sum(p.loss_weights) <= 0):
         raise ConfigError(f"{key}.loss_weights: {p.loss_weights} must be non-negative with a positive sum")
+
+
+LAYERSKIP_CHOICES = {"layer_drop_scale": ("exp", "linear", "uniform"), "layer_drop_time": ("constant", "exp", "linear"),
+                     "layer_drop_per": ("sample", "batch"), "exit_curriculum": ("none", "rotational", "gradual"),
+                     "l2w_constraint": ("mat", "row", "col"), "l2w_meta_subsets": ("disjoint", "overlapping")}
+
+
+def _validate_layerskip(key: str, p: PhaseConfig) -> None:
+    check_range(f"{key}.layer_drop", p.layer_drop, lo=0, hi=1, hi_open=True)
+    check_range(f"{key}.curriculum_rotation", p.curriculum_rotation, lo=1)
+    check_range(f"{key}.curriculum_fraction", p.curriculum_fraction, lo=0, hi=1, lo_open=True)
+    check_range(f"{key}.gpf_imitation", p.gpf_imitation, lo=0)
+    check_range(f"{key}.l2w_epsilon", p.l2w_epsilon, lo=0)
+    check_range(f"{key}.l2w_meta_lr", p.l2w_meta_lr, lo=0, lo_open=True)
+    for name, lo in (("l2w_meta_interval", 1), ("l2w_target", 1), ("l2w_hidden", 1)):
+        check_range(f"{key}.{name}", getattr(p, name), lo=lo)
+    check_range(f"{key}.l2w_target", p.l2w_target, hi=39)
+    for name, choices in LAYERSKIP_CHOICES.items():
+        if getattr(p, name) not in choices:
+            raise ConfigError(f"{key}.{name}: {getattr(p, name)!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _either(reg) -> str:

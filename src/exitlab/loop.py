@@ -14,7 +14,10 @@ from . import faults
 from .distributed import SINGLE, DistInfo, all_sum
 from .errors import ConfigError, TrainingError
 from .flops import count_flops
+from .l2w import L2W, per_sample_losses
+from .layerskip import curriculum_weights, dropout_for, exit_mask
 from .models.core import MultiExitModel, eval_mode
+from .models.gpf import gpf_imitation_loss
 from .phases import Phase, exit_weights
 from .registries import OPTIMIZERS, SCHEDULES
 
@@ -60,8 +63,11 @@ def distill_loss(outs: list[torch.Tensor], temperature: float) -> torch.Tensor:
     return kl * t * t
 
 
-def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The phase's objective and the per-exit losses it was built from.
+def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor, *, step: int = 0, total: int = 1,
+               weigh: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phase's objective and the per-exit losses it was built from, at 0-based ``step`` of the phase's ``total``
+    (which layer-dropout rates and curriculum exits apply; see :mod:`exitlab.layerskip`). ``weigh`` maps per-sample
+    losses ``[B, E]`` to sample weights ``[B, E]`` (L2W, :mod:`exitlab.l2w`).
 
     ``net`` is what the phase runs (see :func:`phase_module`): the bare backbone in phase 1, so the heads are not
     even evaluated, and the multi-exit model otherwise. Either may be wrapped in DDP. The per-exit weights are the
@@ -69,19 +75,33 @@ def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor) -
     gets them from :func:`exitlab.phases.exit_weights`, the same resolution).
     """
     opts = phase.options
-    if phase.kind == 1:
-        per_exit = exit_losses([net(x)], y, opts.label_smoothing)
-        return per_exit[0], per_exit
-    outs = net(x, grad_equilibrium=opts.grad_equilibrium) if phase.kind == 2 else net(x)
+    feats: list | None = [] if opts.gpf_imitation else None
+    with dropout_for(net, opts, step, total):
+        if phase.kind == 1:
+            per_exit = exit_losses([net(x)], y, opts.label_smoothing)
+            return per_exit[0], per_exit
+        extra = {} if feats is None else {"feats": feats}
+        outs = net(x, grad_equilibrium=opts.grad_equilibrium, **extra) if phase.kind == 2 else net(x, **extra)
     per_exit = exit_losses(outs, y, opts.label_smoothing)
     weights = phase.weights or exit_weights(phase.kind, opts, len(per_exit))  # a hand-built Phase: resolve here
     if len(weights) != len(per_exit):
         raise ConfigError(f"{phase.name} was planned for {len(weights)} exits but the model has {len(per_exit)}; "
                           "plan the phases with plan_phases(cfg, model.num_exits)")
-    loss = (torch.tensor(weights, device=per_exit.device) * per_exit).sum()
+    if opts.exit_curriculum != "none":
+        weights = curriculum_weights(weights, exit_mask(opts, len(per_exit), step, total))
+    weighted = per_exit if weigh is None else _weighted(outs, y, opts.label_smoothing, weigh)
+    loss = (torch.tensor(weights, device=per_exit.device) * weighted).sum()
     if opts.distill > 0 and len(outs) > 1:
         loss = loss + opts.distill * distill_loss(outs, opts.distill_temperature).mean()
+    if feats is not None:
+        loss = loss + opts.gpf_imitation * gpf_imitation_loss(getattr(net, "module", net).heads, feats)
     return loss, per_exit
+
+
+def _weighted(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float, weigh) -> torch.Tensor:
+    """Per exit, the mean over the batch of the sample-weighted losses: ``[E]``."""
+    losses = per_sample_losses(outs, y, label_smoothing)  # [B, E]
+    return (weigh(losses) * losses).mean(0)
 
 
 def phase_module(model: MultiExitModel, phase: Phase) -> nn.Module:
@@ -165,8 +185,9 @@ class EpochStats:
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
                 amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
                 on_step: Callable[[int], None] | None = None, warmup_steps: int = 0, max_steps: int | None = None,
-                lr_scale: float = 1.0) -> tuple[EpochStats, int]:
+                lr_scale: float = 1.0, l2w: L2W | None = None) -> tuple[EpochStats, int]:
     """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
+    With ``l2w`` every step starts with L2W's meta step and weights the per-sample losses.
 
     Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
     """
@@ -176,10 +197,14 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
     for x, y in progress(loader) if progress else loader:
         if max_steps is not None and stats.steps >= max_steps:
             break  # a FLOPs-budgeted phase ends mid-epoch
+        lr = lr_at(phase, step, total_steps, warmup_steps, lr_scale)
         for g in opt.param_groups:
-            g["lr"] = lr_at(phase, step, total_steps, warmup_steps, lr_scale)
+            g["lr"] = lr
+        if l2w is not None:
+            l2w.before_step(model, x, y, lr, step)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            loss, per_exit = phase_loss(model, phase, x, y)
+            loss, per_exit = phase_loss(model, phase, x, y, step=step, total=total_steps,
+                                        weigh=l2w.weigh if l2w is not None else None)
         synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), info) / info.world
         loss_value, per_exit = synced[0], synced[1:]
         if not torch.isfinite(synced).all():

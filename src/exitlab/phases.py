@@ -14,7 +14,7 @@ import torch
 
 from .config import PhaseConfig, RunConfig
 from .errors import ConfigError
-from .registries import LOSS_WEIGHTS, REGIMES
+from .registries import LOSS_WEIGHTS, REGIME_PRESETS, REGIMES
 
 log = logging.getLogger("exitlab")
 
@@ -78,7 +78,7 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
     a phase that would have no IC to train is refused. Settings that a phase would ignore are refused either way.
     """
     kinds = phase_kinds(cfg.regime)
-    options = [getattr(cfg, f"phase{k}") for k in kinds]
+    options = [regime_options(cfg.regime, k, getattr(cfg, f"phase{k}")) for k in kinds]
     if cfg.budget_flops:
         return _plan_flops(cfg, kinds, options, num_exits)
     epochs = split_budget(kinds, cfg.budget, cfg.phase1_share) if cfg.budget else [o.epochs for o in options]
@@ -91,6 +91,8 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
                               f"nothing; set phase{k}.epochs >= 1, or set budget")
     for k, o, e in zip(kinds, options, epochs):
         check_used(k, o)
+        check_head(k, o, cfg.model.head)
+        check_probes(k, o, cfg.grad_log_every)
         if o.patience and o.schedule == "cosine":
             log.warning("phase%d: patience %d with a cosine schedule over the maximum %d epochs: a phase stopped "
                         "early has not annealed; schedule: plateau (or constant) suits early stopping",
@@ -115,6 +117,8 @@ def _plan_flops(cfg: RunConfig, kinds: tuple[int, ...], options: list[PhaseConfi
         shares = [F / len(kinds)] * len(kinds)
     for k, o in zip(kinds, options):
         check_used(k, o)
+        check_head(k, o, cfg.model.head)
+        check_probes(k, o, cfg.grad_log_every)
     weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
     return [Phase(k, 0, o, w, flops=f) for k, o, w, f in zip(kinds, options, weights, shares)]
 
@@ -142,8 +146,35 @@ def resolve_steps(phases: list[Phase], step_flops: dict[int, float], batches_per
     return out
 
 
+def regime_options(regime: str | list[int], kind: int, o: PhaseConfig) -> PhaseConfig:
+    """Phase ``kind``'s options under ``regime``: its preset (``layerskip``) fills the keys left at their defaults."""
+    preset = REGIME_PRESETS.get(regime, {}).get(kind, {}) if isinstance(regime, str) else {}
+    default = PhaseConfig()
+    keep = {k: v for k, v in preset.items() if getattr(o, k) == getattr(default, k)}
+    return dataclasses.replace(o, **keep) if keep else o
+
+
 def _label(regime: str | list[int]) -> str:
     return repr(regime) if isinstance(regime, str) else str(list(regime))
+
+
+def check_head(kind: int, o: PhaseConfig, head: str) -> None:
+    """GPF's imitation loss needs GPF's heads; shared heads have no weights of their own for phase 3 to train."""
+    if kind == 3 and head == "shared":
+        raise ConfigError("model.head=shared: the ICs are the backbone's final classifier, which phase 3 keeps frozen, "
+                          "so phase 3 would train nothing; use regime joint, mixed or layerskip, or another head")
+    if o.gpf_imitation and head != "gpf":
+        raise ConfigError(f"phase{kind}.gpf_imitation is set, but model.head is {head!r}; set model.head=gpf (GPF's "
+                          "past-future heads), or drop gpf_imitation")
+
+
+def check_probes(kind: int, o: PhaseConfig, grad_log_every: int) -> None:
+    """The gradient-contribution logger models the weighted per-exit losses, not the LayerSkip or GPF terms."""
+    extra = [k for k in ("layer_drop", "gpf_imitation", "l2w_epsilon") if getattr(o, k)] + \
+        (["exit_curriculum"] if o.exit_curriculum != "none" else [])
+    if grad_log_every and extra:
+        raise ConfigError(f"grad_log_every is set, but phase{kind}.{extra[0]} changes the objective in a way the "
+                          "gradient-contribution logger does not model yet; drop one of them")
 
 
 def check_used(kind: int, o: PhaseConfig) -> None:
@@ -152,11 +183,17 @@ def check_used(kind: int, o: PhaseConfig) -> None:
     ignored = []
     if kind == 1:
         ignored = [("loss_weights", "it trains one exit, the final one"),
+                   ("exit_curriculum", "it trains one exit, the final one"),
+                   ("gpf_imitation", "it trains the backbone alone, without GPF's heads"),
+                   ("l2w_epsilon", "L2W weights the losses of several exits; phase 1 trains one"),
                    ("grad_equilibrium", "it trains the backbone alone, without ICs"),
                    ("distill", "it trains the backbone alone, with no ICs to distil into")]
     elif kind == 3:
         ignored = [("grad_equilibrium", "its backbone is frozen, and gradient equilibrium rescales the backbone's "
-                                        "gradients")]
+                                        "gradients"),
+                   ("layer_drop", "its backbone is frozen (in eval mode), so no block is dropped"),
+                   ("exit_curriculum", "the exit curriculum is implemented for phase 2 (joint training) only"),
+                   ("l2w_epsilon", "L2W is implemented for phase 2 (joint training) only")]
     for key, why in ignored:
         if getattr(o, key) != getattr(default, key):
             raise ConfigError(f"phase{kind}.{key} is set, but phase {kind} ignores it: {why}; remove it")

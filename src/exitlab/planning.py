@@ -19,6 +19,7 @@ from .config import ModelConfig, RunConfig, from_dict, to_dict
 from .errors import ConfigError, ExitlabError
 from .models import MultiExitModel, build_model
 from .models.hf import build_hf, check_hf_source
+from .models.layerdrop import skippable_blocks
 from .phases import Phase, plan_phases
 
 
@@ -66,6 +67,11 @@ def check_data_options(cfg: RunConfig) -> None:
 
 def check_model(cfg: RunConfig) -> int:
     """Build the model on the side and run one forward and backward pass; returns its number of exits."""
+    return _model_facts(cfg)[0]
+
+
+def _model_facts(cfg: RunConfig) -> tuple[int, int]:
+    """The number of exits and of skippable blocks (layer dropout) of the model ``cfg.model`` describes."""
     m = cfg.model
     text = cfg.data.name in ("text", "spam_assassin")
     if text != m.backbone.startswith("hf:"):
@@ -82,7 +88,7 @@ def check_model(cfg: RunConfig) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _check_model(key: str) -> int:
+def _check_model(key: str) -> tuple[int, int]:
     spec = json.loads(key)
     m, (c, h, _) = spec["model"], spec["shape"]
     with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors": the error below says it better
@@ -104,7 +110,7 @@ def model_from_config(m: ModelConfig, num_classes: int, shape: tuple[int, ...], 
                        pretrained=m.pretrained)
 
 
-def _build_and_run_text(m: dict, task: str) -> int:
+def _build_and_run_text(m: dict, task: str) -> tuple[int, int]:
     """The encoder from its configuration only (no weights are read here), on two texts of 8 tokens."""
     model = model_from_config(from_dict(ModelConfig, {**m, "pretrained": False}, "model."),
                               1 if task == "regression" else 3, (3, 8), task=task, vocab_size=64)
@@ -115,10 +121,10 @@ def _build_and_run_text(m: dict, task: str) -> int:
     except (TypeError, ValueError, RuntimeError, IndexError) as e:
         raise ConfigError(f"model: {m['backbone']!r} fails on a batch of two 8-token texts ({_short(e)}); check "
                           "model.backbone_kwargs and model.head_kwargs") from None
-    return model.num_exits
+    return model.num_exits, len(skippable_blocks(model.backbone))
 
 
-def _build_and_run(m: dict, c: int, h: int) -> int:
+def _build_and_run(m: dict, c: int, h: int) -> tuple[int, int]:
     try:
         model = model_from_config(from_dict(ModelConfig, m, "model."), 10, (c, h, h))
     except ExitlabError:
@@ -132,7 +138,7 @@ def _build_and_run(m: dict, c: int, h: int) -> int:
     except (TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:
         raise ConfigError(f"model: {m['backbone']!r} with head {model.head_name!r} fails on a {c}x{h}x{h} input "
                           f"({_short(e)}); check model.head_kwargs, model.backbone_kwargs and data.img_size") from None
-    return model.num_exits
+    return model.num_exits, len(skippable_blocks(model.backbone))
 
 
 def _short(e: Exception) -> str:
@@ -144,7 +150,7 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
     With ``model`` (a model passed in, not built from ``cfg.model``) its exits are planned for instead."""
     resolve_device(cfg.device)
     check_data_options(cfg)
-    n_exits = check_model(cfg) if model is None else model.num_exits
+    exits, skippable = _model_facts(cfg) if model is None else (model.num_exits, len(skippable_blocks(model.backbone)))
     regression = (model.spec.get("task") if model is not None else cfg.data.text.task) == "regression"
     for key in ("phase1", "phase2", "phase3") if regression else ():
         p = getattr(cfg, key)
@@ -152,4 +158,10 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
             if getattr(p, opt):
                 raise ConfigError(f"{key}.{opt}: a regression model has one output and no class distribution to "
                                   f"{'distil' if opt == 'distill' else 'smooth'}; set {key}.{opt}=0")
-    return plan_phases(cfg, n_exits)
+    phases = plan_phases(cfg, exits)
+    for p in phases:
+        if p.options.layer_drop and not skippable:
+            raise ConfigError(f"{p.name}.layer_drop is set, but this backbone has no block that can be skipped (no "
+                              "residual block with an identity shortcut: VGG and adapted models have none); drop "
+                              "layer_drop, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
+    return phases

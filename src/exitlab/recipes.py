@@ -41,7 +41,8 @@ def model_section(model: MultiExitModel) -> dict:
         keys = ("backbone", "exits", "head", "head_kwargs", "backbone_kwargs")
         return {k: spec[k] for k in keys if k in spec}
     if spec["adapter"] == "hf":
-        return {"backbone": "hf", "exits": list(spec["exits"]), "head": "text", "head_kwargs": spec["head_kwargs"]}
+        return {"backbone": "hf", "exits": list(spec["exits"]), "head": spec.get("head", "text"),
+                "head_kwargs": spec["head_kwargs"]}
     source = spec.get("source") or ""
     section = {"exits": list(spec["exits"]), "head": spec["head"], "head_kwargs": spec.get("head_kwargs") or {},
                "backbone_kwargs": spec.get("factory_kwargs") or {}}

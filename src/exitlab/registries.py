@@ -18,6 +18,12 @@ REGIMES: Registry[tuple[int, ...]] = Registry("regime")
 REGIMES.register("joint", (2,))  # SDN-style: everything together from scratch
 REGIMES.register("disjoint", (1, 3))  # backbone first, then ICs on the frozen backbone
 REGIMES.register("mixed", (1, 2))  # the paper's proposal: backbone first, then everything together
+REGIMES.register("layerskip", (2,))  # joint training with LayerSkip's layer dropout and exit curriculum (preset below)
+
+# A regime's preset: phase options it sets where the config leaves them at their defaults.
+REGIME_PRESETS: dict[str, dict[int, dict]] = {
+    "layerskip": {2: {"layer_drop": 0.2, "layer_drop_scale": "exp", "exit_curriculum": "rotational"}},
+}
 
 
 # ---------------------------------------------------------------- optimizers: (param groups, options) -> optimizer

@@ -28,6 +28,7 @@ from .data import RunData, build_run_data
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
 from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
+from .l2w import L2W
 from .loop import (
     evaluate,
     make_optimizer,
@@ -177,7 +178,8 @@ class _Run:
         return {p.kind: step_flops(self.model, p, x, y) / b for p in {p.kind: p for p in self.phases}.values()}
 
     # ------------------------------------------------------------ checkpoints
-    def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, stop: Stopper, end: bool) -> Path:
+    def save(self, pi: int, epochs_done: int, step: int, opt, best: dict | None, stop: Stopper, end: bool,
+             l2w: L2W | None = None) -> Path:
         """Rank 0 writes the checkpoint; the other ranks wait for it."""
         phase = self.phases[pi]
         name = f"{pi:02d}-{phase.name}-{'end' if end else f'e{epochs_done:03d}'}.safetensors"
@@ -190,10 +192,15 @@ class _Run:
         tensors.update(opt_t)
         if best is not None:
             tensors.update({f"best.{k}": v for k, v in best.items()})
+        l2w_info = None
+        if l2w is not None:  # L2W's weight net and its optimizer, so that a resumed run is exact
+            tensors.update({f"l2w.net.{k}": v for k, v in l2w.net.state_dict().items()})
+            l2w_t, l2w_info = ckpt.optimizer_tensors(l2w.opt)
+            tensors.update({f"l2w.{k}": v for k, v in l2w_t.items()})
         meta = dict(phase_index=pi, phase=phase.kind, epochs_done=epochs_done, step=step, stopper=stop.state(),
                     best_score=stop.best_score, has_best=best is not None, optimizer=opt_info, run_signature=self.sig,
                     phase1_signature=self.p1sig if pi == 0 else None, metrics_lines=len(read_jsonl(self.metrics)),
-                    end=end)
+                    end=end, l2w_optimizer=l2w_info)
         ckpt.save_tensors(path, tensors, meta)
         self._prune()
         barrier(self.info)
@@ -215,6 +222,7 @@ class _Run:
         phase, cfg = self.phases[pi], self.cfg
         opt = make_optimizer(set_trainable(self.model, phase), phase, self.model)
         net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
+        self.l2w = self._l2w(phase, pi, resume)
         start, step, best, stop = self._phase_state(phase, opt, resume)
         for epoch in range(start, phase.epochs):
             if stop.done or (phase.steps and step >= phase.steps):
@@ -228,10 +236,25 @@ class _Run:
                 end_of_epoch(step)
             faults.point("epoch")
             if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < phase.epochs:
-                self.save(pi, epoch + 1, step, opt, best, stop, end=False)
+                self.save(pi, epoch + 1, step, opt, best, stop, end=False, l2w=self.l2w)
         if best is not None:
             self.model.load_state_dict(best)
         self.save(pi, phase.epochs, step, None, None, stop, end=True)
+
+    def _l2w(self, phase: Phase, pi: int, resume) -> L2W | None:
+        """L2W's state for the phase (None without ``l2w_epsilon``): fresh, or from the checkpoint resumed."""
+        l2w = L2W.for_phase(phase.options, self.model.num_exits, self.device, self.cfg.seed_init * 1_009 + pi)
+        if l2w is None:
+            return None
+        if self.info.world > 1:
+            raise ConfigError(f"{phase.name}.l2w_epsilon: L2W's weight net is not synchronised across ranks yet; "
+                              "train it in one process")
+        if resume is not None:
+            tensors, meta = resume
+            l2w.net.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("l2w.net.")})
+            ckpt.restore_optimizer(l2w.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("l2w.optim.")},
+                                   meta["l2w_optimizer"])
+        return l2w
 
     def _phase_state(self, phase: Phase, opt, resume) -> tuple[int, int, dict | None, Stopper]:
         """Where a phase starts: epoch, step, best weights so far and the stopping state (fresh, or resumed)."""
@@ -254,7 +277,7 @@ class _Run:
             amp=cfg.amp, where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"), info=self.info,
             on_step=self._probe(self.probes.on_step, phase, pi, epoch),
             warmup_steps=round(phase.options.warmup_epochs * len(self.data.train)),
-            max_steps=phase.steps - step if phase.steps else None, lr_scale=stop.lr_scale)
+            max_steps=phase.steps - step if phase.steps else None, lr_scale=stop.lr_scale, l2w=self.l2w)
         accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
         samples = stats.samples * self.info.world
         log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))

@@ -81,7 +81,7 @@ def test_every_head_kind_builds_where_it_applies(head):
         m = from_hf(tiny("bert"), exits=[0, 1], head="mean")
         assert len(m(pack(*batch()))) == m.num_exits
         return
-    name = "vit" if head == "cls" else "resnet20"
+    name = "vit" if head in ("cls", "shared") else "resnet20"
     m = _model(name, head)
     assert len(m(torch.randn(2, 3, 16, 16))) == m.num_exits
 

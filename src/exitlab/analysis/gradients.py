@@ -54,6 +54,9 @@ def phase_outputs(model: MultiExitModel, phase: Phase, x: torch.Tensor) -> list[
 def exit_terms(outs: list[torch.Tensor], y: torch.Tensor, phase: Phase, num_exits: int) -> torch.Tensor:
     """Each exit's additive term ``T_k`` of the phase objective, ``[num_exits]``; they sum to ``phase_loss``."""
     opts = phase.options
+    if opts.layer_drop or opts.gpf_imitation or opts.l2w_epsilon or opts.exit_curriculum != "none":
+        raise ExitlabError(f"{phase.name}: the per-exit gradient terms do not model layer dropout, the exit "
+                           "curriculum, GPF's imitation loss or L2W's sample weights yet")
     ce = exit_losses(outs, y, opts.label_smoothing)
     if phase.kind == 1:  # the backbone alone: the final exit's loss, nothing from the ICs
         return torch.cat([ce.new_zeros(num_exits - 1), ce])

@@ -260,6 +260,9 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
         raise ExitlabError("ONNX export of text encoders is not supported yet (their stages pass token states with an "
                            "attention mask, at a dynamic length); serve them from PyTorch with exitlab.early_exit "
                            "(docs/text.md)")
+    if getattr(model, "head_name", None) == "gpf":
+        raise ExitlabError("ONNX export of GPF heads is not supported yet (each exit reads the earlier exits' states); "
+                           "serve the model from PyTorch (exitlab.load)")
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:

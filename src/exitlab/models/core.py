@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .contract import BlocksBackbone, ExitPoint, MultiScaleFeature, TapFn, TextFeature  # noqa: F401  (re-exported)
+from .gpf import gpf_heads
 from .heads import build_head
 
 # on_exit(exit j, its logits, the feature it read) -> what the walk does next: True goes on with every sample,
@@ -57,13 +58,7 @@ class MultiExitModel(nn.Module):
         self.exits = exits
         self.head_name = head
         self.head_kwargs = dict(head_kwargs or {})
-        heads = []
-        for j, i in enumerate(exits):
-            kwargs = dict(self.head_kwargs)
-            if j == 0 and kwargs.get("cascade"):
-                kwargs["cascade"] = False  # the first IC has no earlier exit to read from
-            heads.append(build_head(head, backbone.feature_info[i], backbone.num_classes, **kwargs))
-        self.heads = nn.ModuleList(heads)
+        self.heads = nn.ModuleList(_heads(head, backbone, exits, self.head_kwargs))
         self.spec = dict(spec or {})  # how to rebuild this model (set by build_model); saved with checkpoints
 
     @property
@@ -84,16 +79,26 @@ class MultiExitModel(nn.Module):
             return (spec["in_chans"], spec["img_size"], spec["img_size"])
         return None
 
-    def forward(self, x: torch.Tensor, *, grad_equilibrium: bool = False) -> list[torch.Tensor]:
-        """Logits of every exit, final exit last. ``grad_equilibrium`` rescales gradients as in Li et al. 2019."""
-        return self.forward_to(x, self.num_exits - 1, grad_equilibrium=grad_equilibrium)
+    def forward(self, x: torch.Tensor, *, grad_equilibrium: bool = False, feats: list | None = None
+                ) -> list[torch.Tensor]:
+        """Logits of every exit, final exit last. ``grad_equilibrium`` rescales gradients as in Li et al. 2019;
+        ``feats``, a list, receives every IC's input feature (for losses that need them, such as GPF's)."""
+        return self.forward_to(x, self.num_exits - 1, grad_equilibrium=grad_equilibrium, feats=feats)
 
-    def forward_to(self, x: torch.Tensor, k: int, *, grad_equilibrium: bool = False) -> list[torch.Tensor]:
+    def forward_to(self, x: torch.Tensor, k: int, *, grad_equilibrium: bool = False, feats: list | None = None
+                   ) -> list[torch.Tensor]:
         """Logits of exits ``0..k`` only; the backbone stops after the block that feeds exit ``k``."""
         if not 0 <= k < self.num_exits:
             raise IndexError(f"exit {k} out of range; this model has exits 0..{self.num_exits - 1}")
         outs: list[torch.Tensor] = []
-        final = self.walk(x, lambda j, z, h: outs.append(z) or True, upto=k, grad_equilibrium=grad_equilibrium)
+
+        def keep(j: int, z: torch.Tensor, h) -> bool:
+            outs.append(z)
+            if feats is not None:
+                feats.append(h)
+            return True
+
+        final = self.walk(x, keep, upto=k, grad_equilibrium=grad_equilibrium)
         if final is not None:
             outs.append(final)
         return outs
@@ -125,14 +130,15 @@ class MultiExitModel(nn.Module):
             if grad_equilibrium:  # exit j shares the trunk with the n - j - 1 exits after it
                 to_head = _grad_scaled(h, 1.0 / (n - j))
                 to_next = _grad_scaled(h, (n - j - 1) / (n - j))
-            logits = self.heads[j](to_head, prev)
+            out = self.heads[j](to_head, prev)  # logits, or (logits, what the next exit reads) for GPF
+            logits, carry = out if isinstance(out, tuple) else (out, out)
             verdict = on_exit(j, logits, h)
             if verdict is None or verdict is False or j == last:
                 return None
             if verdict is True:
-                prev = logits
+                prev = carry
                 return to_next
-            prev = logits[verdict]
+            prev = carry[verdict]
             return to_next[verdict]
 
         return on_tap
@@ -153,6 +159,30 @@ class MultiExitModel(nn.Module):
             "blocks": len(info),
             "exit_features": [asdict(info[i]) for i in self.exits],
         }
+
+
+def _heads(head: str, backbone: nn.Module, exits: list[int], head_kwargs: dict) -> list[nn.Module]:
+    """One IC head per exit; GPF's are built together (they share projections), and ``shared`` ICs are the
+    backbone's own final classifier, which needs every exit's feature to have the last block's shape."""
+    points, num_classes = [backbone.feature_info[i] for i in exits], backbone.num_classes
+    if head == "gpf":
+        return gpf_heads(points, num_classes, **head_kwargs)
+    if head == "shared":
+        last = backbone.feature_info[-1]
+        bad = [e for e, p in zip(exits, points) if (p.channels, p.kind) != (last.channels, last.kind)]
+        if bad or head_kwargs or not isinstance(getattr(backbone, "final", None), nn.Module):
+            raise ConfigError(f"model.head=shared reuses the final classifier, which reads {last.channels}-channel "
+                              f"{last.kind} features, but the exits after blocks {bad or exits} give another shape (or "
+                              "the backbone has no final module, or head_kwargs are set); place the exits where the "
+                              "width is the last block's (e.g. the last stage, or any ViT block) or use another head")
+        return [build_head("shared", p, num_classes, final=backbone.final) for p in points]
+    heads = []
+    for j, point in enumerate(points):
+        kwargs = dict(head_kwargs)
+        if j == 0 and kwargs.get("cascade"):
+            kwargs["cascade"] = False  # the first IC has no earlier exit to read from
+        heads.append(build_head(head, point, num_classes, **kwargs))
+    return heads
 
 
 @contextlib.contextmanager

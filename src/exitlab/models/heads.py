@@ -172,13 +172,29 @@ class CoarsestScale(nn.Module):
         return self.inner(x.coarsest, prev)  # [B, C, H, W] of the coarsest scale
 
 
+@HEADS.register("shared")
+class SharedHead(nn.Module):
+    """LayerSkip's shared exit: the IC is the backbone's own final classifier, the same weights at every exit. Its
+    parameters are the backbone's (a plain reference, not registered again); built by the model, not by name."""
+
+    def __init__(self, point: ExitPoint, num_classes: int, *, final: nn.Module | None = None):
+        super().__init__()
+        if final is None:
+            raise ConfigError("head 'shared' reuses the backbone's final classifier; use model.head=shared (the model "
+                              "builds it)")
+        self.__dict__["final"] = final
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.__dict__["final"](x)
+
+
 def build_head(name: str, point: ExitPoint, num_classes: int, **kwargs) -> nn.Module:
     """Build the head ``name`` for a feature described by ``point``. On a multi-scale exit, a head that does not
     read scales itself (``reads_scales``) is built for the coarsest map and reads only that."""
     cls = HEADS.get(name)
     if point.kind == "scales" and not getattr(cls, "reads_scales", False):
         return CoarsestScale(build_head(name, ExitPoint(point.channels, point.reduction), num_classes, **kwargs))
-    if point.kind == "text" and name != "text":
+    if point.kind == "text" and name not in ("text", "gpf"):
         raise ConfigError(f"head {name!r} reads image maps or ViT tokens; a text encoder's exits take head 'text' "
                           "(options pool: cls|mean, layers: 1|2)")
     try:

@@ -156,6 +156,8 @@ class HFEncoder(nn.Module):
             return m.classifier(m.dropout(z))
         return m.classifier(h)  # RoBERTa, ELECTRA: their classification head reads the CLS token itself
 
+    layers_skippable = True  # layer dropout may skip any transformer layer: residual, same width in and out
+
     def run(self, x, taps: set[int], on_tap: TapFn) -> torch.Tensor | None:
         """Embeddings, then layer by layer; the feature of every layer in ``taps`` (a :class:`TextFeature`) goes
         to ``on_tap``, which may hand back fewer rows (their attention mask goes with them) or stop."""
@@ -224,8 +226,8 @@ def from_config(config: dict, with_head: bool = True) -> nn.Module:
 
 
 def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str = "cls", layers: int = 1,
-            cascade: bool = False, task: str = "classification", attn_implementation: str | None = None
-            ) -> MultiExitModel:
+            cascade: bool = False, task: str = "classification", attn_implementation: str | None = None,
+            gpf_dim: int = 0) -> MultiExitModel:
     """Attach exits to a Hugging Face encoder after chosen layers; the model's own classifier is the final exit.
 
     ``model``: a loaded ``AutoModelForSequenceClassification`` or ``AutoModel`` model, or a local folder (or cached
@@ -233,6 +235,8 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
     layer feeds the final exit) or ``"every:K"``. ``head``: ``"cls"`` or ``"mean"`` (masked mean of the tokens);
     ``layers``: 1 (linear) or 2 (MLP). Inputs: a tokenizer's output or a packed tensor (:func:`pack`).
     ``task="regression"``: one output per exit (STS-B style; float labels train it with the mean squared error).
+    ``gpf_dim > 0``: GPF's past-future heads (:mod:`exitlab.models.gpf`) with states of that size, each reading the
+    layer's tokens as the text head would.
     """
     if task not in ("classification", "regression"):
         raise ConfigError(f"from_hf: task must be 'classification' or 'regression', got {task!r}")
@@ -246,15 +250,18 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
         raise ConfigError(f"from_hf: give num_labels (classes), got {num_labels!r}")
     module = _load(model, num_labels, with_head=True, attn=attn_implementation)
     head_kwargs = {"pool": head, "layers": layers, **({"cascade": True} if cascade else {})}
+    kind = "gpf" if gpf_dim else "text"
+    if gpf_dim:
+        head_kwargs = {"inner": "text", "dim": gpf_dim, "pool": head, "layers": layers}
     backbone = HFEncoder(module, num_labels, final_head={"pool": head, "layers": layers})
     blocks = _exit_layers(exits, len(backbone.layers))
     if (task == "regression") != (num_labels == 1):
         raise ConfigError(f"from_hf: a model with {num_labels} output(s) is not a {task} model; pass "
                           f"task={'regression' if num_labels == 1 else 'classification'!r}")
     spec = {"adapter": "hf", "task": task, "config": module.config.to_dict(), "with_head": backbone.head is None,
-            "num_classes": num_labels, "exits": blocks, "head": "text", "head_kwargs": head_kwargs,
+            "num_classes": num_labels, "exits": blocks, "head": kind, "head_kwargs": head_kwargs,
             "source": str(model) if not isinstance(model, nn.Module) else None}
-    return MultiExitModel(backbone, blocks, "text", head_kwargs=head_kwargs, spec=spec)
+    return MultiExitModel(backbone, blocks, kind, head_kwargs=head_kwargs, spec=spec)
 
 
 HEAD_OPTIONS = ("pool", "layers", "cascade")
@@ -344,5 +351,5 @@ def model_from_hf_spec(spec: dict) -> MultiExitModel:
     kw = spec.get("head_kwargs") or {}
     backbone_head = {"pool": kw.get("pool", "cls"), "layers": kw.get("layers", 1)}
     backbone = HFEncoder(module, spec["num_classes"], final_head=backbone_head)
-    model = MultiExitModel(backbone, spec["exits"], "text", head_kwargs=kw, spec=dict(spec))
+    model = MultiExitModel(backbone, spec["exits"], spec.get("head", "text"), head_kwargs=kw, spec=dict(spec))
     return model

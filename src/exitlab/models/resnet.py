@@ -26,6 +26,11 @@ class BasicBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
 
+    @property
+    def identity_skip(self) -> bool:
+        """Skipping the block is the identity (layer dropout): an identity shortcut, and the input is post-ReLU."""
+        return len(self.shortcut) == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=True)
@@ -47,6 +52,10 @@ class Bottleneck(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
 
+    @property
+    def identity_skip(self) -> bool:
+        return len(self.shortcut) == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
@@ -64,6 +73,10 @@ class PreActBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    @property
+    def identity_skip(self) -> bool:
+        return self.shortcut is None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))

@@ -54,6 +54,10 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
+    @property
+    def identity_skip(self) -> bool:
+        return self.residual
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.residual else self.conv(x)
 

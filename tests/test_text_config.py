@@ -149,10 +149,13 @@ def test_compare_report_and_analyses_run_on_a_text_config(tmp_path, text_run):
 BAD_TEXT = {
     "head other than text": ({"model": {"head": "sdn"}},
                              "model.head: an encoder's exits use the head kind text (options pool: cls|mean, layers: "
-                             "1|2, cascade), not 'sdn'; set model.head: text"),
+                             "1|2, cascade) or gpf, not 'sdn'; set model.head: text"),
     "unknown text head option": ({"model": {"head_kwargs": {"grid": 2}}},
                                  "model.head_kwargs.grid: unknown option of the text head; valid: pool, layers, "
                                  "cascade"),
+    "unknown gpf head option on an encoder": ({"model": {"head": "gpf", "head_kwargs": {"cascade": True}}},
+                                              "model.head_kwargs.cascade: unknown option of the gpf head; valid: "
+                                              "pool, layers, dim"),
     "model type with pretrained weights": ({"model": {"pretrained": True}, "data": {"text": {
         "train": "train.csv", "test": "test.csv", "tokenizer": "{d}"}}},
         "model.pretrained: hf:bert is a model type, which has no weights; give the folder (or cached name) of a "
@@ -239,3 +242,13 @@ def test_a_local_folder_gives_its_weights_with_pretrained_and_only_its_config_wi
     assert all(same_shape[k].shape == want[k].shape for k in want)
     assert not torch.equal(same_shape["bert.encoder.layer.0.attention.self.query.weight"],
                            want["bert.encoder.layer.0.attention.self.query.weight"])
+
+
+def test_a_config_puts_gpf_heads_on_an_encoder(tmp_path, text_run):
+    root, _ = text_run
+    cfg = text_config(root, model={"head": "gpf", "head_kwargs": {"dim": 8}}, regime="joint",
+                      phase2={"gpf_imitation": 1.0})
+    out = exitlab.train(from_dict(RunConfig, cfg), tmp_path / "gpf")
+    model = RunDir(out).model()
+    assert model.spec["head"] == "gpf" and model.spec["head_kwargs"]["dim"] == 8
+    assert evaluate_run(out, policies=("confidence",), write=False)["exits"][0]["flops"] > 0

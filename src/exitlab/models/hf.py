@@ -264,7 +264,7 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
     return MultiExitModel(backbone, blocks, kind, head_kwargs=head_kwargs, spec=spec)
 
 
-HEAD_OPTIONS = ("pool", "layers", "cascade")
+HEAD_OPTIONS = {"text": ("pool", "layers", "cascade"), "gpf": ("pool", "layers", "dim")}
 
 
 def build_hf(source: str, *, num_labels: int, exits="every:1", head: str | None = "text",
@@ -274,19 +274,20 @@ def build_hf(source: str, *, num_labels: int, exits="every:1", head: str | None 
     """The model a config names with ``backbone: hf:SOURCE``. ``SOURCE`` is a model type (``bert``, ``roberta``,
     ``distilbert``, ``electra``: a randomly initialised encoder configured by ``backbone_kwargs``, its vocabulary
     sized to the tokenizer's), or a local folder or cached name: its config (random weights), or with
-    ``pretrained: true`` its weights. ``head_kwargs``: ``pool`` (cls or mean), ``layers`` (1 or 2), ``cascade``."""
+    ``pretrained: true`` its weights. ``head``: ``text`` (``head_kwargs``: ``pool``, cls or mean; ``layers``, 1 or
+    2; ``cascade``) or ``gpf`` (GPF's past-future heads on that pooling; ``dim``, default 128)."""
     tf = require_transformers()
     name = source.removeprefix("hf:")
     kw = dict(backbone_kwargs or {})
     head = head or "text"  # none named: the encoder's own head kind
-    if head != "text":
+    if head not in HEAD_OPTIONS:
         raise ConfigError(f"model.head: an encoder's exits use the head kind text (options pool: cls|mean, layers: "
-                          f"1|2, cascade), not {head!r}; set model.head: text")
+                          f"1|2, cascade) or gpf, not {head!r}; set model.head: text")
     opts = dict(head_kwargs or {})
-    bad = sorted(set(opts) - set(HEAD_OPTIONS))
+    bad = sorted(set(opts) - set(HEAD_OPTIONS[head]))
     if bad:
-        raise ConfigError(f"model.head_kwargs.{bad[0]}: unknown option of the text head; valid: "
-                          f"{', '.join(HEAD_OPTIONS)}")
+        raise ConfigError(f"model.head_kwargs.{bad[0]}: unknown option of the {head} head; valid: "
+                          f"{', '.join(HEAD_OPTIONS[head])}")
     scratch = check_hf_source(source, pretrained)
     if pretrained:
         if kw:
@@ -306,7 +307,8 @@ def build_hf(source: str, *, num_labels: int, exits="every:1", head: str | None 
         cfg.num_labels = num_labels
         module = tf.AutoModelForSequenceClassification.from_config(cfg)
     return from_hf(module, exits=exits, num_labels=num_labels, head=opts.get("pool", "cls"),
-                   layers=opts.get("layers", 1), cascade=bool(opts.get("cascade", False)), task=task)
+                   layers=opts.get("layers", 1), cascade=bool(opts.get("cascade", False)), task=task,
+                   gpf_dim=opts.get("dim", 128) if head == "gpf" else 0)
 
 
 def check_hf_source(source: str, pretrained: bool | str) -> bool:

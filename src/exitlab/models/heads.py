@@ -67,8 +67,8 @@ class SDNHead(_Head):
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         g = min(self.grid, x.shape[-1], x.shape[-2])
-        a = torch.sigmoid(self.alpha)
-        pooled = a * F.adaptive_max_pool2d(x, g) + (1 - a) * F.adaptive_avg_pool2d(x, g)  # [B, C, g, g]
+        # a * max + (1 - a) * avg as one lerp: at batch 1 every op costs more than its arithmetic
+        pooled = torch.lerp(F.adaptive_avg_pool2d(x, g), F.adaptive_max_pool2d(x, g), torch.sigmoid(self.alpha))
         if g < self.grid:  # tiny maps: repeat up to the grid so the linear layer's shape holds
             pooled = F.interpolate(pooled, size=self.grid, mode="nearest")
         return self._combine(self.fc(pooled.flatten(1)), prev)

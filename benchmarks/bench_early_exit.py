@@ -29,7 +29,7 @@ from exitlab.policies import Policy, Step, make_policy
 class Quota(Policy):
     """Benchmark policy: each sample leaves an exit with probability ``threshold``, independently per exit.
 
-    A user-written policy in six lines: the score is a uniform draw, re-seeded at exit 0 so that every call makes
+    A user-written policy in a few lines: the score is a uniform draw, re-seeded at exit 0 so that every call makes
     the same decisions on the same batch.
     """
 
@@ -43,7 +43,8 @@ class Quota(Policy):
     def step(self, j, logits, state):
         if j == 0:
             self.gen.manual_seed(self.seed)
-        return Step(torch.rand(len(logits), generator=self.gen), logits.argmax(-1), state)
+        score = torch.rand(len(logits), generator=self.gen).to(logits.device)  # decided where the logits are
+        return Step(score, logits.argmax(-1), state)
 
 
 def calibrated_model(args) -> torch.nn.Module:

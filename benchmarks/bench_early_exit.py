@@ -9,6 +9,7 @@ Batch 1: the confidence policy is checked at every exit at threshold 1.0 (nobody
 the bare backbone and the all-exits forward.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_early_exit.py --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/bench_early_exit.py --threads 1 --batch1-only --profile   # where it goes
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from exitlab.bench import batch1_latency, batched_speedups
 from exitlab.costs import exit_costs
+from exitlab.inference import early_exit
 from exitlab.models import build_model
 from exitlab.policies import Policy, Step, make_policy
 
@@ -27,7 +29,7 @@ from exitlab.policies import Policy, Step, make_policy
 class Quota(Policy):
     """Benchmark policy: each sample leaves an exit with probability ``threshold``, independently per exit.
 
-    A user-written policy in six lines: the score is a uniform draw, re-seeded at exit 0 so that every call makes
+    A user-written policy in a few lines: the score is a uniform draw, re-seeded at exit 0 so that every call makes
     the same decisions on the same batch.
     """
 
@@ -41,7 +43,8 @@ class Quota(Policy):
     def step(self, j, logits, state):
         if j == 0:
             self.gen.manual_seed(self.seed)
-        return Step(torch.rand(len(logits), generator=self.gen), logits.argmax(-1), state)
+        score = torch.rand(len(logits), generator=self.gen).to(logits.device)  # decided where the logits are
+        return Step(score, logits.argmax(-1), state)
 
 
 def calibrated_model(args) -> torch.nn.Module:
@@ -57,6 +60,32 @@ def calibrated_model(args) -> torch.nn.Module:
         for _ in range(2):
             model(torch.randn(64, 3, args.img, args.img))
     return model.eval()
+
+
+def profile_batch1(model, xs: torch.Tensor, rows: int = 12) -> None:
+    """Operator self times per input at batch 1: bare backbone, all exits, policy at every exit (nobody leaving)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    policy = make_policy("confidence")
+    runs = {"bare backbone": model.backbone, "all exits": model,
+            "policy at every exit": lambda x: early_exit(model, x, policy, 1.0)}
+    tables = {}
+    with torch.no_grad():
+        for name, fn in runs.items():
+            for i in range(5):
+                fn(xs[i:i + 1])
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i in range(len(xs)):
+                    fn(xs[i:i + 1])
+            tables[name] = {r.key: (r.self_cpu_time_total / len(xs), r.count / len(xs)) for r in prof.key_averages()}
+    base = tables["bare backbone"]
+    for name, t in tables.items():
+        total = sum(us for us, _ in t.values())
+        print(f"\n{name}: {total / 1e3:.2f} ms of operator self time per input (profiler on)")
+        extra = sorted(t, key=lambda k: -(t[k][0] - base.get(k, (0.0, 0))[0]))
+        for k in (extra if name != "bare backbone" else sorted(t, key=lambda k: -t[k][0]))[:rows]:
+            us, n = t[k]
+            print(f"  {k[:40]:<40} {us:8.1f} us {n:5.1f} calls  (bare: {base.get(k, (0.0, 0))[0]:7.1f} us)")
 
 
 def main() -> None:
@@ -75,17 +104,36 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="wall time or this thread's CPU time")
     ap.add_argument("--json", help="also write the full results here")
+    ap.add_argument("--batch1-only", action="store_true", help="skip the batched part")
+    ap.add_argument("--profile", action="store_true", help="print the batch-1 operator profile and stop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = calibrated_model(args)
     costs = exit_costs(model)
-    x = torch.randn(args.batch, 3, args.img, args.img)
-    b = batched_speedups(model, x, Quota(), args.leave, costs.flops, warmup=args.warmup, repeats=args.repeats,
-                         clock=args.clock)
     xs = torch.randn(args.samples, 3, args.img, args.img)
-    one = batch1_latency(model, xs, make_policy("confidence"), 0.9, 1.0, clock=args.clock)
+    if args.profile:
+        return profile_batch1(model, xs)
     print(f"resnet{args.depth}, exits after blocks {model.exits}, head {args.head}, {args.threads} thread(s), "
           f"{args.clock} clock")
+    b = None
+    if not args.batch1_only:
+        x = torch.randn(args.batch, 3, args.img, args.img)
+        b = batched_speedups(model, x, Quota(), args.leave, costs.flops, warmup=args.warmup, repeats=args.repeats,
+                             clock=args.clock)
+        print_batched(args, b)
+    one = batch1_latency(model, xs, make_policy("confidence"), 0.9, 1.0, clock=args.clock)
+    print(f"batch 1 ({args.samples} inputs), median ms: bare {one['bare_backbone']['median'] * 1e3:.2f}, "
+          f"all exits {one['all_exits']['median'] * 1e3:.2f}, policy at every exit (nobody leaving) "
+          f"{one['no_exit']['median'] * 1e3:.2f} [{one['no_exit_samples_that_left_early']} left early]")
+    print(f"  overhead vs bare backbone {one['no_exit_overhead_vs_bare']:+.1%} (heads alone "
+          f"{one['all_exits_overhead_vs_bare']:+.1%}); vs all-exits forward "
+          f"{one['no_exit_overhead_vs_all_exits']:+.1%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "batched": b, "batch1": one}, f, indent=1)
+
+
+def print_batched(args, b: dict) -> None:
     print(f"batch {args.batch}, {args.leave:.0%} of remaining leave per exit; exit shares "
           + " ".join(f"{s:.3f}" for s in b["exit_shares"]))
     print("  segment ms at full batch: " + " ".join(f"{s * 1e3:.1f}" for s in b["segment_seconds"]))
@@ -96,15 +144,6 @@ def main() -> None:
           f"{b['speedup_segment_ideal']:.2f}x | measured {b['speedup_measured']:.2f}x = "
           f"{b['measured_over_ideal']:.1%} of ideal")
     print(f"  logits equal to the all-exits run: {b['logits_equal']} (max |diff| {b['logits_max_abs_diff']:.1e})")
-    print(f"batch 1 ({args.samples} inputs), median ms: bare {one['bare_backbone']['median'] * 1e3:.2f}, "
-          f"all exits {one['all_exits']['median'] * 1e3:.2f}, policy at every exit (nobody leaving) "
-          f"{one['no_exit']['median'] * 1e3:.2f} [{one['no_exit_samples_that_left_early']} left early]")
-    print(f"  overhead vs bare backbone {one['no_exit_overhead_vs_bare']:+.1%} (heads alone "
-          f"{one['all_exits_overhead_vs_bare']:+.1%}); vs all-exits forward "
-          f"{one['no_exit_overhead_vs_all_exits']:+.1%}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "batched": b, "batch1": one}, f, indent=1)
 
 
 if __name__ == "__main__":

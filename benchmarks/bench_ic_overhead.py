@@ -10,6 +10,8 @@ Prototype variants (benchmark-only; exitlab's heads are unchanged) show where th
 
 - ``joint-fixedpool``: the SDN head pools with ``max_pool2d``/``avg_pool2d`` of kernel ``H // grid`` when the map
   divides evenly -- the same numbers as the adaptive ops, with simpler kernels;
+- ``joint-oldmix``: the SDN head as it was before the batch-1 work, ``a * max + (1 - a) * avg`` (four elementwise
+  ops instead of three): an A/B of that change;
 - ``joint-nopool``: heads reduced to global average pooling + linear (the ``pooled`` head): a floor for any SDN
   head with a linear classifier.
 
@@ -81,6 +83,13 @@ def _fixed_pool_forward(self: SDNHead, x: torch.Tensor, prev: torch.Tensor | Non
     return self._combine(self.fc(pooled.flatten(1)), prev)
 
 
+def _old_mix_forward(self: SDNHead, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+    """SDNHead.forward with the mix as it was written before (prototype for the A/B)."""
+    a = torch.sigmoid(self.alpha)
+    pooled = a * F.adaptive_max_pool2d(x, self.grid) + (1 - a) * F.adaptive_avg_pool2d(x, self.grid)
+    return self._combine(self.fc(pooled.flatten(1)), prev)
+
+
 def make_loader(args: argparse.Namespace) -> TensorLoader:
     """``steps`` batches of seeded random CIFAR-shaped uint8 images, augmented on the fly like real training."""
     g = torch.Generator().manual_seed(0)
@@ -108,7 +117,8 @@ def make_variants(args: argparse.Namespace) -> dict[str, Callable[[], int]]:
 
         def run() -> int:
             for h in model.heads:
-                h.forward = fixed[h] if pool == "adaptive" else _fixed_pool_forward.__get__(h)
+                h.forward = fixed[h] if pool == "adaptive" else \
+                    (_fixed_pool_forward if pool == "fixed" else _old_mix_forward).__get__(h)
             set_trainable(model, phase)
             set_modes(model, phase)
             train_epoch(phase_module(model, phase), phase, loader, opt, step=0, total_steps=args.steps)
@@ -119,6 +129,7 @@ def make_variants(args: argparse.Namespace) -> dict[str, Callable[[], int]]:
     variants = {"backbone": variant(1), "joint": variant(2)}
     if args.head == "sdn" and args.prototypes:
         variants["joint-fixedpool"] = variant(2, "fixed")
+        variants["joint-oldmix"] = variant(2, "oldmix")
     return variants
 
 

@@ -141,42 +141,46 @@ def make_data(args: argparse.Namespace, n: int, seed: int) -> tuple[torch.Tensor
 
 
 def ref_variants(args: argparse.Namespace) -> tuple[Timers, Timers]:
+    device = torch.device(getattr(args, "device", "cpu"))
     torch.manual_seed(0)
-    model = load_reference(Path(args.reference), args.exits, args.classes)
+    model = load_reference(Path(args.reference), args.exits, args.classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10_000)
     criterion = torch.nn.CrossEntropyLoss()
     x, y = make_data(args, args.batch_size * args.steps, 0)
+    pin = device.type == "cuda"  # as accelerate's prepared loaders do
     train = torch.utils.data.DataLoader(RefStyleData(x, y, True), batch_size=args.batch_size, shuffle=True,
-                                        num_workers=args.ref_workers)
+                                        num_workers=args.ref_workers, pin_memory=pin)
     xe, ye = make_data(args, args.eval_images, 1)
     test = torch.utils.data.DataLoader(RefStyleData(xe, ye, False), batch_size=args.batch_size,
-                                       num_workers=args.ref_workers)
+                                       num_workers=args.ref_workers, pin_memory=pin)
 
     def train_run() -> int:
         for X, yb in train:
-            ref_train_step(model, opt, sched, criterion, X, yb)
+            ref_train_step(model, opt, sched, criterion, X.to(device, non_blocking=True),
+                           yb.to(device, non_blocking=True))
         return len(train)
 
     def eval_run() -> int:
         for X, _ in test:
-            ref_eval_batch(model, X)
+            ref_eval_batch(model, X.to(device, non_blocking=True))
         return args.eval_images
 
     return {"reference": train_run}, {"reference": eval_run}
 
 
 def exitlab_variants(args: argparse.Namespace, name: str, options: set[str]) -> tuple[Timers, Timers]:
+    device = torch.device(getattr(args, "device", "cpu"))
     torch.manual_seed(0)
     model = build_model("resnet18_cifar", num_classes=args.classes, img_size=args.img_size, exits=args.exits,
-                        head="sdn")
+                        head="sdn").to(device)
     cl, amp = "cl" in options, "bf16" if "bf16" in options else "none"
     if cl:
         model = model.to(memory_format=torch.channels_last)
     maybe_compile(model, "compile" in options)
     phase = Phase(2, 1, PhaseConfig(lr=0.05, momentum=0.9, weight_decay=5e-4))
     opt = make_optimizer(set_trainable(model, phase), phase)
-    common = dict(mean=torch.tensor(MEAN), std=torch.tensor(STD), channels_last=cl)
+    common = dict(mean=torch.tensor(MEAN), std=torch.tensor(STD), channels_last=cl, device=device)
     x, y = make_data(args, args.batch_size * args.steps, 0)
     train = TensorLoader(x.permute(0, 3, 1, 2), y, args.batch_size, shuffle=True, pad=4, flip=True, drop_last=True,
                          **common)

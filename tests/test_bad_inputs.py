@@ -487,8 +487,8 @@ MORE = {
     "bench --threads 0": (["bench", "{d}/run", "--threads", "0"],
                           "error: argument --threads: must be >= 1, got 0 (see exitlab bench --help)"),
     "bench --clock gpu": (["bench", "{d}/run", "--clock", "gpu"],
-                          "error: argument --clock: invalid choice: 'gpu' (choose from 'wall', 'cpu') (see exitlab "
-                          "bench --help)"),
+                          "error: argument --clock: invalid choice: 'gpu' (choose from 'wall', 'cpu', 'device') (see "
+                          "exitlab bench --help)"),
     "analyze --samples 0": (["analyze", "rank", "{d}/run", "--samples", "0"],
                             "error: argument --samples: must be >= 1, got 0 (see exitlab analyze --help)"),
     "analyze --batch-size 0": (["analyze", "rank", "{d}/run", "--batch-size", "0"],

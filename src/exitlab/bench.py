@@ -39,7 +39,16 @@ def summary(times: list[float]) -> dict:
     return {"median": statistics.median(s), "p95": s[min(len(s) - 1, int(round(0.95 * (len(s) - 1))))], "n": len(s)}
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}  # cpu: this thread's CPU time, robust to other load
+def _device_clock() -> float:
+    """Wall time once queued GPU work is done: CUDA kernels run asynchronously, so a plain clock would time their
+    launch only. Without CUDA it is the wall clock."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+# cpu: this thread's CPU time, robust to other load; device: wall time after synchronising a GPU
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time, "device": _device_clock}
 
 
 def _clock(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
@@ -90,16 +99,17 @@ def batched_speedups(model, x: torch.Tensor, policy: Policy, threshold: float, c
         t_bare.append(_clock(lambda: model.backbone(x), tick))
     E = model.num_exits
     seg = torch.tensor(segs, dtype=torch.float64)  # [R, E]
-    reach = torch.tensor([(res.exits >= k).double().mean().item() for k in range(E)], dtype=torch.float64)
-    ref = torch.stack(outs)[res.exits, torch.arange(len(x))]  # [B, C]: all-exits logits at the exit taken
+    exits = res.exits.cpu()
+    reach = torch.tensor([(exits >= k).double().mean().item() for k in range(E)], dtype=torch.float64)
+    ref = torch.stack(outs)[res.exits, torch.arange(len(x), device=res.exits.device)]  # [B, C]: at the exit taken
     ideal_time = seg @ reach  # [R]: each repeat's segments weighted by the share of samples reaching them
     early = torch.tensor(t_early, dtype=torch.float64)
     return {
         "batch": len(x), "threshold": threshold, "policy": policy.name, "clock": clock, "repeats": repeats,
-        "exit_shares": torch.bincount(res.exits, minlength=E).div(len(x)).tolist(), "reach": reach.tolist(),
+        "exit_shares": torch.bincount(exits, minlength=E).div(len(x)).tolist(), "reach": reach.tolist(),
         "segment_seconds": seg.median(0).values.tolist(),
         "all_exits": summary(t_all), "early_exit": summary(t_early), "bare_backbone": summary(t_bare),
-        "speedup_flops": (costs[-1] / costs[res.exits].mean()).item(),
+        "speedup_flops": (costs[-1] / costs[exits].mean()).item(),
         # ratios are paired within a repeat (adjacent runs), then the median over repeats: robust to drifting load
         "speedup_segment_ideal": (seg.sum(1) / ideal_time).median().item(),
         "speedup_measured": (torch.tensor(t_all, dtype=torch.float64) / early).median().item(),

@@ -275,8 +275,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=POSITIVE, default=5, help="timed repeats of each batched variant (default: 5)")
     p.add_argument("--warmup", type=COUNT, default=1, help="untimed warm-up repeats (default: 1)")
     p.add_argument("--threads", type=POSITIVE, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                   help="wall time, or this thread's CPU time (steadier on a shared machine; default: wall)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu", "device"],
+                   help="wall time, this thread's CPU time (steadier on a shared machine), or wall time after "
+                        "synchronising the GPU (use on CUDA; default: wall)")
 
 
 def _add_analyze(sub) -> None:

@@ -58,9 +58,10 @@ class _Router:
     def _nobody_leaves(self, score: torch.Tensor) -> bool:
         if not self.quick or score.dtype != torch.float32:
             return False
+        one = score.numel() == 1  # batch 1: read the score itself, one reduction fewer
         if self.policy.exit_when == "above":
-            return score.max().item() < self.t32  # NaN compares False: falls through to the full decision
-        return score.min().item() > self.t32
+            return (score if one else score.max()).item() < self.t32  # NaN compares False: the full decision
+        return (score if one else score.min()).item() > self.t32
 
     def _rows(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Input rows of the running samples selected by ``mask`` (all running samples when None)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor, *
     if opts.exit_curriculum != "none":
         weights = curriculum_weights(weights, exit_mask(opts, len(per_exit), step, total))
     weighted = per_exit if weigh is None else _weighted(outs, y, opts.label_smoothing, weigh)
-    loss = (torch.tensor(weights, device=per_exit.device) * weighted).sum()
+    loss = (_on_device(tuple(weights), per_exit.device) * weighted).sum()
     if opts.distill > 0 and len(outs) > 1:
         loss = loss + opts.distill * distill_loss(outs, opts.distill_temperature).mean()
     if feats is not None:
@@ -102,6 +103,14 @@ def _weighted(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float,
     """Per exit, the mean over the batch of the sample-weighted losses: ``[E]``."""
     losses = per_sample_losses(outs, y, label_smoothing)  # [B, E]
     return (weigh(losses) * losses).mean(0)
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a float32 tensor on ``device``, copied once: a fresh host-to-device copy every step would make
+    the host wait for the device (a pageable copy synchronises the stream). Callers must not modify it."""
+    with torch.inference_mode(False):  # a normal tensor even if first asked for under inference mode
+        return torch.tensor(values, device=device)
 
 
 def phase_module(model: MultiExitModel, phase: Phase) -> nn.Module:
@@ -174,6 +183,9 @@ def step_flops(model: MultiExitModel, phase: Phase, x: torch.Tensor, y: torch.Te
             m.train(training)
 
 
+CHECK_EVERY = 32  # steps between the finiteness checks that read losses back from the device (one sync each)
+
+
 @dataclass
 class EpochStats:
     loss: float = 0.0
@@ -182,17 +194,75 @@ class EpochStats:
     samples: int = 0  # on this rank
 
 
+@dataclass
+class _Pending:
+    """The steps since the last check, still on the device: step number, rank-averaged ``[loss, *per_exit]`` and
+    the gradient flag of each (``None``: no gradients to check)."""
+
+    rows: list[tuple[int, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+    exit_sums: torch.Tensor | None = None  # [E]: per-exit losses summed over the epoch's steps
+
+    def add(self, step: int, synced: torch.Tensor, grads_ok: torch.Tensor | None) -> None:
+        self.rows.append((step, synced, grads_ok))
+        per_exit = synced[1:]
+        self.exit_sums = per_exit if self.exit_sums is None else self.exit_sums + per_exit
+
+
+def _read_pending(pending: _Pending) -> list[tuple[int, list[float], bool]]:
+    """Every pending step as (step, [loss, *per_exit], gradients finite), read back in one host sync."""
+    if not pending.rows:
+        return []
+    losses = torch.stack([v for _, v, _ in pending.rows])  # [n, 1+E]
+    ones = torch.ones((), dtype=torch.bool, device=losses.device)
+    flags = torch.stack([ones if g is None else g for _, _, g in pending.rows])  # [n]
+    table = torch.cat([losses, flags[:, None].to(losses.dtype)], 1).tolist()  # the one host sync
+    out = [(step, row[:-1], row[-1] == 1.0) for (step, _, _), row in zip(pending.rows, table)]
+    pending.rows.clear()
+    return out
+
+
+def _check_pending(pending: _Pending, stats: EpochStats, phase: Phase, where: str) -> None:
+    """Raise TrainingError naming the first pending step whose loss or gradient was not finite; otherwise add the
+    steps' losses to ``stats``. The steps after a bad one ran on spoilt weights, but nothing has saved them yet."""
+    for step, row, grads_ok in _read_pending(pending):
+        per_exit = row[1:]
+        if not all(math.isfinite(v) for v in row):
+            bad = [i for i, v in enumerate(per_exit) if not math.isfinite(v)]
+            raise TrainingError(f"non-finite loss at {where} step {step} (exit {bad[0] if bad else '?'} of the "
+                                f"phase's {len(per_exit)}); lower the learning rate or check the data. The last good "
+                                "checkpoint is kept")
+        if not grads_ok:
+            raise TrainingError(f"non-finite gradient at {where} step {step} (the loss was finite: per-exit losses "
+                                f"{[round(v, 4) for v in per_exit]}); lower the learning rate or set "
+                                f"{phase.name}.grad_clip (e.g. 1.0). The last good checkpoint is kept")
+        stats.loss += row[0]
+
+
+def _finish_epoch(pending: _Pending, stats: EpochStats, phase: Phase, where: str) -> EpochStats:
+    """The epoch's last check, then the mean losses (exit means read back in one more sync)."""
+    _check_pending(pending, stats, phase, where)
+    if stats.steps:
+        stats.loss /= stats.steps
+        stats.exit_losses = (pending.exit_sums / stats.steps).tolist()
+    return stats
+
+
 def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
                 amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
                 on_step: Callable[[int], None] | None = None, warmup_steps: int = 0, max_steps: int | None = None,
-                lr_scale: float = 1.0, l2w: L2W | None = None) -> tuple[EpochStats, int]:
-    """One pass over ``loader``. Raises TrainingError on a non-finite loss, naming the step, phase and exit.
-    With ``l2w`` every step starts with L2W's meta step and weights the per-sample losses.
+                lr_scale: float = 1.0, l2w: L2W | None = None, check_every: int = CHECK_EVERY
+                ) -> tuple[EpochStats, int]:
+    """One pass over ``loader``. Raises TrainingError on a non-finite loss or gradient, naming the step, phase and
+    exit of the first one. With ``l2w`` every step starts with L2W's meta step and weights the per-sample losses.
 
-    Under DDP the loss is summed over ranks before the check, so every rank stops together instead of hanging.
+    No step waits for the device: losses stay on it and are read back every ``check_every`` steps and at the end
+    of the epoch (``on_step`` probes read the model, so with one the check runs after every step). A bad step is
+    therefore reported up to ``check_every - 1`` steps late, always before the epoch returns, so no checkpoint
+    ever holds its weights. Under DDP the losses are summed over ranks every step (asynchronously on NCCL) and
+    every rank checks at the same steps, so every rank stops together instead of hanging.
     """
-    stats = EpochStats()
-    sums: torch.Tensor | None = None
+    stats, pending = EpochStats(), _Pending()
+    every = 1 if on_step is not None else max(1, check_every)
     device_type = loader.device.type
     for x, y in progress(loader) if progress else loader:
         if max_steps is not None and stats.steps >= max_steps:
@@ -206,45 +276,32 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
             loss, per_exit = phase_loss(model, phase, x, y, step=step, total=total_steps,
                                         weigh=l2w.weigh if l2w is not None else None)
         synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), info) / info.world
-        loss_value, per_exit = synced[0], synced[1:]
-        if not torch.isfinite(synced).all():
-            bad = [i for i, v in enumerate(per_exit.tolist()) if not math.isfinite(v)]
-            raise TrainingError(f"non-finite loss at {where} step {step} (exit {bad[0] if bad else '?'} of the "
-                                f"phase's {len(per_exit)}); lower the learning rate or check the data. The last good "
-                                "checkpoint is kept")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if not _clip_and_check(opt, phase.options.grad_clip):
-            raise TrainingError(f"non-finite gradient at {where} step {step} (the loss was finite: per-exit losses "
-                                f"{[round(v, 4) for v in per_exit.tolist()]}); lower the learning rate or set "
-                                f"{phase.name}.grad_clip (e.g. 1.0). The last good checkpoint is kept")
+        pending.add(step, synced, _clip_and_check(opt, phase.options.grad_clip))
         opt.step()
         step += 1
+        stats.steps += 1
+        stats.samples += len(y)
+        if stats.steps % every == 0:
+            _check_pending(pending, stats, phase, where)
         faults.point("step")
         if on_step is not None:  # probe point: e.g. gradient-contribution logging
             on_step(step)
-        stats.steps += 1
-        stats.samples += len(y)
-        stats.loss += float(loss_value)
-        sums = per_exit if sums is None else sums + per_exit
-    if stats.steps:
-        stats.loss /= stats.steps
-        stats.exit_losses = (sums / stats.steps).tolist()
-    return stats, step
+    return _finish_epoch(pending, stats, phase, where), step
 
 
-def _clip_and_check(opt: torch.optim.Optimizer, max_norm: float) -> bool:
-    """Whether every gradient is finite; with ``max_norm > 0`` the global gradient norm is clipped to it first."""
+def _clip_and_check(opt: torch.optim.Optimizer, max_norm: float) -> torch.Tensor | None:
+    """Whether every gradient is finite, as a 0-d bool tensor on the device (``None`` when there are no
+    gradients); with ``max_norm > 0`` the global gradient norm is clipped to it first. Nothing is read back."""
     grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
     if not grads:
-        return True
+        return None
     norms = torch.stack(torch._foreach_norm(grads))  # [P]
-    if not bool(torch.isfinite(norms).all()):
-        return False
-    if max_norm > 0:
+    if max_norm > 0:  # non-finite norms make the scale NaN: the step is spoilt and reported at the next check
         total = norms.norm()
         torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))  # as torch.nn.utils.clip_grad_norm_
-    return True
+    return torch.isfinite(norms).all()
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ from .distributed import setup as dist_setup
 from .errors import CheckpointError, ConfigError, ExitlabError
 from .l2w import L2W
 from .loop import (
+    CHECK_EVERY,
     evaluate,
     make_optimizer,
     phase_module,
@@ -276,6 +277,7 @@ class _Run:
             net, phase, self.data.train, opt, step=step, total_steps=phase.steps or phase.epochs * len(self.data.train),
             amp=cfg.amp, where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"), info=self.info,
             on_step=self._probe(self.probes.on_step, phase, pi, epoch),
+            check_every=1 if self.probes.on_step else CHECK_EVERY,  # the same on every rank: they stop together
             warmup_steps=round(phase.options.warmup_epochs * len(self.data.train)),
             max_steps=phase.steps - step if phase.steps else None, lr_scale=stop.lr_scale, l2w=self.l2w)
         accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)

@@ -28,7 +28,8 @@ def _free_port() -> int:
 
 def _torchrun(out: Path, epochs: str, data: dict) -> None:
     out.mkdir(parents=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    path = f"{ROOT / 'src'}{os.pathsep}{ROOT}"  # this checkout's exitlab (not the installed one), and its tests
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", str(ROOT / "tests" / "data" / "ddp_data_script.py"), "--out", str(out),
            "--epochs", epochs, "--data", json.dumps(data)]

@@ -114,8 +114,13 @@ def test_streamed_batches_arrive_on_the_gpu_from_pinned_memory(folder):
     opts = dict(name="imagefolder", root=folder, stream=True, img_size=12, batch_size=8, workers=2)
     run = build_run_data(data_config(**opts), 0, torch.device("cuda"))
     run.train.set_epoch_seed(1)
-    x, y = next(iter(run.train))
+    gpu = list(run.train)  # every batch after the first was copied on the side stream during the previous one
+    x, y = gpu[0]
     assert x.is_cuda and y.is_cuda and x.shape == (8, 3, 12, 12)
     cpu = build_run_data(data_config(**opts), 0, CPU)
     cpu.train.set_epoch_seed(1)
-    torch.testing.assert_close(x.cpu(), next(iter(cpu.train))[0])
+    on_cpu = list(cpu.train)
+    assert len(gpu) == len(on_cpu) > 1
+    for (xg, yg), (xc, yc) in zip(gpu, on_cpu):
+        torch.testing.assert_close(xg.cpu(), xc)
+        assert torch.equal(yg.cpu(), yc)

@@ -54,19 +54,27 @@ def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.cat(picked).sort().values
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``. To a GPU it goes through pinned memory asynchronously: a plain copy from
+    pageable memory would make the host wait for the GPU at every batch."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip on a whole batch ``[B, C, H, W]``; no per-image Python."""
     B, C, H, W = x.shape
     if pad > 0:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device).to(x.device)
+        oy = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device), x.device)
+        ox = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=g, device=g.device), x.device)
         rows = (oy[:, None] + torch.arange(H, device=x.device))[:, :, None]  # [B, H, 1]
         cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, :]  # [B, 1, W]
         b = torch.arange(B, device=x.device)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)  # [B, C, H, W]
     if flip:
-        mask = (torch.rand(B, generator=g, device=g.device) < 0.5).to(x.device)
+        mask = to_device(torch.rand(B, generator=g, device=g.device) < 0.5, x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -132,7 +140,7 @@ class TensorLoader:
         return out
 
     def _order(self, g: torch.Generator) -> torch.Tensor | None:
-        return torch.randperm(len(self.y), generator=g).to(self.x.device) if self.shuffle else None
+        return to_device(torch.randperm(len(self.y), generator=g), self.x.device) if self.shuffle else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed)

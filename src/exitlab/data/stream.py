@@ -89,6 +89,30 @@ def worker_error(e: Exception) -> DataError:
     return DataError(last.split("DataError: ", 1)[-1])
 
 
+def prefetched(batches, device: torch.device) -> Iterator[Batch]:
+    """The batches on ``device``. On CUDA the next batch is copied on a side stream while the current one is in
+    use, so the copy overlaps the training step; elsewhere each is moved when it is reached."""
+    if device.type != "cuda":
+        yield from ((x.to(device), y.to(device)) for x, y in batches)
+        return
+    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+
+    def send(batch: Batch) -> Batch:
+        with torch.cuda.stream(side):  # pinned by the DataLoader (pin_memory), so the copies are asynchronous
+            return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    it = iter(batches)
+    ahead = next(it, None)
+    ahead = send(ahead) if ahead is not None else None
+    while ahead is not None:
+        main.wait_stream(side)  # the batch is complete before the step reads it
+        for t in ahead:
+            t.record_stream(main)  # allocated on the side stream, used on the main one
+        current, ahead = ahead, next(it, None)
+        ahead = send(ahead) if ahead is not None else None
+        yield current
+
+
 class _Batches:
     """The DataLoader's batch sampler: this rank's batches of the loader's next pass, as (seed, index) keys.
 
@@ -174,8 +198,8 @@ class StreamLoader:
 
     def _iterate(self, dl: torch.utils.data.DataLoader) -> Iterator[Batch]:
         try:
-            for xb, yb in dl:
-                yield self._normalise(xb), yb.to(self.device, non_blocking=True)
+            for xb, yb in prefetched(dl, self.device):
+                yield self._normalise(xb), yb
         except DataError as e:
             raise worker_error(e) from None
 

@@ -161,6 +161,9 @@ class OnnxModel:
             outs = sess.run(None, _feeds(g, h, prev))
             logits = outs[-1]  # [b, C]
             leave, score, pred, state = _decide(policy, t, j, logits, state, j == man.num_exits - 1)
+            if not leave.any():  # nobody leaves here (at batch 1, the common case): no records, no copies
+                h, prev = outs[0], logits
+                continue
             _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.exit_flops[j])
             if leave.all():
                 break

@@ -121,6 +121,7 @@ class MultiExitModel(nn.Module):
 
     def _walker(self, on_exit: ExitFn, last: int, grad_equilibrium: bool):
         slot = {b: j for j, b in enumerate(self.exits)}
+        heads = list(self.heads)  # ModuleList indexing formats a string key on every access
         n, prev = self.num_exits, None
 
         def on_tap(block: int, h: torch.Tensor) -> torch.Tensor | None:
@@ -130,7 +131,7 @@ class MultiExitModel(nn.Module):
             if grad_equilibrium:  # exit j shares the trunk with the n - j - 1 exits after it
                 to_head = _grad_scaled(h, 1.0 / (n - j))
                 to_next = _grad_scaled(h, (n - j - 1) / (n - j))
-            out = self.heads[j](to_head, prev)  # logits, or (logits, what the next exit reads) for GPF
+            out = heads[j](to_head, prev)  # logits, or (logits, what the next exit reads) for GPF
             logits, carry = out if isinstance(out, tuple) else (out, out)
             verdict = on_exit(j, logits, h)
             if verdict is None or verdict is False or j == last:
@@ -189,7 +190,7 @@ def _heads(head: str, backbone: nn.Module, exits: list[int], head_kwargs: dict) 
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then give every submodule back its own mode (a frozen backbone inside a
     training model stays in eval mode). Every inference entry point goes through this."""
-    modes = [(m, m.training) for m in model.modules()]
+    modes = _modes(model, [])
     if any(training for _, training in modes):
         model.eval()
     try:
@@ -202,6 +203,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
                 m.training = training  # train() would redo m's whole subtree: quadratic on MSDNet's ~1500 modules
             else:
                 m.train(training)  # a module with its own train(); its children are set right after it
+
+
+def _modes(model: nn.Module, out: list[tuple[nn.Module, bool]]) -> list[tuple[nn.Module, bool]]:
+    """``(module, training)`` for ``model`` and every submodule, parents before children (a module shared by two
+    parents appears twice). ``model.modules()`` builds a dotted name for each one on the way, which at batch 1
+    costs more than the heads do."""
+    out.append((model, model.training))
+    for child in model._modules.values():
+        if child is not None:
+            _modes(child, out)
+    return out
 
 
 def check_exits(exits: Sequence[int], n_blocks: int) -> None:

@@ -67,8 +67,11 @@ class SDNHead(_Head):
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         g = min(self.grid, x.shape[-1], x.shape[-2])
-        a = torch.sigmoid(self.alpha)
-        pooled = a * F.adaptive_max_pool2d(x, g) + (1 - a) * F.adaptive_avg_pool2d(x, g)  # [B, C, g, g]
+        # a * max + (1 - a) * avg in three elementwise ops, not four: at batch 1 every op costs more than its
+        # arithmetic. Not torch.lerp: its vectorised and scalar loops round differently (FMA), so a sample's logits
+        # would depend on the batch it is in, and real early exit would no longer match the all-exits run exactly.
+        avg = F.adaptive_avg_pool2d(x, g)  # [B, C, g, g]
+        pooled = avg + torch.sigmoid(self.alpha) * (F.adaptive_max_pool2d(x, g) - avg)
         if g < self.grid:  # tiny maps: repeat up to the grid so the linear layer's shape holds
             pooled = F.interpolate(pooled, size=self.grid, mode="nearest")
         return self._combine(self.fc(pooled.flatten(1)), prev)

@@ -91,7 +91,7 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
                               f"nothing; set phase{k}.epochs >= 1, or set budget")
     for k, o, e in zip(kinds, options, epochs):
         check_used(k, o)
-        check_head(k, o, cfg.model.head)
+        check_head(k, o, _head(cfg))
         check_probes(k, o, cfg.grad_log_every)
         if o.patience and o.schedule == "cosine":
             log.warning("phase%d: patience %d with a cosine schedule over the maximum %d epochs: a phase stopped "
@@ -117,7 +117,7 @@ def _plan_flops(cfg: RunConfig, kinds: tuple[int, ...], options: list[PhaseConfi
         shares = [F / len(kinds)] * len(kinds)
     for k, o in zip(kinds, options):
         check_used(k, o)
-        check_head(k, o, cfg.model.head)
+        check_head(k, o, _head(cfg))
         check_probes(k, o, cfg.grad_log_every)
     weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
     return [Phase(k, 0, o, w, flops=f) for k, o, w, f in zip(kinds, options, weights, shares)]
@@ -156,6 +156,13 @@ def regime_options(regime: str | list[int], kind: int, o: PhaseConfig) -> PhaseC
 
 def _label(regime: str | list[int]) -> str:
     return repr(regime) if isinstance(regime, str) else str(list(regime))
+
+
+def _head(cfg) -> str:
+    """The head kind ``cfg.model`` gets: its own, or with none named the backbone's (msdnet's, text for Hugging Face
+    encoders, sdn for the rest)."""
+    m = cfg.model
+    return m.head or ("msdnet" if m.backbone == "msdnet" else "text" if m.backbone.startswith("hf:") else "sdn")
 
 
 def check_head(kind: int, o: PhaseConfig, head: str) -> None:

@@ -24,6 +24,16 @@ def tiny_overrides(**extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def interrupt_after(run, checkpoint: str) -> None:
+    """Make finished run directory ``run`` look interrupted right after ``checkpoint`` (a file name in its
+    checkpoints/): later checkpoints and the final model go, and the status says it is still running."""
+    for p in (run / "checkpoints").iterdir():
+        if p.name > checkpoint:
+            p.unlink()
+    (run / "model.safetensors").unlink()
+    (run / "run.json").write_text('{"status": "running"}')
+
+
 @pytest.fixture
 def tiny_cfg():
     from exitlab.config import load_config

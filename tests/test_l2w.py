@@ -18,6 +18,7 @@ from exitlab.l2w import (
     target_shares,
     weighted_loss,
 )
+from tests.conftest import interrupt_after
 
 
 class TwoParams(nn.Module):
@@ -114,11 +115,7 @@ def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cf
     cfg = tiny_cfg(regime="joint", **over)
     full = train(cfg, tmp_path / "full")
     part = train(cfg, tmp_path / "part")
-    for p in (part / "checkpoints").iterdir():
-        if p.name > "00-phase2-e001.safetensors":
-            p.unlink()
-    (part / "model.safetensors").unlink()
-    (part / "run.json").write_text('{"status": "running"}')
+    interrupt_after(part, "00-phase2-e001.safetensors")
     train(cfg, part, resume=True)
     a, _ = ckpt.load_tensors(full / "model.safetensors")
     b, _ = ckpt.load_tensors(part / "model.safetensors")

@@ -1,7 +1,6 @@
 """LayerSkip-style training: the layer-dropout schedule per block and step, the exit curriculum per step, what trains,
 and exact resume with layer dropout's randomness."""
 
-import json
 import math
 
 import pytest
@@ -17,6 +16,7 @@ from exitlab.models.layerdrop import block_rates, layer_dropout, skippable_block
 from exitlab.phases import Phase, plan_phases
 from exitlab.planning import preflight
 from exitlab.recipes import train
+from tests.conftest import interrupt_after
 
 
 def test_skippable_blocks_are_the_identity_shortcut_residual_blocks():
@@ -161,11 +161,7 @@ def test_layer_dropout_changes_training_and_an_interrupted_run_resumes_exactly(t
     cfg = tiny_cfg(regime="layerskip", **over)
     full = train(cfg, tmp_path / "full")
     part = train(cfg, tmp_path / "part")
-    for p in (part / "checkpoints").iterdir():
-        if p.name > "00-phase2-e001.safetensors":
-            p.unlink()
-    (part / "model.safetensors").unlink()
-    (part / "run.json").write_text(json.dumps({"status": "running"}))
+    interrupt_after(part, "00-phase2-e001.safetensors")
     train(cfg, part, resume=True)
     a, _ = ckpt.load_tensors(full / "model.safetensors")
     b, _ = ckpt.load_tensors(part / "model.safetensors")

@@ -12,6 +12,7 @@ from exitlab.phases import plan_phases
 from exitlab.recipes import train
 from exitlab.rundir import read_jsonl
 from exitlab.train import _Run
+from tests.conftest import interrupt_after
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -78,11 +79,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path):
     full = train(cfg, tmp_path / "full")
     # An interrupted run: same config, but stop it after phase 2's first epoch by deleting what came later.
     part = train(cfg, tmp_path / "part")
-    for p in (part / "checkpoints").iterdir():
-        if p.name > "01-phase2-e001.safetensors":
-            p.unlink()
-    (part / "model.safetensors").unlink()
-    (part / "run.json").write_text(json.dumps({"status": "running"}))
+    interrupt_after(part, "01-phase2-e001.safetensors")
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"garbage": "a line written after the checkpoint"}\n')
     train(cfg, part, resume=True)

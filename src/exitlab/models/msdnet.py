@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ConfigError
 from .contract import BlocksBackbone, ExitPoint, MultiScaleFeature
 from .heads import _Head, _option
+from .resnet import init_conv_bn
 
 
 def _cbr(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -238,12 +239,9 @@ def _build_steps(plan: list[list[tuple[int, int]]], width: int, growth: int, red
 
 
 def _init(model: nn.Module) -> None:
-    """As the reference: convs normal with std sqrt(2 / (k * k * out channels)), BN weight 1, bias 0; linear bias 0."""
+    """As the reference: convs normal with std sqrt(2 / (k * k * out channels)), BN weight 1, bias 0 (the same as
+    the ResNets'), and linear biases 0."""
+    init_conv_bn(model)
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
+        if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)

@@ -122,7 +122,7 @@ class ResNet(BlocksBackbone):
         self.blocks = nn.ModuleList(blocks)
         self.feature_info = info
         self.final = ClassifierHead(c, num_classes)
-        _init(self)
+        init_conv_bn(self)
 
 
 class WideResNet(BlocksBackbone):
@@ -146,10 +146,11 @@ class WideResNet(BlocksBackbone):
         self.blocks = nn.ModuleList(blocks)
         self.feature_info = info
         self.final = ClassifierHead(c, num_classes, pre_act=True)
-        _init(self)
+        init_conv_bn(self)
 
 
-def _init(model: nn.Module) -> None:
+def init_conv_bn(model: nn.Module) -> None:
+    """He-normal convs (fan out), BatchNorm weight 1 and bias 0."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .contract import BlocksBackbone, ExitPoint
-from .resnet import ClassifierHead, _init
+from .resnet import ClassifierHead, init_conv_bn
 
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -34,7 +34,7 @@ class VGG(BlocksBackbone):
         self.blocks = nn.ModuleList(blocks)
         self.feature_info = info
         self.final = ClassifierHead(c, num_classes)
-        _init(self)
+        init_conv_bn(self)
 
 
 class InvertedResidual(nn.Module):
@@ -88,4 +88,4 @@ class MobileNetV2(BlocksBackbone):
         self.final = nn.Sequential(
             nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(True), ClassifierHead(last, num_classes)
         )
-        _init(self)
+        init_conv_bn(self)

@@ -162,7 +162,7 @@ class OnnxModel:
             logits = outs[-1]  # [b, C]
             leave, score, pred, state = _decide(policy, t, j, logits, state, j == man.num_exits - 1)
             if not leave.any():  # nobody leaves here (at batch 1, the common case): no records, no copies
-                h, prev = outs[0], logits
+                h, prev = outs[:-1], logits  # every feature output (one per scale for MSDNet)
                 continue
             _record(res, alive[leave], j, logits[leave], score[leave], pred[leave], man.exit_flops[j])
             if leave.all():

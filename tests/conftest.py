@@ -34,6 +34,18 @@ def interrupt_after(run, checkpoint: str) -> None:
     (run / "run.json").write_text('{"status": "running"}')
 
 
+def train_and_resume(cfg, tmp_path, checkpoint: str):
+    """Train ``cfg`` uninterrupted into ``tmp_path/full``, and into ``tmp_path/part`` interrupted after
+    ``checkpoint`` and resumed; returns both run directories (an exact resume makes their weights equal)."""
+    from exitlab.recipes import train
+
+    full = train(cfg, tmp_path / "full")
+    part = train(cfg, tmp_path / "part")
+    interrupt_after(part, checkpoint)
+    train(cfg, part, resume=True)
+    return full, part
+
+
 @pytest.fixture
 def tiny_cfg():
     from exitlab.config import load_config

@@ -18,7 +18,7 @@ from exitlab.l2w import (
     target_shares,
     weighted_loss,
 )
-from tests.conftest import interrupt_after
+from tests.conftest import train_and_resume
 
 
 class TwoParams(nn.Module):
@@ -113,10 +113,7 @@ def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cf
     over = {"phase2.epochs": 2, "phase2.l2w_epsilon": 0.8, "phase2.l2w_meta_lr": 0.01, "phase2.l2w_hidden": 8,
             "data.synthetic": "{size: 16, n_train: 280, n_test: 70}"}  # 4 steps per epoch: enough, and fast
     cfg = tiny_cfg(regime="joint", **over)
-    full = train(cfg, tmp_path / "full")
-    part = train(cfg, tmp_path / "part")
-    interrupt_after(part, "00-phase2-e001.safetensors")
-    train(cfg, part, resume=True)
+    full, part = train_and_resume(cfg, tmp_path, "00-phase2-e001.safetensors")
     a, _ = ckpt.load_tensors(full / "model.safetensors")
     b, _ = ckpt.load_tensors(part / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

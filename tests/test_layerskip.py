@@ -16,7 +16,7 @@ from exitlab.models.layerdrop import block_rates, layer_dropout, skippable_block
 from exitlab.phases import Phase, plan_phases
 from exitlab.planning import preflight
 from exitlab.recipes import train
-from tests.conftest import interrupt_after
+from tests.conftest import train_and_resume
 
 
 def test_skippable_blocks_are_the_identity_shortcut_residual_blocks():
@@ -159,10 +159,7 @@ def test_layer_dropout_changes_training_and_an_interrupted_run_resumes_exactly(t
     over = {"phase2.epochs": 2, "phase2.layer_drop": 0.5, "phase2.layer_drop_scale": "uniform",
             "phase2.exit_curriculum": "rotational"}
     cfg = tiny_cfg(regime="layerskip", **over)
-    full = train(cfg, tmp_path / "full")
-    part = train(cfg, tmp_path / "part")
-    interrupt_after(part, "00-phase2-e001.safetensors")
-    train(cfg, part, resume=True)
+    full, part = train_and_resume(cfg, tmp_path, "00-phase2-e001.safetensors")
     a, _ = ckpt.load_tensors(full / "model.safetensors")
     b, _ = ckpt.load_tensors(part / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

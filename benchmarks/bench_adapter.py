@@ -1,7 +1,7 @@
 """Adapter overhead: training-step time of a timm or torchvision model with exits against the same model without.
 
 One model (``exitlab.from_torchvision`` / ``from_timm``), one optimizer recipe, the same batches (one seeded
-``TensorLoader``), both through exitlab's own training loop (:func:`exitlab.loop.train_epoch`):
+``TensorLoader``), both through exitlab's own training loop (:func:`exitlab.training.loop.train_epoch`):
 
 - ``backbone``: phase 1, the adapted module alone (its plain forward: no hooks, no heads), final exit only;
 - ``exits``: phase 2, forward hooks at the taps, every IC evaluated, the weighted sum of the per-exit losses.
@@ -24,10 +24,10 @@ from collections.abc import Callable
 import torch
 from bench_ic_overhead import interleaved, make_loader, parse_exits, ratios
 
-from exitlab.config import PhaseConfig
-from exitlab.loop import make_optimizer, phase_module, set_modes, set_trainable, step_flops, train_epoch
 from exitlab.models import build_foreign
-from exitlab.phases import Phase
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, step_flops, train_epoch
+from exitlab.training.phases import Phase
 
 
 def flops_ratio(model, loader) -> tuple[int, int]:

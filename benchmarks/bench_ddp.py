@@ -2,7 +2,7 @@
 
 exitlab's own torchrun/DDP trainer is not written yet, so this wraps an exitlab multi-exit model in plain
 ``torch.nn.parallel.DistributedDataParallel`` and drives it with exitlab's training loop
-(:func:`exitlab.loop.train_epoch`, joint phase: every parameter gets a gradient, so no ``find_unused_parameters``).
+(``training.loop.train_epoch``, joint phase: every parameter gets a gradient, so no ``find_unused_parameters``).
 Each process gets its own shard of seeded random CIFAR-shaped data; ``--batch-size`` is per process (weak
 scaling: the global batch grows with the world size) unless ``--strong`` divides a fixed global batch.
 
@@ -32,11 +32,11 @@ import torch.multiprocessing as mp
 from bench_ic_overhead import parse_exits
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from exitlab.config import PhaseConfig
 from exitlab.data import TensorLoader
-from exitlab.loop import make_optimizer, set_modes, set_trainable, train_epoch
 from exitlab.models import build_model
-from exitlab.phases import Phase
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import make_optimizer, set_modes, set_trainable, train_epoch
+from exitlab.training.phases import Phase
 
 
 def free_port() -> int:

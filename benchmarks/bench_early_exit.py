@@ -19,11 +19,11 @@ import json
 
 import torch
 
-from exitlab.bench import batch1_latency, batched_speedups
-from exitlab.costs import exit_costs
-from exitlab.inference import early_exit
+from exitlab.evaluation.bench import batch1_latency, batched_speedups
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import Policy, Step, make_policy
 from exitlab.models import build_model
-from exitlab.policies import Policy, Step, make_policy
+from exitlab.models.costs import exit_costs
 
 
 class Quota(Policy):

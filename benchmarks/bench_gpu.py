@@ -35,15 +35,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_early_exit import Quota, calibrated_model  # noqa: E402
 
-from exitlab.bench import batch1_latency, batched_speedups  # noqa: E402
-from exitlab.config import PhaseConfig  # noqa: E402
-from exitlab.costs import exit_costs  # noqa: E402
 from exitlab.data import TensorLoader  # noqa: E402
-from exitlab.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch  # noqa: E402
+from exitlab.evaluation.bench import batch1_latency, batched_speedups  # noqa: E402
+from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.models import build_model  # noqa: E402
-from exitlab.phases import Phase  # noqa: E402
-from exitlab.policies import make_policy  # noqa: E402
-from exitlab.speed import maybe_compile  # noqa: E402
+from exitlab.models.costs import exit_costs  # noqa: E402
+from exitlab.runs.config import PhaseConfig  # noqa: E402
+from exitlab.training.compile import maybe_compile  # noqa: E402
+from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch  # noqa: E402
+from exitlab.training.phases import Phase  # noqa: E402
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """IC overhead: training-step time of a multi-exit model against its bare backbone, same data, same run.
 
-Both variants go through exitlab's own training loop (:func:`exitlab.loop.train_epoch`): the backbone variant is
+Both variants go through exitlab's own training loop (``training.loop.train_epoch``): the backbone variant is
 phase 1 (backbone alone, final exit only, heads not evaluated), the multi-exit variant is phase 2 (backbone and
 all ICs, mean of the per-exit losses). They share one model, one optimizer recipe and the same batches (one
 seeded ``TensorLoader``). Repeats interleave the variants in rotating order, so machine noise hits all of them alike;
@@ -31,12 +31,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from exitlab.config import PhaseConfig
 from exitlab.data import TensorLoader
-from exitlab.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch
 from exitlab.models import build_model
 from exitlab.models.heads import SDNHead
-from exitlab.phases import Phase
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch
+from exitlab.training.phases import Phase
 
 Clocks = dict[str, dict[str, list[float]]]  # clock ("cpu" or "wall") -> variant -> seconds per unit, per repeat
 

@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_early_exit import calibrated_model  # noqa: E402
 
-from exitlab.export import OnnxModel, export_onnx  # noqa: E402
-from exitlab.inference import early_exit  # noqa: E402
-from exitlab.policies import make_policy  # noqa: E402
+from exitlab.deploy.export import OnnxModel, export_onnx  # noqa: E402
+from exitlab.evaluation.inference import early_exit  # noqa: E402
+from exitlab.evaluation.policies import make_policy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from bench_ic_overhead import interleaved, ratios
 
-from exitlab.config import PhaseConfig
 from exitlab.data import TensorLoader
-from exitlab.loop import evaluate, make_optimizer, set_modes, set_trainable, train_epoch
 from exitlab.models import build_model
-from exitlab.phases import Phase
-from exitlab.speed import maybe_compile
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.compile import maybe_compile
+from exitlab.training.loop import evaluate, make_optimizer, set_modes, set_trainable, train_epoch
+from exitlab.training.phases import Phase
 
 Timers = dict[str, Callable[[], int]]  # variant name -> a call that does some work and returns its units
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.262)  # CIFAR-10 statistics, as both code bases use

@@ -31,9 +31,9 @@ def make_export(out: Path) -> Path:
     """A ResNet-8 (width 16) with exits after blocks 0 and 1 on 1x28x28 inputs, confidence threshold at the median."""
     import torch
 
-    from exitlab.export import export_onnx
+    from exitlab.deploy.export import export_onnx
+    from exitlab.evaluation.policies import make_policy
     from exitlab.models import build_model
-    from exitlab.policies import make_policy
 
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=10, in_chans=1, img_size=28, exits=[0, 1]).eval()
@@ -116,8 +116,8 @@ def load_run(url: str, bodies: list, requests: int, concurrency: int) -> tuple[f
 
 def direct_ms(export: Path, bodies: list, repeats: int) -> float:
     """Median latency of the same inputs through the runtime in-process, 1 thread, no HTTP."""
-    from exitlab.export import OnnxModel
-    from exitlab.serve import normalise
+    from exitlab.deploy.export import OnnxModel
+    from exitlab.deploy.serve import normalise
 
     model = OnnxModel(export, threads=1)
     xs = [normalise(px, model) for _, px in bodies]
@@ -146,7 +146,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         export = args.export or make_export(Path(tmp) / "export")
-        from exitlab.export import read_manifest
+        from exitlab.deploy.export import read_manifest
 
         shape = tuple(read_manifest(export).input_shape)
         bodies = payloads(shape, args.payload, 1 if args.payload == "png" else args.batch, 32)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 import exitlab.data.transforms as tr
-from exitlab.config import load_config
 from exitlab.data import TensorLoader, build_run_data
+from exitlab.runs.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from exitlab.policies import make_policy
-from exitlab.sweep import auc, budget_table, exit_indices, simulate
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.sweep import auc, budget_table, exit_indices, simulate
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

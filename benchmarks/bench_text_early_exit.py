@@ -21,8 +21,8 @@ import torch
 import transformers
 
 import exitlab
-from exitlab.bench import batched_speedups
-from exitlab.costs import length_costs
+from exitlab.evaluation.bench import batched_speedups
+from exitlab.models.costs import length_costs
 from exitlab.models.hf import pack
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -75,8 +75,8 @@ def main() -> None:
 def train_step_ratio(model, x, repeats: int, clock: str) -> dict:
     """Median forward + backward time of the phase-2 objective (every exit) against phase 1 (the bare encoder), the
     two interleaved; dropout on, as in training."""
-    from exitlab.bench import CLOCKS
-    from exitlab.loop import exit_losses
+    from exitlab.evaluation.bench import CLOCKS
+    from exitlab.training.loop import exit_losses
 
     tick, y = CLOCKS[clock], torch.zeros(len(x), dtype=torch.long)
     model.train()

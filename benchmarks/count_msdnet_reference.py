@@ -4,7 +4,7 @@ The reference is imported from a checkout given on the command line (nothing of 
 ``op_counter.measure_model`` gives the parameters per exit (cumulative: blocks 0..j and classifiers 0..j) and its
 own operation count (multiply-adds of convs and linear layers plus ReLU, pooling and bias operations). Forward hooks
 on its ``Conv2d`` and ``Linear`` layers give the multiply-adds exitlab's FLOPs count (``FlopCounterMode``: convs and
-matmuls, 2 FLOPs per multiply-add). exitlab's side is :func:`exitlab.costs.exit_costs` on the same configuration.
+matmuls, 2 FLOPs per multiply-add). exitlab's side is :func:`exitlab.models.costs.exit_costs` on the same configuration.
 The numbers are what ``tests/models/test_msdnet.py`` checks against.
 
 Run (CPU, a few seconds)::
@@ -24,8 +24,8 @@ import sys
 import torch
 from torch import nn
 
-from exitlab.costs import exit_costs
 from exitlab.models import build_model
+from exitlab.models.costs import exit_costs
 
 # The reference's two CIFAR-100 commands (README) as its argument namespace, and the same network in exitlab.
 CONFIGS = {

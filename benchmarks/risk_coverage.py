@@ -2,7 +2,7 @@
 
 Pools a finished run's cached validation and test logits, re-splits them ``--splits`` times at random into a
 calibration part (``--calibration`` samples) and a test part (the rest), chooses each policy's threshold on the
-calibration part with :func:`exitlab.risk.risk_threshold`, and reports on the test part: the share of splits whose
+calibration part with ``evaluation.risk.risk_threshold``, and reports on the test part: the share of splits whose
 accuracy drop against the final exit is at most ``--risk``, the median and largest drop, and the median share of the
 final exit's FLOPs saved. Reads the run directory's logits cache (computed once if missing).
 
@@ -15,11 +15,11 @@ import argparse
 
 import torch
 
-from exitlab.costs import exit_costs
-from exitlab.policies import make_policy
-from exitlab.risk import risk_threshold
-from exitlab.rundir import RunDir
-from exitlab.sweep import exit_indices
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.risk import risk_threshold
+from exitlab.evaluation.sweep import exit_indices
+from exitlab.models.costs import exit_costs
+from exitlab.runs.rundir import RunDir
 
 
 def coverage(run: RunDir, name: str, alpha: float, confidence: float, splits: int, calibration: int,

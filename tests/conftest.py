@@ -37,7 +37,7 @@ def interrupt_after(run, checkpoint: str) -> None:
 def train_and_resume(cfg, tmp_path, checkpoint: str):
     """Train ``cfg`` uninterrupted into ``tmp_path/full``, and into ``tmp_path/part`` interrupted after
     ``checkpoint`` and resumed; returns both run directories (an exact resume makes their weights equal)."""
-    from exitlab.recipes import train
+    from exitlab.recipes.train import train
 
     full = train(cfg, tmp_path / "full")
     part = train(cfg, tmp_path / "part")
@@ -48,7 +48,7 @@ def train_and_resume(cfg, tmp_path, checkpoint: str):
 
 @pytest.fixture
 def tiny_cfg():
-    from exitlab.config import load_config
+    from exitlab.runs.config import load_config
 
     def make(**extra):
         return load_config(None, tiny_overrides(**extra))

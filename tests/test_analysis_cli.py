@@ -7,13 +7,13 @@ import shutil
 import pytest
 import torch
 
-from exitlab.analysis.cli import Options, analyze
+from exitlab.analysis.analyze import Options, analyze
 from exitlab.analysis.common import load_run
-from exitlab.checkpoint import save_pretrained, save_tensors
 from exitlab.cli import main
-from exitlab.config import dump_config, load_config
 from exitlab.errors import ExitlabError
 from exitlab.models import build_model
+from exitlab.runs.checkpoint import save_pretrained, save_tensors
+from exitlab.runs.config import dump_config, load_config
 
 SETTINGS = ["data.name=synthetic", "data.synthetic={size: 16, n_train: 400, channels: 1}", "model.backbone=resnet8",
             "model.exits=[0,1]", "device=cpu", "threads=1"]

@@ -9,11 +9,11 @@ from torch import nn
 
 from exitlab.analysis.common import block_groups
 from exitlab.analysis.gradients import gradient_contributions, objective_phase, per_exit_gradients
-from exitlab.config import PhaseConfig
 from exitlab.errors import ExitlabError
-from exitlab.loop import exit_losses, phase_loss, phase_module
 from exitlab.models import build_model, from_module
-from exitlab.phases import Phase, exit_weights, loss_weights
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import exit_losses, phase_loss, phase_module
+from exitlab.training.phases import Phase, exit_weights, loss_weights
 
 
 def _model():
@@ -52,7 +52,7 @@ def _phase(kind, **options):
 
 
 def _phase_grad(model, phase, batches, params):
-    """Reference: torch.autograd.grad of exitlab.loop.phase_loss itself, averaged over the equal-sized batches."""
+    """Reference: torch.autograd.grad of training.loop.phase_loss itself, averaged over the equal-sized batches."""
     net = phase_module(model, phase)
     total = sum(phase_loss(net, phase, x, y)[0] for x, y in batches) / len(batches)
     return torch.autograd.grad(total, params, allow_unused=True)

@@ -14,8 +14,8 @@ from exitlab.analysis.landscape import (
     select_params,
 )
 from exitlab.errors import ExitlabError
-from exitlab.loop import exit_losses
 from exitlab.models import build_model
+from exitlab.training.loop import exit_losses
 
 
 def _trained_ish_model():

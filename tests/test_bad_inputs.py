@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from exitlab.cli import main
-from exitlab.compare import load_compare_config
-from exitlab.config import dump_config, load_config
-from exitlab.train import train
+from exitlab.recipes.compare import load_compare_config
+from exitlab.runs.config import dump_config, load_config
+from exitlab.training.engine import train
 from tests.conftest import tiny_overrides
 
 T = ["train", "{d}/cfg.yaml", "--out", "{d}/new"]

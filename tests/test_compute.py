@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from exitlab.grid import plan_grid, run_grid
-from exitlab.loop import step_flops
-from exitlab.phases import Phase
-from exitlab.recipes import train
-from exitlab.rundir import read_jsonl
-from exitlab.train import _Run
+from exitlab.recipes.grid import plan_grid, run_grid
+from exitlab.recipes.train import train
+from exitlab.runs.rundir import read_jsonl
+from exitlab.training.engine import _Run
+from exitlab.training.loop import step_flops
+from exitlab.training.phases import Phase
 
 
 def _status(run):

@@ -1,7 +1,7 @@
 import pytest
 
-from exitlab.config import RunConfig, apply_overrides, load_config
 from exitlab.errors import ConfigError
+from exitlab.runs.config import RunConfig, apply_overrides, load_config
 
 
 def test_defaults_and_typed_overrides():
@@ -54,7 +54,7 @@ def test_every_shipped_config_loads():
         first = path.read_text().splitlines()[0]
         assert first.startswith("# exitlab"), f"{path} must start with the command that runs it"
         if "compare" in path.name or path.parent.name == "paper":
-            from exitlab.compare import load_compare_config
+            from exitlab.recipes.compare import load_compare_config
 
             load_compare_config(path)
         else:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import exitlab.demo as demo
+import exitlab.recipes.demo as demo
 from exitlab.errors import ExitlabError
 
 

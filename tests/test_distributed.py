@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from exitlab import checkpoint as ckpt
-from exitlab.config import load_config
-from exitlab.train import train
+from exitlab.runs import checkpoint as ckpt
+from exitlab.runs.config import load_config
+from exitlab.training.engine import train
 from tests.conftest import interrupt_after, tiny_overrides
 
 VIT = {"model.backbone": "vit", "model.backbone_kwargs": "{dim: 32, depth: 4, heads: 2, patch_size: 4}",

@@ -14,8 +14,8 @@ from tests.conftest import tiny_overrides
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from exitlab.config import load_config
-    from exitlab.train import train
+    from exitlab.runs.config import load_config
+    from exitlab.training.engine import train
 
     out = tmp_path_factory.mktemp("cli") / "run"
     train(load_config(None, tiny_overrides(regime="joint")), out)
@@ -91,9 +91,9 @@ def test_eval_risk_control_extras_and_ood(run_dir, capsys):
     cached test logits at that threshold."""
     import torch
 
-    from exitlab.policies import make_policy
-    from exitlab.rundir import RunDir
-    from exitlab.sweep import exit_indices
+    from exitlab.evaluation.policies import make_policy
+    from exitlab.evaluation.sweep import exit_indices
+    from exitlab.runs.rundir import RunDir
 
     argv = ["eval", str(run_dir), "--risk", "0.05", "--confidence", "0.9", "--ood", "noise"]
     assert main(argv) == 0

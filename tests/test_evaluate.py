@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from exitlab.errors import CheckpointError, ConfigError, DataError
-from exitlab.policies import make_policy
-from exitlab.sweep import (
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.sweep import (
     Sweep,
     accuracy_at,
     auc,
@@ -131,7 +131,7 @@ def test_ece_by_hand():
 
 
 def test_select_for_a_budget_and_for_an_accuracy():
-    from exitlab.sweep import Sweep
+    from exitlab.evaluation.sweep import Sweep
 
     frac = torch.tensor([0.3, 0.5, 0.5, 0.9], dtype=torch.float64)
     acc = torch.tensor([0.6, 0.7, 0.75, 0.8], dtype=torch.float64)
@@ -146,8 +146,8 @@ def test_select_for_a_budget_and_for_an_accuracy():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from exitlab.config import load_config
-    from exitlab.train import train
+    from exitlab.runs.config import load_config
+    from exitlab.training.engine import train
 
     out = tmp_path_factory.mktemp("eval") / "run"
     train(load_config(None, tiny_overrides(regime="joint")), out)
@@ -156,9 +156,9 @@ def run_dir(tmp_path_factory):
 
 def test_evaluate_run_writes_a_consistent_eval_json(run_dir):
     from exitlab import load
-    from exitlab.evaluate import evaluate_run
-    from exitlab.loop import evaluate
-    from exitlab.rundir import RunDir
+    from exitlab.evaluation.evaluate import evaluate_run
+    from exitlab.runs.rundir import RunDir
+    from exitlab.training.loop import evaluate
 
     res = evaluate_run(run_dir, policy="confidence", split="test")
     assert json.loads((run_dir / "eval.json").read_text()) == json.loads(json.dumps(res))
@@ -187,8 +187,8 @@ def test_evaluate_run_writes_a_consistent_eval_json(run_dir):
 
 def test_selected_thresholds_come_from_val_and_are_reported_on_test(run_dir):
     from exitlab import load
-    from exitlab.costs import exit_costs
-    from exitlab.evaluate import cached_logits, evaluate_run
+    from exitlab.evaluation.evaluate import cached_logits, evaluate_run
+    from exitlab.models.costs import exit_costs
 
     res = evaluate_run(run_dir, policy="entropy", split="test", target_accuracy=0.0, write=False)
     val, test = cached_logits(run_dir, "val"), cached_logits(run_dir, "test")
@@ -213,8 +213,9 @@ def test_selected_thresholds_come_from_val_and_are_reported_on_test(run_dir):
 
 
 def test_logits_are_cached_and_recomputed_when_the_model_changes(run_dir, monkeypatch):
-    from exitlab import evaluate as ev
-    from exitlab import load, rundir, save_pretrained
+    from exitlab.evaluation import evaluate as ev
+    from exitlab import load, save_pretrained
+    from exitlab.runs import rundir
 
     first = ev.cached_logits(run_dir, "val")
     monkeypatch.setattr(rundir, "compute_logits", lambda *a, **k: pytest.fail("recomputed a valid cache"))
@@ -232,8 +233,8 @@ def test_logits_are_cached_and_recomputed_when_the_model_changes(run_dir, monkey
 
 
 def test_ztw_is_fitted_once_and_evaluated(run_dir):
-    from exitlab.evaluate import evaluate_run
-    from exitlab.rundir import RunDir
+    from exitlab.evaluation.evaluate import evaluate_run
+    from exitlab.runs.rundir import RunDir
 
     ZTW_FILE = RunDir.ZTW
     res = evaluate_run(run_dir, policy="ztw", write=False)
@@ -245,7 +246,7 @@ def test_ztw_is_fitted_once_and_evaluated(run_dir):
 
 
 def test_bad_input_gets_clear_errors(run_dir, tmp_path):
-    from exitlab.evaluate import evaluate_run
+    from exitlab.evaluation.evaluate import evaluate_run
 
     with pytest.raises(ConfigError, match="unknown policy 'nope'"):
         evaluate_run(run_dir, policy="nope")

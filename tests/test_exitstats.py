@@ -1,4 +1,4 @@
-"""Evaluation extras (exitlab.exitstats, exitlab.ood): hand-computed values on tiny logits."""
+"""Evaluation extras (exitlab.evaluation.exit_stats, exitlab.evaluation.ood): hand-computed values on tiny logits."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exitlab.exitstats import (
+from exitlab.evaluation.exit_stats import (
     exit_extras,
     hindsight_improvability,
     overthinking,
     per_class_exits,
     topk_accuracy,
 )
-from exitlab.ood import auroc, ood_detection
-from exitlab.policies import make_policy
+from exitlab.evaluation.ood import auroc, ood_detection
+from exitlab.evaluation.policies import make_policy
 
 C = 7
 

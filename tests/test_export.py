@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from exitlab.costs import exit_costs
 from exitlab.data import load_dataset
 from exitlab.data.datasets import DEBIAN_FASHION_MNIST
+from exitlab.deploy.export import ExportError, OnnxModel, export_onnx, onnx_export, opset_range, read_manifest
 from exitlab.errors import ExitlabError
-from exitlab.export import ExportError, OnnxModel, export_onnx, onnx_export, opset_range, read_manifest
-from exitlab.inference import early_exit
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import Policy, make_policy
 from exitlab.models import BACKBONES, build_model
-from exitlab.policies import Policy, make_policy
+from exitlab.models.costs import exit_costs
 
 pytest.importorskip("onnxruntime")  # the CI installs the [export] extra; this only guards bare installs
 

@@ -10,12 +10,12 @@ import torch
 
 import exitlab
 from exitlab.cli import main
-from exitlab.config import load_config
-from exitlab.costs import exit_costs
-from exitlab.export import OnnxModel, read_manifest
-from exitlab.inference import early_exit
-from exitlab.policies import make_policy
-from exitlab.train import prepare_data, train
+from exitlab.deploy.export import OnnxModel, read_manifest
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
+from exitlab.models.costs import exit_costs
+from exitlab.runs.config import load_config
+from exitlab.training.engine import prepare_data, train
 
 pytest.importorskip("onnxruntime")  # the CI installs the [export] extra; this only guards bare installs
 
@@ -71,7 +71,7 @@ def test_policy_saved_with_the_model_is_exported(run, tmp_path):
     folder = tmp_path / "pretrained"
     model.save_pretrained(folder, classes=model.info["classes"], policy=make_policy("patience", threshold=2),
                           normalize={"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]})
-    out = exitlab.export.export_run(folder, tmp_path / "o", layout="all")
+    out = exitlab.deploy.export.export_run(folder, tmp_path / "o", layout="all")
     man = read_manifest(out)
     assert man.layout == "all" and len(man.graphs) == 1 and man.graphs[0].outputs == ["logits_0", "logits_1"]
     assert man.policy == {"name": "patience", "threshold": 2} and man.normalize["mean"] == [0.1, 0.2, 0.3]

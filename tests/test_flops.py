@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exitlab.costs import exit_costs
 from exitlab.errors import ConfigError
-from exitlab.flops import count_flops
 from exitlab.models import build_model, from_module
+from exitlab.models.costs import exit_costs
+from exitlab.models.flops import count_flops
 from exitlab.models.vit import Attention
 
 

@@ -5,16 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exitlab.config import PhaseConfig
-from exitlab.costs import exit_costs
 from exitlab.errors import ConfigError
-from exitlab.inference import early_exit
-from exitlab.loop import phase_loss
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.sweep import exit_indices
 from exitlab.models import build_model
+from exitlab.models.costs import exit_costs
 from exitlab.models.gpf import gpf_imitation_loss
-from exitlab.phases import Phase, plan_phases
-from exitlab.policies import make_policy
-from exitlab.sweep import exit_indices
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import phase_loss
+from exitlab.training.phases import Phase, plan_phases
 
 C = 7
 
@@ -95,7 +95,7 @@ def test_gpf_early_exit_makes_the_simulated_decisions():
 
 def test_gpf_trains_and_reloads_from_a_config(tiny_cfg, tmp_path):
     from exitlab import load
-    from exitlab.recipes import train
+    from exitlab.recipes.train import train
 
     cfg = tiny_cfg(regime="mixed", **{"model.head": "gpf", "model.head_kwargs": "{dim: 8}",
                                       "phase2.gpf_imitation": 1.0, "phase2.loss_weights": "sdn"})
@@ -132,8 +132,8 @@ def test_gpf_on_a_hugging_face_encoder():
 
 def test_onnx_export_refuses_gpf_heads_in_one_line(tmp_path):
     pytest.importorskip("onnx")
+    from exitlab.deploy.export import export_onnx
     from exitlab.errors import ExitlabError
-    from exitlab.export import export_onnx
 
     with pytest.raises(ExitlabError, match=r"ONNX export of GPF heads is not supported yet"):
         export_onnx(_model(), tmp_path / "out", input_shape=(3, 16, 16))

@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from exitlab import checkpoint as ckpt
-from exitlab.grid import plan_grid, run_grid
-from exitlab.rundir import read_jsonl
+from exitlab.runs import checkpoint as ckpt
+from exitlab.recipes.grid import plan_grid, run_grid
+from exitlab.runs.rundir import read_jsonl
 
 
 def test_disjoint_and_mixed_share_one_phase1(tiny_cfg, tmp_path):

@@ -89,7 +89,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycles():
     graph = _graph()
-    assert len(graph) > 40 and "exitlab.train" in graph and "exitlab.rundir" in graph["exitlab.train"]
+    engine = "exitlab.training.engine"
+    assert len(graph) > 40 and engine in graph and "exitlab.runs.rundir" in graph[engine]
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
@@ -100,13 +101,13 @@ def test_no_exitlab_import_inside_a_function():
 
 def test_training_does_not_import_the_analyses_or_evaluation():
     graph = _graph()
-    reach, todo = set(), ["exitlab.train"]
+    reach, todo = set(), ["exitlab.training.engine"]
     while todo:
         for v in graph.get(todo.pop(), ()):
             if v not in reach and v != "exitlab":
                 reach.add(v)
                 todo.append(v)
-    assert not {m for m in reach if m.startswith(("exitlab.analysis", "exitlab.evaluate", "exitlab.compare"))}
+    assert not {m for m in reach if m.startswith(("exitlab.analysis", "exitlab.evaluation", "exitlab.recipes"))}
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -116,14 +117,17 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_evaluation_and_analyses_do_not_import_the_trainer_to_get_their_data():
     graph = _graph()
-    for start in ("exitlab.evaluate", "exitlab.bench", "exitlab.analysis.cli", "exitlab.export.onnx_export"):
+    starts = ("exitlab.evaluation.evaluate", "exitlab.evaluation.bench", "exitlab.analysis.analyze",
+              "exitlab.deploy.export.onnx_export")
+    for start in starts:
         reach, todo = set(), [start]
         while todo:
             for v in graph.get(todo.pop(), ()):
                 if v not in reach and v != "exitlab":
                     reach.add(v)
                     todo.append(v)
-        assert "exitlab.train" not in reach and "exitlab.rundir" in reach, start  # the data comes from RunDir
+        # the data comes from RunDir, not from the training engine
+        assert "exitlab.training.engine" not in reach and "exitlab.runs.rundir" in reach, start
 
 
 def test_importing_exitlab_does_not_import_transformers():
@@ -136,3 +140,51 @@ def test_importing_exitlab_does_not_import_transformers():
     env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}  # this checkout's exitlab, whatever is installed
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
     assert "exitlab.models.hf" in _graph()["exitlab.models"]
+
+
+# The layers, bottom up: a package imports only from packages on a lower layer (or its own). Packages on one layer
+# do not import each other. The leaves errors and registry sit at the bottom; cli (and python -m exitlab) on top.
+LAYERS = [
+    {"errors"},
+    {"registry"},
+    {"models", "data"},
+    {"runs"},
+    {"training", "evaluation"},
+    {"analysis", "deploy"},
+    {"recipes"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None  # the package itself: __init__ gathers the public API from every layer
+    top = parts[1]
+    return next(i for i, layer in enumerate(LAYERS) if top in layer)
+
+
+def test_every_root_entry_has_a_layer():
+    entries = {p.stem for p in ROOT.iterdir() if (p.suffix == ".py" or p.is_dir()) and not p.name.startswith("_")}
+    entries |= {"__main__"}
+    assert entries <= set().union(*LAYERS), entries - set().union(*LAYERS)
+    assert len([e for e in entries if e != "__main__"]) <= 11
+
+
+def test_packages_import_only_from_lower_layers():
+    bad = []
+    for module, targets in _graph().items():
+        here = _layer(module)
+        for t in targets:
+            there = _layer(t)
+            if here is None or there is None or t.split(".")[1] == module.split(".")[1]:
+                continue
+            if there >= here:
+                bad.append(f"{module} -> {t}")
+    assert bad == []
+
+
+def test_the_layer_check_catches_an_upward_import():
+    assert _layer("exitlab.models.core") < _layer("exitlab.runs.rundir") < _layer("exitlab.training.loop")
+    assert _layer("exitlab.training.loop") == _layer("exitlab.evaluation.sweep")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from exitlab.costs import exit_costs
 from exitlab.errors import ConfigError
-from exitlab.inference import early_exit
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import ZTW, make_policy
+from exitlab.evaluation.sweep import exit_indices, simulate
 from exitlab.models import build_model, from_module
-from exitlab.policies import ZTW, make_policy
-from exitlab.sweep import exit_indices, simulate
+from exitlab.models.costs import exit_costs
 
 N, C = 24, 7
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exitlab.errors import ConfigError
-from exitlab.l2w import (
+from exitlab.training.l2w import (
     WeightNet,
     meta_step,
     meta_subsets,
@@ -107,8 +107,8 @@ def test_the_meta_step_leaves_batchnorm_statistics_alone():
 
 
 def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cfg, tmp_path):
-    from exitlab import checkpoint as ckpt
-    from exitlab.recipes import train
+    from exitlab.runs import checkpoint as ckpt
+    from exitlab.recipes.train import train
 
     over = {"phase2.epochs": 2, "phase2.l2w_epsilon": 0.8, "phase2.l2w_meta_lr": 0.01, "phase2.l2w_hidden": 8,
             "data.synthetic": "{size: 16, n_train: 280, n_test: 70}"}  # 4 steps per epoch: enough, and fast
@@ -125,7 +125,7 @@ def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cf
 
 
 def test_l2w_is_refused_where_it_does_not_apply(tiny_cfg):
-    from exitlab.phases import plan_phases
+    from exitlab.training.phases import plan_phases
 
     with pytest.raises(ConfigError, match=r"phase3.l2w_epsilon is set, but phase 3 ignores it"):
         plan_phases(tiny_cfg(regime="disjoint", **{"phase3.l2w_epsilon": 0.5}), 3)
@@ -134,10 +134,10 @@ def test_l2w_is_refused_where_it_does_not_apply(tiny_cfg):
 
 
 def test_the_phase_loss_with_sample_weights_is_the_weighted_mean_per_exit():
-    from exitlab.config import PhaseConfig
-    from exitlab.loop import phase_loss
     from exitlab.models import build_model
-    from exitlab.phases import Phase
+    from exitlab.runs.config import PhaseConfig
+    from exitlab.training.loop import phase_loss
+    from exitlab.training.phases import Phase
 
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=7, img_size=16, exits=[0, 1], head="pooled")

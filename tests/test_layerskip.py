@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 
-from exitlab import checkpoint as ckpt
-from exitlab.config import PhaseConfig
+from exitlab.runs import checkpoint as ckpt
 from exitlab.errors import ConfigError
-from exitlab.layerskip import curriculum_weights, exit_mask, time_scale
-from exitlab.loop import phase_loss
 from exitlab.models import build_model
 from exitlab.models.layerdrop import block_rates, layer_dropout, skippable_blocks
-from exitlab.phases import Phase, plan_phases
-from exitlab.planning import preflight
-from exitlab.recipes import train
+from exitlab.recipes.train import train
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.layerskip import curriculum_weights, exit_mask, time_scale
+from exitlab.training.loop import phase_loss
+from exitlab.training.phases import Phase, plan_phases
+from exitlab.training.planning import preflight
 from tests.conftest import train_and_resume
 
 

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from exitlab.config import PhaseConfig
 from exitlab.data import TensorLoader
 from exitlab.errors import TrainingError
-from exitlab.loop import lr_at, phase_loss, train_epoch
 from exitlab.models import build_model
-from exitlab.phases import Phase, exit_weights
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import lr_at, phase_loss, train_epoch
+from exitlab.training.phases import Phase, exit_weights
 
 NUM_CLASSES = 7
 BATCH = 8

@@ -2,11 +2,11 @@
 
 import torch
 
-from exitlab import checkpoint as ckpt
-from exitlab.loop import distill_loss, exit_losses
+from exitlab.runs import checkpoint as ckpt
 from exitlab.models import build_model
-from exitlab.rundir import read_jsonl
-from exitlab.train import train
+from exitlab.runs.rundir import read_jsonl
+from exitlab.training.engine import train
+from exitlab.training.loop import distill_loss, exit_losses
 
 
 def _grads(model, x, y, k, ge):

@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exitlab.errors import ConfigError
-from exitlab.loop import exit_losses, lr_at
-from exitlab.phases import REGIMES, explicit_weights, loss_weights, split_budget
-from exitlab.registries import sdn_weights, uniform_weights
+from exitlab.runs.components import sdn_weights, uniform_weights
+from exitlab.training.loop import exit_losses, lr_at
+from exitlab.training.phases import REGIMES, explicit_weights, loss_weights, split_budget
 
 
 def test_regimes_are_the_papers():
@@ -51,7 +51,7 @@ def test_vectorised_loss_equals_a_loop_over_exits():
 
 
 def test_cosine_schedule_ends_at_zero_and_starts_at_peak(tiny_cfg):
-    from exitlab.phases import plan_phases
+    from exitlab.training.phases import plan_phases
 
     phase = plan_phases(tiny_cfg(regime="joint"))[0]
     assert lr_at(phase, 0, 10) == pytest.approx(phase.options.lr)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exitlab.errors import ConfigError
-from exitlab.policies import (
+from exitlab.evaluation.policies import (
     POLICIES,
     ZTW,
     Confidence,
@@ -22,8 +22,8 @@ from exitlab.policies import (
     make_policy,
     policy_from_dict,
 )
-from exitlab.sweep import exit_indices
-from exitlab.ztw import ensemble_log_probs, fit_ensemble
+from exitlab.evaluation.sweep import exit_indices
+from exitlab.evaluation.ztw import ensemble_log_probs, fit_ensemble
 
 E, N, C = 4, 50, 7
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 import exitlab
 from exitlab.errors import CheckpointError
+from exitlab.evaluation.policies import make_policy, policy_from_dict
 from exitlab.models import MultiExitModel, build_model
-from exitlab.policies import make_policy, policy_from_dict
 
 CLASSES = ["a", "b", "c", "d", "e", "f", "g"]  # 7: an odd class count shows shape bugs
 

@@ -1,4 +1,4 @@
-"""Risk-controlled thresholds (exitlab.risk): the guarantee on synthetic data with a known risk, hand-computed
+"""Risk-controlled thresholds (evaluation.risk): the guarantee on synthetic data with a known risk, hand-computed
 p-values, fixed-sequence testing, and the refusals."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from exitlab.errors import ConfigError
-from exitlab.policies import make_policy
-from exitlab.risk import (
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.risk import (
     binomial_cdf,
     loss_sums,
     p_values,
@@ -208,7 +208,7 @@ def test_refusals():
 
 
 def test_risk_controlled_for_ztw():
-    from exitlab.ztw import fit_ensemble
+    from exitlab.evaluation.ztw import fit_ensemble
 
     train, val, test = _logits(seed=2), _logits(seed=0), _logits(seed=1)
     pol = fit_ensemble(*train, steps=20)
@@ -228,7 +228,7 @@ def test_the_disagreement_risk_needs_no_labels():
 
 
 def test_the_report_lines_say_what_was_chosen_and_what_was_refused():
-    from exitlab.risk import format_risk
+    from exitlab.evaluation.risk import format_risk
 
     val, test = _logits(seed=0), _logits(seed=1)
     costs = _FakeCosts([1.0, 2.0, 3.0, 4.0])

@@ -21,19 +21,19 @@ import numpy as np
 import pytest
 import torch
 
+from exitlab.deploy.export import ExportError, OnnxModel, check_threads, export_onnx
 from exitlab.errors import ExitlabError
-from exitlab.export import ExportError, OnnxModel, check_threads, export_onnx
-from exitlab.inference import early_exit
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
 from exitlab.models import build_model
-from exitlab.policies import make_policy
 
 pytest.importorskip("fastapi")  # the CI installs the [serve] extra; this only guards bare installs
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 Image = pytest.importorskip("PIL.Image")
 
-import exitlab.serve  # noqa: E402
-from exitlab.serve import Limits, check_port, create_app  # noqa: E402
+import exitlab.deploy.serve  # noqa: E402
+from exitlab.deploy.serve import Limits, check_port, create_app  # noqa: E402
 
 SHAPE = (1, 16, 16)
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six"]
@@ -333,14 +333,14 @@ def test_image_size_is_checked_before_decoding(client, monkeypatch):
 
 def test_slow_decode_does_not_stall_the_event_loop(url, monkeypatch):
     """While one upload's decode is blocked, /health answers: decoding runs off the event loop."""
-    entered, release, real = threading.Event(), threading.Event(), exitlab.serve.decode_image
+    entered, release, real = threading.Event(), threading.Event(), exitlab.deploy.serve.decode_image
 
     def blocked(data, shape):
         entered.set()
         assert release.wait(60), "the test never released the decode"
         return real(data, shape)
 
-    monkeypatch.setattr(exitlab.serve, "decode_image", blocked)
+    monkeypatch.setattr(exitlab.deploy.serve, "decode_image", blocked)
     result = {}
     upload = threading.Thread(target=lambda: result.update(r=httpx.post(
         f"{url}/predict", content=_png(_pixels(8)[0, 0]), headers=PNG, timeout=60)))
@@ -358,7 +358,7 @@ def test_slow_decode_does_not_stall_the_event_loop(url, monkeypatch):
 def test_decodes_run_in_the_bounded_pool(url, monkeypatch):
     """Every decode runs in an exitlab-decode thread, never more than ``max_decodes`` at once; the rest wait."""
     lock, release, active, seen = threading.Lock(), threading.Event(), [0, 0], []  # active: [now, peak]
-    real = exitlab.serve.decode_request
+    real = exitlab.deploy.serve.decode_request
 
     def counted(*args):
         with lock:
@@ -374,7 +374,7 @@ def test_decodes_run_in_the_bounded_pool(url, monkeypatch):
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(exitlab.serve, "decode_request", counted)
+    monkeypatch.setattr(exitlab.deploy.serve, "decode_request", counted)
     body, codes = json.dumps(np.zeros((1, *SHAPE)).tolist()).encode(), []
 
     def post():

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from exitlab.config import PhaseConfig
 from exitlab.data import TensorLoader
 from exitlab.errors import ConfigError
-from exitlab.loop import exit_losses, train_epoch
 from exitlab.models import build_model, from_module
-from exitlab.phases import Phase
-from exitlab.speed import VARIANTS_PER_SHAPE, compile_parts, is_compiled, maybe_compile, recompiles_needed
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.compile import VARIANTS_PER_SHAPE, compile_parts, is_compiled, maybe_compile, recompiles_needed
+from exitlab.training.loop import exit_losses, train_epoch
+from exitlab.training.phases import Phase
 
 NUM_CLASSES = 7  # odd on purpose: shape bugs show up
 STEPS = 4  # SGD steps in the short-training comparisons

@@ -17,13 +17,13 @@ pytest.importorskip("transformers")
 
 import exitlab  # noqa: E402
 from exitlab.cli import main  # noqa: E402
-from exitlab.config import RunConfig, from_dict  # noqa: E402
-from exitlab.costs import exit_costs, length_costs, length_table  # noqa: E402
-from exitlab.evaluate import evaluate_run  # noqa: E402
-from exitlab.inference import early_exit  # noqa: E402
-from exitlab.policies import make_policy  # noqa: E402
-from exitlab.rundir import RunDir  # noqa: E402
-from exitlab.sweep import simulate  # noqa: E402
+from exitlab.evaluation.evaluate import evaluate_run  # noqa: E402
+from exitlab.evaluation.inference import early_exit  # noqa: E402
+from exitlab.evaluation.policies import make_policy  # noqa: E402
+from exitlab.evaluation.sweep import simulate  # noqa: E402
+from exitlab.models.costs import exit_costs, length_costs, length_table  # noqa: E402
+from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.rundir import RunDir  # noqa: E402
 from tests.models.test_hf import tiny  # noqa: E402
 
 GOOD, BAD = "good great fine happy nice".split(), "bad awful poor sad nasty".split()
@@ -200,7 +200,7 @@ def test_two_ranks_train_a_text_encoder_like_one_process(tmp_path, text_run):
     single = exitlab.train(from_dict(RunConfig, cfg), tmp_path / "single")
     r = _torchrun(2, path, tmp_path / "ddp")
     assert r.returncode == 0, r.stderr[-3000:]
-    from exitlab import checkpoint as ckpt
+    from exitlab.runs import checkpoint as ckpt
 
     for name in ("00-phase1-end", "01-phase2-end", "02-phase3-end"):
         a, _ = ckpt.load_tensors(single / "checkpoints" / f"{name}.safetensors")
@@ -225,9 +225,9 @@ def test_export_refuses_a_text_run_in_one_line(text_run, capsys):
 
 
 def test_a_local_folder_gives_its_weights_with_pretrained_and_only_its_config_without(tmp_path):
-    from exitlab.config import ModelConfig
     from exitlab.data.textfiles import word_tokenizer
-    from exitlab.planning import model_from_config
+    from exitlab.runs.config import ModelConfig
+    from exitlab.training.planning import model_from_config
 
     hf = tiny("bert", num_labels=2)
     hf.save_pretrained(tmp_path / "m")

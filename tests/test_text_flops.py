@@ -9,10 +9,10 @@ import torch
 pytest.importorskip("transformers")
 
 import exitlab  # noqa: E402
-from exitlab.costs import exit_costs, length_costs  # noqa: E402
-from exitlab.inference import early_exit  # noqa: E402
+from exitlab.evaluation.inference import early_exit  # noqa: E402
+from exitlab.evaluation.policies import make_policy  # noqa: E402
+from exitlab.models.costs import exit_costs, length_costs  # noqa: E402
 from exitlab.models.hf import pack  # noqa: E402
-from exitlab.policies import make_policy  # noqa: E402
 from tests.models.test_hf import C, batch, tiny  # noqa: E402
 
 D, FF = 32, 64  # tiny(): hidden size and intermediate size

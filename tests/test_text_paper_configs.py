@@ -15,9 +15,9 @@ import torch
 pytest.importorskip("transformers")
 
 import exitlab  # noqa: E402
-from exitlab.compare import load_compare_config  # noqa: E402
-from exitlab.config import load_config  # noqa: E402
-from exitlab.rundir import read_jsonl  # noqa: E402
+from exitlab.recipes.compare import load_compare_config  # noqa: E402
+from exitlab.runs.config import load_config  # noqa: E402
+from exitlab.runs.rundir import read_jsonl  # noqa: E402
 from tests.data.test_text_files import _rows  # noqa: E402
 
 TEXT = Path(__file__).parent.parent / "configs" / "paper" / "text"

@@ -11,16 +11,16 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 
 import exitlab  # noqa: E402
-from exitlab.config import RunConfig, from_dict  # noqa: E402
 from exitlab.data import from_token_tensors  # noqa: E402
 from exitlab.data.text import strata  # noqa: E402
 from exitlab.errors import ConfigError  # noqa: E402
-from exitlab.inference import early_exit  # noqa: E402
-from exitlab.loop import exit_losses  # noqa: E402
+from exitlab.evaluation.inference import early_exit  # noqa: E402
+from exitlab.evaluation.policies import make_policy  # noqa: E402
+from exitlab.evaluation.sweep import exit_indices  # noqa: E402
 from exitlab.models.hf import pack  # noqa: E402
-from exitlab.policies import make_policy  # noqa: E402
-from exitlab.rundir import read_jsonl  # noqa: E402
-from exitlab.sweep import exit_indices  # noqa: E402
+from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.rundir import read_jsonl  # noqa: E402
+from exitlab.training.loop import exit_losses  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 
@@ -137,10 +137,10 @@ def _regression_config(root) -> dict:
 
 def test_exitlab_eval_on_a_regression_run_reports_mse_and_matches_real_early_exit(tmp_path, capsys):
     from exitlab.cli import main
-    from exitlab.costs import length_costs
-    from exitlab.evaluate import evaluate_run
-    from exitlab.rundir import RunDir
-    from exitlab.sweep import simulate
+    from exitlab.evaluation.evaluate import evaluate_run
+    from exitlab.evaluation.sweep import simulate
+    from exitlab.models.costs import length_costs
+    from exitlab.runs.rundir import RunDir
 
     out = exitlab.train(from_dict(RunConfig, _regression_config(tmp_path)), tmp_path / "run")
     result = evaluate_run(out)
@@ -176,7 +176,7 @@ def test_compare_and_the_analyses_on_regression_runs(tmp_path, capsys):
     import yaml
 
     from exitlab.cli import main
-    from exitlab.evaluate import evaluate_run
+    from exitlab.evaluation.evaluate import evaluate_run
 
     base = _regression_config(tmp_path)
     base.pop("regime")

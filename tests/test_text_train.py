@@ -1,4 +1,4 @@
-"""Training a Hugging Face encoder with exits through exitlab.train: the regimes' phase semantics hold (phase 3
+"""Training a Hugging Face encoder with exits through the engine: the regimes' phase semantics hold (phase 3
 leaves every encoder tensor bit-identical), a finished run reloads with exitlab.load, and the text loader pads each
 batch to its own longest sequence in a seeded order."""
 
@@ -10,10 +10,10 @@ import torch
 pytest.importorskip("transformers")
 
 import exitlab  # noqa: E402
-from exitlab.config import RunConfig, from_dict  # noqa: E402
 from exitlab.data import TextLoader, from_token_tensors  # noqa: E402
 from exitlab.errors import DataError  # noqa: E402
-from exitlab.rundir import read_jsonl  # noqa: E402
+from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.rundir import read_jsonl  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 OPT = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0}
@@ -104,7 +104,7 @@ def test_an_interrupted_text_run_resumes_to_the_uninterrupted_weights_exactly(tm
     """Dropout on, batches in length buckets: the resumed run reseeds both and ends bit-identical."""
     import json
 
-    from exitlab import checkpoint as ckpt
+    from exitlab.runs import checkpoint as ckpt
 
     ep = {**OPT, "epochs": 2}
     base = from_dict(RunConfig, {"data": {"batch_size": 16, "eval_batch_size": 32}, "progress": False})
@@ -157,8 +157,8 @@ def test_gradient_equilibrium_rescales_the_encoders_gradients_and_nothing_else()
 
 def test_exitlab_eval_on_a_text_run_trained_in_memory_takes_its_data_back(tmp_path):
     from exitlab.data import build_run_data
-    from exitlab.evaluate import evaluate_run
-    from exitlab.rundir import RunDir
+    from exitlab.evaluation.evaluate import evaluate_run
+    from exitlab.runs.rundir import RunDir
 
     _, out = _train([2], tmp_path / "r", budget=1)
     with pytest.raises(DataError, match="passed in memory"):  # its directory cannot rebuild the data
@@ -177,9 +177,9 @@ def test_compute_budgets_loss_weights_and_distillation_work_unchanged_on_text(tm
     import dataclasses
     import json
 
-    from exitlab.config import PhaseConfig
-    from exitlab.loop import phase_loss
-    from exitlab.phases import Phase
+    from exitlab.runs.config import PhaseConfig
+    from exitlab.training.loop import phase_loss
+    from exitlab.training.phases import Phase
 
     torch.manual_seed(0)
     src = _source()

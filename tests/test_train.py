@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from exitlab import checkpoint as ckpt
+from exitlab.runs import checkpoint as ckpt
 from exitlab.errors import ExitlabError, TrainingError
-from exitlab.loop import set_modes, set_trainable, train_epoch
-from exitlab.phases import plan_phases
-from exitlab.recipes import train
-from exitlab.rundir import read_jsonl
-from exitlab.train import _Run
+from exitlab.recipes.train import train
+from exitlab.runs.rundir import read_jsonl
+from exitlab.training.engine import _Run
+from exitlab.training.loop import set_modes, set_trainable, train_epoch
+from exitlab.training.phases import plan_phases
 from tests.conftest import interrupt_after
 
 
@@ -22,7 +22,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _run_one_phase(cfg, tmp_path, kind):
     run = _Run(cfg, tmp_path)
     (phase,) = [p for p in plan_phases(cfg) if p.kind == kind]
-    from exitlab.loop import make_optimizer, phase_module
+    from exitlab.training.loop import make_optimizer, phase_module
 
     params = set_trainable(run.model, phase)
     opt = make_optimizer(params, phase)

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exitlab.config import PhaseConfig
-from exitlab.loop import _clip_and_check, exit_losses, lr_at, make_optimizer
 from exitlab.models import build_model
 from exitlab.models.placement import nearest_distinct
-from exitlab.phases import Phase
+from exitlab.runs.config import PhaseConfig
+from exitlab.training.loop import _clip_and_check, exit_losses, lr_at, make_optimizer
+from exitlab.training.phases import Phase
 
 
 def test_gradient_clipping_matches_torch_and_leaves_small_gradients_alone():
@@ -79,8 +79,8 @@ def test_decay_on_weights_only_spares_norms_biases_position_embeddings_and_cls_t
 
 
 def test_training_with_every_option_on_runs_and_clips(tiny_cfg, tmp_path):
-    from exitlab.rundir import read_jsonl
-    from exitlab.train import train
+    from exitlab.runs.rundir import read_jsonl
+    from exitlab.training.engine import train
 
     cfg = tiny_cfg(regime="joint", **{"phase2.grad_clip": 0.5, "phase2.warmup_epochs": 0.5,
                                       "phase2.label_smoothing": 0.1, "phase2.decay_params": "weights"})
@@ -106,7 +106,7 @@ def test_flops_placement_picks_the_best_distinct_blocks(seed):
 
 
 def test_stop_rules_and_plateau_cuts():
-    from exitlab.stopping import Stopper
+    from exitlab.training.stopping import Stopper
 
     mean = Stopper(patience=2, rule="mean")
     every = Stopper(patience=2, rule="every")
@@ -126,8 +126,8 @@ def test_stop_rules_and_plateau_cuts():
 
 
 def test_plateau_schedule_scales_the_learning_rate_it_records(tiny_cfg, tmp_path):
-    from exitlab.rundir import read_jsonl
-    from exitlab.train import train
+    from exitlab.runs.rundir import read_jsonl
+    from exitlab.training.engine import train
 
     cfg = tiny_cfg(regime="joint", **{"phase2.schedule": "plateau", "phase2.plateau_patience": 1,
                                       "phase2.plateau_factor": 0.5, "phase2.epochs": 3, "phase2.patience": 3})
@@ -139,7 +139,7 @@ def test_plateau_schedule_scales_the_learning_rate_it_records(tiny_cfg, tmp_path
 
 
 def test_seeds_for_init_data_order_and_split_can_be_set_apart(tiny_cfg, tmp_path):
-    from exitlab.train import _Run
+    from exitlab.training.engine import _Run
 
     base = _Run(tiny_cfg(regime="joint"), tmp_path / "a")
     init = _Run(tiny_cfg(regime="joint", init_seed=5), tmp_path / "b")
@@ -148,6 +148,6 @@ def test_seeds_for_init_data_order_and_split_can_be_set_apart(tiny_cfg, tmp_path
     assert not torch.equal(w(base), w(init)) and torch.equal(w(base), w(split))  # init_seed: the weights only
     assert torch.equal(base.data.val.y, init.data.val.y)  # the same split
     assert not torch.equal(base.data.val.x, split.data.val.x)  # split_seed: another split
-    from exitlab.train import seed_epoch
+    from exitlab.training.engine import seed_epoch
 
     assert seed_epoch(0, 1, 2) != seed_epoch(5, 1, 2)  # order_seed feeds the per-epoch data seed

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from . import data
-from .checkpoint import from_pretrained, save_pretrained
-from .config import RunConfig, load_config
 from .errors import ExitlabError
-from .evaluate import evaluate_run
-from .inference import early_exit
+from .evaluation.evaluate import evaluate_run
+from .evaluation.inference import early_exit
+from .evaluation.policies import make_policy
 from .models import (
     BACKBONES,
     HEADS,
@@ -19,11 +18,12 @@ from .models import (
     from_timm,
     from_torchvision,
 )
-from .phases import REGIMES, Phase, plan_phases
-from .policies import make_policy
-from .recipes import train
-from .rundir import RunDir
-from .version import __version__
+from .recipes.train import train
+from .runs.checkpoint import from_pretrained, save_pretrained
+from .runs.config import RunConfig, load_config
+from .runs.rundir import RunDir
+from .runs.version import __version__
+from .training.phases import REGIMES, Phase, plan_phases
 
 
 def load(run_dir, *, module=None) -> MultiExitModel:

@@ -10,24 +10,24 @@ from pathlib import Path
 
 import torch
 
-from .analysis.cli import Options, analyze, redraw_files
-from .bench import bench_run, format_bench
-from .compare import load_compare_config, run_compare
-from .compare.report import build_report
-from .compare.tables import markdown, paper_table
-from .config import check_range, load_config
-from .demo import run_demo
-from .demo_text import run_text_demo
+from .analysis.analyze import Options, analyze, redraw_files
+from .deploy.export import export_run
+from .deploy.serve import Limits, check_port, create_app
 from .errors import ConfigError, ExitlabError
-from .evalextras import ExtraOptions, add_extra_arguments
-from .evaluate import evaluate_run, format_report
-from .export import export_run
+from .evaluation.bench import bench_run, format_bench
+from .evaluation.evaluate import evaluate_run, format_report
+from .evaluation.extras import ExtraOptions, add_extra_arguments
+from .evaluation.policies import POLICIES, make_policy
+from .evaluation.ztw import ztw_for_run
 from .models import BACKBONES, HEADS
-from .policies import POLICIES, make_policy
-from .recipes import train
-from .registries import LOSS_WEIGHTS, OPTIMIZERS, REGIME_PRESETS, REGIMES, SCHEDULES
-from .serve import Limits, check_port, create_app
-from .ztw import ztw_for_run
+from .recipes.compare import load_compare_config, run_compare
+from .recipes.compare.report import build_report
+from .recipes.compare.tables import markdown, paper_table
+from .recipes.demo import run_demo
+from .recipes.demo_text import run_text_demo
+from .recipes.train import train
+from .runs.components import LOSS_WEIGHTS, OPTIMIZERS, REGIME_PRESETS, REGIMES, SCHEDULES
+from .runs.config import check_range, load_config
 
 
 class UsageError(ExitlabError):

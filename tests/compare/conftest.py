@@ -1,6 +1,6 @@
 import pytest
 
-from exitlab.compare import load_compare_config, run_compare
+from exitlab.recipes.compare import load_compare_config, run_compare
 from tests.compare.test_compare import write_config
 
 

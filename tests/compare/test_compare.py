@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from exitlab.compare import load_compare_config, run_compare
 from exitlab.errors import ConfigError, ExitlabError
+from exitlab.recipes.compare import load_compare_config, run_compare
 
 TINY = {
     "base": {"data": {"name": "synthetic", "synthetic": {"size": 16, "n_train": 560, "n_test": 140},
@@ -75,7 +75,7 @@ def test_output_directory_with_another_config_is_refused(compared, tmp_path):
 def test_variants_get_their_own_runs(tmp_path):
     variants = ["sdn-weights", {"wide": {"model.exits": [1]}}]
     cc = load_compare_config(write_config(tmp_path / "v.yaml", variants=variants))
-    from exitlab.compare.run import plan
+    from exitlab.recipes.compare.run import plan
 
     names = [j.name for j in plan(cc, tmp_path / "out")]
     assert "seed0/mixed-sdn-weights" in names and "seed0/phase1-wide" in names and "seed0/joint-wide" in names
@@ -87,7 +87,7 @@ def test_variants_get_their_own_runs(tmp_path):
 def test_regime_overrides_change_one_regime_and_keep_phase1_shared(tmp_path):
     over = {"joint": {"phase2.lr": 0.1}, "mixed": {"phase2.lr": 0.01}}
     cc = load_compare_config(write_config(tmp_path / "o.yaml", regime_overrides=over))
-    from exitlab.compare.run import plan
+    from exitlab.recipes.compare.run import plan
 
     jobs = {j.name: j for j in plan(cc, tmp_path / "out")}
     assert jobs["seed0/joint"].cfg.phase2.lr == 0.1 and jobs["seed0/mixed"].cfg.phase2.lr == 0.01
@@ -114,7 +114,7 @@ def test_overthinking_and_improvability_tables_match_the_evaluations(compared):
         assert hcells == [f"{100 * v:.2f} ± 0.00" if v is not None else "n/a" for v in ex["improvability"]]
     for ext in ("csv", "tex"):
         assert (out / "tables" / f"improvability.{ext}").read_text().count("mixed") == 1
-    from exitlab.compare.report import build_report
+    from exitlab.recipes.compare.report import build_report
 
     page = build_report(out).read_text()
     assert "<h2>Overthinking (SDN)</h2>" in page and "<h2>Hindsight improvability (ZTW)</h2>" in page

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from exitlab.compare.report import build_report
+from exitlab.recipes.compare.report import build_report
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -66,6 +66,6 @@ def make_shards(d: Path, counts: list[int], *, num_classes: int = 3, seed: int =
 
 def data_config(**overrides):
     """A DataConfig from ``data.<key>=<value>`` overrides, as the trainer would build it."""
-    from exitlab.config import load_config
+    from exitlab.runs.config import load_config
 
     return load_config(None, [f"data.{k}={v}" for k, v in overrides.items()]).data

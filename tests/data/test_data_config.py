@@ -2,8 +2,8 @@
 
 import pytest
 
-from exitlab.config import DataConfig, load_config
 from exitlab.errors import ConfigError
+from exitlab.runs.config import DataConfig, load_config
 
 
 def test_new_data_keys_have_working_defaults():

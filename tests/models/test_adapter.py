@@ -9,9 +9,9 @@ import torch
 import exitlab
 from exitlab.cli import main
 from exitlab.errors import ConfigError, ExitlabError
-from exitlab.inference import early_exit
-from exitlab.policies import make_policy
-from exitlab.sweep import exit_indices
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.sweep import exit_indices
 from tests.models.factories import Net, SharedRelu, Skip
 
 FACTORY = "tests.models.factories:make_net"

@@ -17,9 +17,9 @@ import torch
 import exitlab
 from exitlab.cli import main
 from exitlab.errors import ConfigError, ExitlabError
-from exitlab.inference import early_exit
-from exitlab.policies import make_policy
-from exitlab.sweep import exit_indices
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.sweep import exit_indices
 
 SIZE = 32
 SYNTHETIC = {"name": "synthetic", "synthetic": {"size": SIZE, "channels": 3, "n_train": 140, "n_test": 35},

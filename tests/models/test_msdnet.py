@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-from exitlab.costs import exit_costs
 from exitlab.errors import ConfigError, ExitlabError
-from exitlab.inference import early_exit
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
 from exitlab.models import build_model, model_from_spec
 from exitlab.models.contract import MultiScaleFeature
+from exitlab.models.costs import exit_costs
 from exitlab.models.heads import CoarsestScale
 from exitlab.models.msdnet import MSDNetHead, layer_plan
-from exitlab.policies import make_policy
 
 # Reference counts per exit: see the docstring of test_parameters_and_flops_per_exit_equal_the_reference_code.
 REFERENCE = {
@@ -133,8 +133,8 @@ def test_bad_options_and_token_exits_are_one_line_errors():
 
 @pytest.mark.parametrize("regime", ["joint", "disjoint", "mixed"])
 def test_the_regimes_train_msdnet_end_to_end(tiny_cfg, tmp_path, regime):
-    from exitlab.recipes import train
-    from exitlab.rundir import read_jsonl
+    from exitlab.recipes.train import train
+    from exitlab.runs.rundir import read_jsonl
 
     cfg = tiny_cfg(regime=regime, **{"model.backbone": "msdnet", "model.exits": "every:1",
                                      "model.backbone_kwargs": json.dumps(TINY).replace('"', ""),
@@ -182,7 +182,7 @@ def test_rank_mi_gradients_landscape_and_connectivity_run_on_the_multi_scale_sta
 @pytest.mark.slow  # about 30 s on 2 shared cores (three graphs through the dynamo exporter)
 def test_staged_onnx_export_passes_every_scale_between_stages(tmp_path):
     pytest.importorskip("onnxruntime")
-    from exitlab.export import OnnxModel, export_onnx
+    from exitlab.deploy.export import OnnxModel, export_onnx
     from tests.test_export import assert_same_as_pytorch, tiny_model
 
     model = tiny_model("msdnet", [0, 2], head="msdnet", cascade=True, img=16, **TINY)

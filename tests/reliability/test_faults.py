@@ -10,10 +10,10 @@ import signal
 import pytest
 import torch
 
-from exitlab import checkpoint as ckpt
-from exitlab.config import load_config
-from exitlab.rundir import read_jsonl
-from exitlab.train import train
+from exitlab.runs import checkpoint as ckpt
+from exitlab.runs.config import load_config
+from exitlab.runs.rundir import read_jsonl
+from exitlab.training.engine import train
 from tests.conftest import tiny_overrides
 
 STEPS_PER_EPOCH = 7  # 504 training samples, batch 64, drop_last

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exitlab.cli import build_parser, main
-from exitlab.config import load_config
 from exitlab.errors import ExitlabError
-from exitlab.planning import preflight
+from exitlab.runs.config import load_config
+from exitlab.training.planning import preflight
 
 KEYS = ["regime", "budget", "phase1_share", "seed", "device", "amp", "threads", "checkpoint_every", "keep_checkpoints",
         "model.backbone", "model.exits", "model.head", "model.head_kwargs", "model.backbone_kwargs",

@@ -8,12 +8,12 @@ import sys
 import pytest
 
 from exitlab.errors import CheckpointError, ExitlabError
-from exitlab.train import train
+from exitlab.training.engine import train
 
 
 def test_a_second_process_on_the_same_run_directory_is_refused(tiny_cfg, tmp_path):
     out = tmp_path / "run"
-    hold = "import sys, time; from pathlib import Path; from exitlab.rundir import RunLock\n" \
+    hold = "import sys, time; from pathlib import Path; from exitlab.runs.rundir import RunLock\n" \
            "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -36,7 +36,7 @@ def test_unwritable_output_is_detected_before_training(tiny_cfg, tmp_path):
 
 
 def test_full_disk_at_the_first_failed_write_is_a_clear_error(tiny_cfg, tmp_path, monkeypatch):
-    import exitlab.checkpoint as ckpt
+    import exitlab.runs.checkpoint as ckpt
 
     def no_space(tensors, path, metadata=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from exitlab.errors import ExitlabError
-from exitlab.rundir import RunLock
+from exitlab.runs.rundir import RunLock
 from tests.compare.test_compare import TINY
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from exitlab.rundir import RunLock
+from exitlab.runs.rundir import RunLock
 from tests.compare.test_compare import TINY
 with RunLock(Path(sys.argv[1])):
     print("locked", flush=True)
@@ -94,7 +94,7 @@ def _group(pgid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to list a process group")
 def test_killing_the_compare_parent_alone_leaves_no_workers_and_resume_reuses_finished_runs(tmp_path):
-    from exitlab.compare import load_compare_config, run_compare
+    from exitlab.recipes.compare import load_compare_config, run_compare
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))

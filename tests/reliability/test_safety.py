@@ -8,13 +8,13 @@ import torch
 
 from exitlab import cli
 from exitlab.errors import ExitlabError
-from exitlab.evaluate import compute_logits
-from exitlab.inference import early_exit
+from exitlab.evaluation.evaluate import compute_logits
+from exitlab.evaluation.inference import early_exit
+from exitlab.evaluation.policies import make_policy
+from exitlab.evaluation.sweep import simulate
 from exitlab.models import build_model
-from exitlab.policies import make_policy
-from exitlab.rundir import read_jsonl
-from exitlab.sweep import simulate
-from exitlab.train import seed_epoch, train
+from exitlab.runs.rundir import read_jsonl
+from exitlab.training.engine import seed_epoch, train
 
 
 def _model():

@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_state, load_tensors
-from ..config import RunConfig
 from ..data import RunData
 from ..errors import ExitlabError
 from ..models.contract import TextFeature
 from ..models.core import BlocksBackbone, MultiExitModel, MultiScaleFeature
-from ..phases import regime_label
-from ..planning import model_from_config
-from ..rundir import RunDir, checkpoints
+from ..runs.checkpoint import load_state, load_tensors
+from ..runs.config import RunConfig
+from ..runs.rundir import RunDir, checkpoints
+from ..training.phases import regime_label
+from ..training.planning import model_from_config
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 

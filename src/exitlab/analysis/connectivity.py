@@ -25,8 +25,8 @@ import logging
 import torch
 
 from ..errors import ExitlabError
-from ..loop import exit_losses
 from ..models.core import MultiExitModel
+from ..training.loop import exit_losses
 from .common import Batches, exit_metrics, exit_names, reestimate_bn
 from .matching import align as weight_match
 from .seeds import scalar_stats

@@ -21,13 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import PhaseConfig
 from ..errors import ExitlabError
-from ..files import append_jsonl
-from ..loop import distill_loss, exit_losses, set_modes
 from ..models.core import MultiExitModel
-from ..phases import Phase, exit_weights
-from ..rundir import RunDir
+from ..runs.config import PhaseConfig
+from ..runs.files import append_jsonl
+from ..runs.rundir import RunDir
+from ..training.loop import distill_loss, exit_losses, set_modes
+from ..training.phases import Phase, exit_weights
 from .common import Batches, block_groups, exit_names, finite, preserved
 
 MODES = ("current", "train", "eval")

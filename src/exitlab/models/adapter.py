@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ExitlabError
-from ..flops import count_flops
 from .contract import ExitPoint, TapFn
 from .core import MultiExitModel, eval_mode
+from .flops import count_flops
 
 
 class _Stop(Exception):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..flops import count_flops
+from .flops import count_flops
 
 
 def block_flops(backbone: nn.Module, input_shape: tuple[int, ...]) -> list[int]:

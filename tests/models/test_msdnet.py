@@ -183,7 +183,7 @@ def test_rank_mi_gradients_landscape_and_connectivity_run_on_the_multi_scale_sta
 def test_staged_onnx_export_passes_every_scale_between_stages(tmp_path):
     pytest.importorskip("onnxruntime")
     from exitlab.deploy.export import OnnxModel, export_onnx
-    from tests.test_export import assert_same_as_pytorch, tiny_model
+    from tests.deploy.test_export import assert_same_as_pytorch, tiny_model
 
     model = tiny_model("msdnet", [0, 2], head="msdnet", cascade=True, img=16, **TINY)
     man = export_onnx(model, tmp_path, input_shape=(1, 16, 16))

@@ -15,13 +15,13 @@ import yaml
 
 from exitlab.errors import ExitlabError
 from exitlab.runs.rundir import RunLock
-from tests.compare.test_compare import TINY
+from tests.recipes.compare.test_compare import TINY
 
 HOLD = """
 import sys, time
 from pathlib import Path
 from exitlab.runs.rundir import RunLock
-from tests.compare.test_compare import TINY
+from tests.recipes.compare.test_compare import TINY
 with RunLock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)

@@ -213,8 +213,8 @@ def test_selected_thresholds_come_from_val_and_are_reported_on_test(run_dir):
 
 
 def test_logits_are_cached_and_recomputed_when_the_model_changes(run_dir, monkeypatch):
-    from exitlab.evaluation import evaluate as ev
     from exitlab import load, save_pretrained
+    from exitlab.evaluation import evaluate as ev
     from exitlab.runs import rundir
 
     first = ev.cached_logits(run_dir, "val")

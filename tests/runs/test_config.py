@@ -48,7 +48,7 @@ def test_overrides_do_not_mutate_the_input():
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    configs = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+    configs = sorted(Path(__file__).parents[2].joinpath("configs").rglob("*.yaml"))
     assert configs, "no shipped configs found"
     for path in configs:
         first = path.read_text().splitlines()[0]

@@ -2,8 +2,8 @@
 
 import torch
 
-from exitlab.runs import checkpoint as ckpt
 from exitlab.models import build_model
+from exitlab.runs import checkpoint as ckpt
 from exitlab.runs.rundir import read_jsonl
 from exitlab.training.engine import train
 from exitlab.training.loop import distill_loss, exit_losses

@@ -64,7 +64,7 @@ def test_export_cli_staged_matches_pytorch(run, tmp_path, capsys):
     assert all(isinstance(f, int) for f in raw["exit_flops"]) and raw["policy"]["name"] == "entropy"
 
 
-@pytest.mark.slow  # another export; the all-exits layout is also covered by tests/test_serve.py
+@pytest.mark.slow  # another export; the all-exits layout is also covered by tests/deploy/test_serve.py
 def test_policy_saved_with_the_model_is_exported(run, tmp_path):
     run_dir, _ = run
     model = exitlab.load(run_dir)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from exitlab.runs import checkpoint as ckpt
 from exitlab.errors import ExitlabError, TrainingError
 from exitlab.recipes.train import train
+from exitlab.runs import checkpoint as ckpt
 from exitlab.runs.rundir import read_jsonl
 from exitlab.training.engine import _Run
 from exitlab.training.loop import set_modes, set_trainable, train_epoch

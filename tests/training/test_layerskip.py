@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from exitlab.runs import checkpoint as ckpt
 from exitlab.errors import ConfigError
 from exitlab.models import build_model
 from exitlab.models.layerdrop import block_rates, layer_dropout, skippable_blocks
 from exitlab.recipes.train import train
+from exitlab.runs import checkpoint as ckpt
 from exitlab.runs.config import PhaseConfig
 from exitlab.training.layerskip import curriculum_weights, exit_mask, time_scale
 from exitlab.training.loop import phase_loss

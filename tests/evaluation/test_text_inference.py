@@ -13,8 +13,8 @@ from exitlab.evaluation.inference import early_exit  # noqa: E402
 from exitlab.evaluation.policies import POLICIES, ZTW, make_policy  # noqa: E402
 from exitlab.evaluation.sweep import exit_indices  # noqa: E402
 from exitlab.models.hf import pack  # noqa: E402
+from tests.evaluation.test_inference import _random_thresholds  # noqa: E402
 from tests.models.test_hf import C, batch, tiny  # noqa: E402
-from tests.test_inference import _random_thresholds  # noqa: E402
 
 N = 18
 

@@ -20,7 +20,7 @@ from exitlab.runs.config import load_config  # noqa: E402
 from exitlab.runs.rundir import read_jsonl  # noqa: E402
 from tests.data.test_text_files import _rows  # noqa: E402
 
-TEXT = Path(__file__).parent.parent / "configs" / "paper" / "text"
+TEXT = Path(__file__).parents[2] / "configs" / "paper" / "text"
 TINY = ["model.backbone=hf:bert", "model.pretrained=false", "data.text.tokenizer=wordpiece", "data.text.vocab_size=60",
         "data.text.max_length=24", "data.batch_size=16", "data.eval_batch_size=32", "amp=none", "device=cpu",
         "progress=false", "model.backbone_kwargs={hidden_size: 16, num_hidden_layers: 3, num_attention_heads: 2, "

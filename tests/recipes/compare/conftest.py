@@ -1,7 +1,7 @@
 import pytest
 
 from exitlab.recipes.compare import load_compare_config, run_compare
-from tests.compare.test_compare import write_config
+from tests.recipes.compare.test_compare import write_config
 
 
 @pytest.fixture(scope="session")

@@ -107,8 +107,8 @@ def test_the_meta_step_leaves_batchnorm_statistics_alone():
 
 
 def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cfg, tmp_path):
-    from exitlab.runs import checkpoint as ckpt
     from exitlab.recipes.train import train
+    from exitlab.runs import checkpoint as ckpt
 
     over = {"phase2.epochs": 2, "phase2.l2w_epsilon": 0.8, "phase2.l2w_meta_lr": 0.01, "phase2.l2w_hidden": 8,
             "data.synthetic": "{size: 16, n_train: 280, n_test: 70}"}  # 4 steps per epoch: enough, and fast

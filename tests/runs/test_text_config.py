@@ -190,7 +190,7 @@ def test_bad_text_config_gets_one_line(tmp_path, case, capsys):
 def test_two_ranks_train_a_text_encoder_like_one_process(tmp_path, text_run):
     """DDP under torchrun (gloo, CPU) on text: each rank pads its slice of the global batch to its own longest
     text, builds the same tokenizer, and the weights equal one process's (no dropout in this encoder)."""
-    from tests.test_distributed import _torchrun
+    from tests.training.test_distributed import _torchrun
 
     root, _ = text_run
     cfg = text_config(root, regime=[1, 2, 3], budget=0, phase1={"epochs": 1}, phase2={"epochs": 1},

@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from exitlab.runs import checkpoint as ckpt
 from exitlab.recipes.grid import plan_grid, run_grid
+from exitlab.runs import checkpoint as ckpt
 from exitlab.runs.rundir import read_jsonl
 
 

@@ -3,8 +3,8 @@
 Each case is (command line, expected last line of stderr). ``{d}`` stands for the test's working directory, which
 holds two finished tiny runs (``run``: ResNet-8 with exits [0, 1]; ``run20``: ResNet-20 with exit [2]) and the
 files each case needs. Every case must exit with code 2 and leave existing results untouched. The HTTP inputs that
-``exitlab serve`` rejects with a 4xx JSON answer are catalogued next to the server, in ``tests/test_serve.py``
-(``BAD``); DDP launch errors that need two processes are in ``tests/test_distributed.py``.
+``exitlab serve`` rejects with a 4xx JSON answer are catalogued next to the server, in ``tests/deploy/test_serve.py``
+(``BAD``); DDP launch errors that need two processes are in ``tests/training/test_distributed.py``.
 """
 
 import dataclasses
@@ -66,7 +66,7 @@ CASES = {
                                   "error: budget: 2 epochs cannot be split over phases [1, 2, 3] (got [1, 1, 0]); "
                                   "raise budget or adjust phase1_share"),
     "malformed --set": (T + ["--set", "budget"], "error: --set 'budget': expected key=value, e.g. --set phase2.lr=0.1"),
-    # ---- train: text configs (the cases that need transformers are in tests/test_text_config.py)
+    # ---- train: text configs (the cases that need transformers are in tests/runs/test_text_config.py)
     "text data with an image backbone": (T + ["--set", "data.synthetic={}", "--set", "data.name=text", "--set",
                                               "data.text.train=t.csv"],
                                          "error: model.backbone 'resnet8' with data.name 'text': text data needs a "

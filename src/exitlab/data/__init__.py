@@ -9,9 +9,10 @@ from .run import Loader, RunData, build_run_data
 from .sources import DATASETS, Source, StreamSource, from_datasets, from_tensors, load_dataset, load_source
 from .stream import Samples, StreamLoader
 from .text import TextLoader, TextSource, from_token_tensors
+from .textfiles import TEXT_DATA
 from .transforms import AUGMENTS, Recipe
 
 __all__ = ["AUGMENTS", "DATASETS", "Dataset", "Loader", "Recipe", "RunData", "Samples", "Source", "StreamLoader",
-           "StreamSource", "TensorLoader", "TextLoader", "TextSource", "build_run_data", "channel_stats",
+           "StreamSource", "TEXT_DATA", "TensorLoader", "TextLoader", "TextSource", "build_run_data", "channel_stats",
            "from_datasets", "from_tensors", "from_token_tensors", "load_dataset", "load_source", "random_crop_flip",
            "stratified_split", "stratified_subset"]

@@ -17,6 +17,8 @@ import torch
 
 from ..errors import ConfigError
 from .datasets import Dataset
+from .debian import debian_source
+from .lee import lee_source
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
 from .sources import Source, StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, resolve_workers, stream_stats
@@ -84,6 +86,7 @@ class RunData:
     shape: tuple[int, ...]  # one sample: (C, H, W); text: (3, mean token length), see exitlab.data.text
     normalize: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} applied to [0, 1] pixels
     tokenizer: Any = None  # text: the tokenizer that made the ids (a run saves it beside its model)
+    fingerprint: str = ""  # SHA-256 of the built data set, when its source computes one (debian_sections, lee)
 
     def split(self, name: str) -> Loader:
         if name not in ("train", "val", "test"):
@@ -108,7 +111,8 @@ def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: t
     :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
     three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
     if source is None:
-        source = text_source(d) if d.name in TEXT_DATA else load_source(d)
+        read = {"debian_sections": debian_source, "lee": lee_source}.get(d.name, text_source)
+        source = read(d) if d.name in TEXT_DATA else load_source(d)
     src = source
     if isinstance(src, TextSource):
         return _text_data(src, d, seed, device, shard)
@@ -150,6 +154,7 @@ def _text_data(src: TextSource, d: DataSettings, seed: int, device: torch.device
         classes=src.classes,
         shape=src.shape,
         tokenizer=src.tokenizer,
+        fingerprint=src.fingerprint,
     )
 
 

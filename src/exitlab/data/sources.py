@@ -18,7 +18,7 @@ from .shards import webdataset_splits
 from .stream import Samples
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "webdataset", "text",
-            "spam_assassin")
+            "spam_assassin", "debian_sections", "lee")
 
 
 @dataclass
@@ -183,7 +183,7 @@ def load_dataset(name: str, root: str | None = None, *, download: bool = True, i
         return synthetic(**dict(synthetic_kwargs or {}))
     if name == "webdataset":
         raise ConfigError("data.name webdataset is streamed, not loaded into memory; use load_source")
-    if name in ("text", "spam_assassin"):
+    if name in ("text", "spam_assassin", "debian_sections", "lee"):
         raise ConfigError(f"data.name {name} is text; it is read by exitlab.data.textfiles.text_source")
     raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 

@@ -29,6 +29,7 @@ class TextSource:
     classes: list[str]
     length_buckets: int = 0  # training batches: sort by length within buckets of this many batches (0: off)
     tokenizer: object = None  # the tokenizer that made the ids, when known (a run saves it beside its model)
+    fingerprint: str = ""  # SHA-256 of the built texts and labels, when the source computes one (runs record it)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
+from ..models.pretrained import tokenizer_source
 from .loader import stratified_split
 from .text import TextSource, from_token_tensors, strata
 
 log = logging.getLogger("exitlab")
-TEXT_DATA = ("text", "spam_assassin")  # the data.name values this module reads
+TEXT_DATA = ("text", "spam_assassin", "debian_sections", "lee")  # the data.name values this module reads
 SPAM_GROUPS = {"easy-ham-1": 0, "easy-ham-2": 0, "hard-ham-1": 0, "spam-1": 1, "spam-2": 1}
 
 
@@ -165,6 +166,7 @@ def _tokenizer(tokenizer, train_rows, vocab_size: int):
         return word_tokenizer(texts + (pairs or []), vocab_size)
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
+    tokenizer = tokenizer_source(str(tokenizer))  # hf:minilm (a known model): its checked folder
     try:
         return _extra("transformers").AutoTokenizer.from_pretrained(str(Path(tokenizer).expanduser())
                                                                     if Path(tokenizer).expanduser().exists()

@@ -201,6 +201,7 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split:
         "auc": curves[policy]["auc"], "chosen_on": curves[policy]["chosen_on"],
         "selected": curves[policy].get("selected"), "budgeted": curves[policy].get("budgeted"),
         "test_frontier": curves[policy]["test_frontier"], "policies": curves, "notes": NOTES,
+        **{k: run.status()[k] for k in ("regime_title", "data_fingerprint") if k in run.status()},
     }
     add_extras(result, run, pols, policy, logits, labels, val, costs, extras, val_costs=val_costs)
     if write:
@@ -216,6 +217,8 @@ def format_report(result: dict) -> str:
     lines = [f"{result['run_dir']}: {result['split']} split, {result['samples']} samples; backbone "
              f"{c['backbone_flops'] / 1e6:.2f} MFLOPs ({c['backbone_macs'] / 1e6:.2f} MMACs; FLOPs = 2 x MACs)"
              + ("; text: the mean over the texts, each at its own length" if "per_sample" in c else ""),
+             *([f"regime {result['regime_title']}"] if result.get("regime_title") else []),
+             *([f"data sha256 {result['data_fingerprint']}"] if result.get("data_fingerprint") else []),
              f"{'exit':>4} {'block':>5} {'MFLOPs':>9} {'backbone':>8} {'params':>9} "
              + (f"{'MSE':>8}" if reg else f"{'acc':>7} {'ECE':>6}")]
     for e in result["exits"]:

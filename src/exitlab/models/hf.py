@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from .contract import ExitPoint, TapFn, TextFeature
 from .core import MultiExitModel
 from .heads import build_head
+from .pretrained import load_classifier, resolve
 
 # model_type -> (path of the base model's layer list, how the final exit reads the last layer)
 LAYOUTS = {
@@ -289,10 +290,11 @@ def build_hf(source: str, *, num_labels: int, exits="every:1", head: str | None 
         raise ConfigError(f"model.head_kwargs.{bad[0]}: unknown option of the {head} head; valid: "
                           f"{', '.join(HEAD_OPTIONS[head])}")
     scratch = check_hf_source(source, pretrained)
+    name = resolve(name, pretrained)  # a known model's checked folder, or a user's folder checked for completeness
     if pretrained:
         if kw:
             raise ConfigError("model.backbone_kwargs: a pretrained encoder keeps its own configuration; drop them")
-        module = _load(name, num_labels, with_head=True, attn=None)
+        module = load_classifier(name, num_labels) if Path(name).is_dir() else _load(name, num_labels, True, None)
     else:
         if vocab_size and "vocab_size" not in kw:
             kw["vocab_size"] = vocab_size
@@ -318,6 +320,8 @@ def check_hf_source(source: str, pretrained: bool | str) -> bool:
         raise ConfigError("model.backbone: hf: needs a model type (bert, roberta, distilbert, electra), a local folder "
                           "or a cached name, e.g. hf:bert")
     scratch = name in LAYOUTS and not Path(name).exists()
+    if not scratch:
+        resolve(name, pretrained)  # a known model installed and intact, or a folder that has what loading needs
     if scratch and pretrained:
         raise ConfigError(f"model.pretrained: hf:{name} is a model type, which has no weights; give the folder (or "
                           "cached name) of a pretrained model, e.g. hf:/models/bert-base-uncased")

@@ -20,7 +20,7 @@ from ..runs import faults
 from ..runs.config import RunConfig, apply_overrides, from_dict, to_dict
 from ..runs.rundir import read_jsonl, read_status
 from ..training.engine import phase1_signature, run_signature
-from ..training.phases import phase_kinds, regime_label  # noqa: F401  (regime_label re-exported)
+from ..training.phases import regime_label  # noqa: F401  (regime_label re-exported)
 from ..training.planning import preflight
 from .procs import worker_pool
 from .train import train
@@ -64,7 +64,7 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
             phases = preflight(cfg)  # every cell fails now, before any trains, if it can fail without data
             label = f"{regime_label(regime)}{suffix}"
             job = Job(f"seed{seed}/{label}", cfg, out / f"seed{seed}" / label, epochs=sum(p.epochs for p in phases))
-            kinds = phase_kinds(regime)
+            kinds = tuple(p.kind for p in phases)  # a pretrained backbone may leave phase 1 out (phase1.epochs: 0)
             if kinds[0] == 1 and len(kinds) > 1:
                 e1, f1, key = phases[0].epochs, phases[0].flops, phase1_signature(cfg, phases)
                 if key not in shared:

@@ -13,7 +13,8 @@ from typing import Any, Union
 
 import yaml
 
-from ..data import DATASETS
+from ..data import DATASETS, TEXT_DATA
+from ..data.debian import DebianOptions
 from ..errors import ConfigError
 from .components import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
 
@@ -72,6 +73,7 @@ class DataConfig:
     wds_label: str = "cls"  # webdataset: extension of the label member (an integer 0..C-1 as text)
     shuffle_buffer: int = 2000  # webdataset: samples in the seeded shuffle buffer of a training pass (1 = none)
     text: TextConfig = field(default_factory=TextConfig)  # text and spam_assassin: files, columns, tokenizer
+    debian: DebianOptions = field(default_factory=DebianOptions)  # debian_sections: how the task is built
 
 
 @dataclass
@@ -233,13 +235,22 @@ def _validate_data(d: DataConfig) -> None:
 
 def _validate_text(d: DataConfig) -> None:
     t = d.text
-    if d.name not in ("text", "spam_assassin"):
+    if d.debian != DebianOptions() and d.name != "debian_sections":
+        raise ConfigError(f"data.debian is set but data.name is {d.name!r}; drop data.debian or use "
+                          "data.name=debian_sections")
+    if d.name not in TEXT_DATA:
         if t != TextConfig():
             raise ConfigError(f"data.text is set but data.name is {d.name!r}; drop data.text or use data.name=text")
         return
     if d.name == "text" and not t.train:
         raise ConfigError("data.text.train: text data needs a training file (.csv, .tsv, .jsonl or a save_to_disk "
                           "folder), e.g. --set data.text.train=train.csv")
+    if d.name in ("debian_sections", "lee") and (t.train or t.test or t.column != "text" or t.pair):
+        raise ConfigError(f"data.text.train/test/column/pair do not apply to {d.name} (its texts and labels are "
+                          "fixed); drop them")
+    if d.name in ("debian_sections", "lee") and t.task != ("regression" if d.name == "lee" else "classification"):
+        raise ConfigError(f"data.text.task: {d.name} is a {'regression' if d.name == 'lee' else 'classification'} "
+                          f"task; set data.text.task={'regression' if d.name == 'lee' else 'classification'}")
     if d.name == "spam_assassin" and (t.train or t.test or t.task != "classification"):
         raise ConfigError("data.text.train/test/task do not apply to spam_assassin (its mails and labels are fixed); "
                           "drop them, or use data.name=text for your own files")

@@ -62,6 +62,7 @@ from .loop import (
 )
 from .phases import Phase, resolve_steps
 from .planning import model_from_config, preflight, resolve_device
+from .pretrained import regime_title
 from .stopping import Stopper
 
 log = logging.getLogger("exitlab")
@@ -383,7 +384,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
             run.rundir.save_tokenizer(run.data.tokenizer)
     first, resume_state = _starting_point(run, resume, phase1_from, status)
     status.update(status="running", regime=cfg.regime, run_signature=run.sig,
-                  phases=[dataclasses.asdict(p) for p in run.phases])
+                  phases=[dataclasses.asdict(p) for p in run.phases], regime_title=regime_title(cfg),
+                  **({"data_fingerprint": run.data.fingerprint} if run.data.fingerprint else {}))
     run.write_status(status)
     t0 = time.perf_counter()
     for pi in range(first, len(run.phases)):
@@ -391,7 +393,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
         faults.point("phase")
     if info.is_main:
         normalize = run.data.normalize
-        ckpt.save_pretrained(run.model, out, extra={"dataset": cfg.data.name, "regime": cfg.regime},
+        ckpt.save_pretrained(run.model, out, extra={"dataset": cfg.data.name, "regime": cfg.regime,
+                                                     "data_fingerprint": run.data.fingerprint},
                              classes=run.data.classes, normalize=normalize)
     status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0,
                   compute=compute_summary(run.rundir.metrics(), run.phases, run.flops_per_sample, cfg,

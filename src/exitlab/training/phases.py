@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..runs.components import LOSS_WEIGHTS, REGIME_PRESETS, REGIMES
 from ..runs.config import PhaseConfig, RunConfig
+from .pretrained import pretrained_kinds
 
 log = logging.getLogger("exitlab")
 
@@ -77,7 +78,7 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
     With ``num_exits`` (the model's exits, final included) each phase also gets its per-exit loss weights, and
     a phase that would have no IC to train is refused. Settings that a phase would ignore are refused either way.
     """
-    kinds = phase_kinds(cfg.regime)
+    kinds = pretrained_kinds(cfg, phase_kinds(cfg.regime))  # a pretrained backbone may leave phase 1 out
     options = [regime_options(cfg.regime, k, getattr(cfg, f"phase{k}")) for k in kinds]
     if cfg.budget_flops:
         return _plan_flops(cfg, kinds, options, num_exits)

@@ -107,8 +107,10 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
     for label, regime, variant in rows(cc):
         seeds = [evals[run_dir(out, s, regime, variant)] for s in cc.seeds]
         compute = [read_status(run_dir(out, s, regime, variant)).get("compute", {}) for s in cc.seeds]
+        title = seeds[0].get("regime_title", regime)  # e.g. disjoint (frozen pretrained) on a pretrained backbone
         table.append({
-            "row": label, "regime": regime, "variant": variant, "seeds": cc.seeds,
+            "row": label.replace(regime, title, 1), "regime": regime, "variant": variant,
+            "seeds": cc.seeds,
             "budget": {b: [e["budget_table"][b] for e in seeds] for b in seeds[0]["budget_table"]},
             "final": [e["final_accuracy"] for e in seeds],
             "auc": [e["auc"] for e in seeds],
@@ -132,4 +134,5 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
     policy = next(iter(evals.values()))["policy"]  # cc.policy, or the task's default
     return {"config": dataclasses.asdict(cc), "policy": policy, "distribution_budget": cc.distribution_budget,
             "rows": table, "samples": next(iter(evals.values()))["samples"], "budget_matched": matched,
-            "task": next(iter(evals.values())).get("task", "classification")}
+            "task": next(iter(evals.values())).get("task", "classification"),
+            "data_fingerprint": sorted({e.get("data_fingerprint") or "" for e in evals.values()} - {""})}

@@ -84,7 +84,8 @@ def caption(summary: dict) -> str:
             "none": "nothing (each phase ran its own epochs or early stopping)"}.get(matched, matched)
     score = "Test MSE (regression; no AUC)" if regression(summary) else "Accuracy"
     return (f"Mean ± sample std over n = {n} seed{'s' if n != 1 else ''}. {score} at a budget: the operating point "
-            f"chosen on the validation split, reported on test. Budget matched across regimes: {what}.")
+            f"chosen on the validation split, reported on test. Budget matched across regimes: {what}."
+            + "".join(f" Data sha256 {h}." for h in summary.get("data_fingerprint", [])))
 
 
 def exit_table(summary: dict) -> tuple[list[str], list[list]]:

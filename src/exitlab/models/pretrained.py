@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import safe_open
+
 from ..errors import ConfigError
 
 log = logging.getLogger("exitlab")
@@ -149,6 +151,28 @@ def tokenizer_source(name: str) -> str:
     return str(verify_known(k)) if k is not None else name
 
 
+def classifier_rows(folder: str | Path) -> int | None:
+    """Outputs of the classifier saved in a folder's ``model.safetensors`` (a fine-tuned model), else None; only
+    the file's header is read."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():
+            if key.rsplit(".", 2)[-2:] == ["classifier", "weight"] or key.endswith("classifier.out_proj.weight"):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def check_classifier(folder: str | Path, num_labels: int) -> None:
+    """A fine-tuned folder's classifier must predict the task's classes: one ConfigError when it does not."""
+    rows = classifier_rows(folder)
+    if rows is not None and rows != num_labels:
+        raise ConfigError(f"pretrained {folder}: its fine-tuned classifier predicts {rows} classes but the task has "
+                          f"{num_labels}; fine-tune it on a task with {rows} classes, or start from the encoder "
+                          "without its classifier (a folder saved from AutoModel)")
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """transformers' load report and progress bars off (exitlab checks the load itself), restored afterwards."""
@@ -170,6 +194,7 @@ def load_classifier(folder: str, num_labels: int, attn: str | None = None):
     classifier may be missing from the weights (it is new: the task's classes are); anything else missing is an
     error, and the new classifier is reported once, in exitlab's words."""
     kwargs = {"attn_implementation": attn} if attn else {}
+    check_classifier(folder, num_labels)
     with quiet_transformers() as tf:
         model, info = tf.AutoModelForSequenceClassification.from_pretrained(
             folder, num_labels=num_labels, output_loading_info=True, **kwargs)

@@ -17,6 +17,7 @@ from ..data import DATASETS, TEXT_DATA
 from ..data.debian import DebianOptions
 from ..errors import ConfigError
 from .components import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
+from .finetune import FinetuneConfig, check_finetune
 
 
 @dataclass
@@ -113,6 +114,7 @@ class PhaseConfig:
     l2w_hidden: int = 100  # L2W: hidden units of the weight net
     l2w_constraint: str = "mat"  # L2W: centre the weights over the whole matrix (mat), per exit (row), per sample (col)
     l2w_meta_subsets: str = "disjoint"  # L2W: disjoint (the reference) or overlapping (the paper code base)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # backbone/head lrs, layer decay, embeddings
 
 
 @dataclass
@@ -179,6 +181,7 @@ def validate(cfg: RunConfig) -> None:
     check_range("phase1_share", cfg.phase1_share, lo=0, hi=1, lo_open=True, hi_open=True)
     for k in ("phase1", "phase2", "phase3"):
         _validate_phase(k, getattr(cfg, k))
+        check_finetune(k, getattr(cfg, k).finetune, cfg.model.backbone)
     if cfg.amp not in ("none", "bf16"):
         raise ConfigError(f"amp: {cfg.amp!r} is not supported; choose none or bf16")
     if not DEVICE.fullmatch(cfg.device):

@@ -18,6 +18,7 @@ from ..models.gpf import gpf_imitation_loss
 from ..runs import faults
 from ..runs.components import OPTIMIZERS, SCHEDULES
 from .distributed import SINGLE, DistInfo, all_sum
+from .finetune import final_classifier_params, finetune_groups, freeze_embeddings
 from .l2w import L2W, per_sample_losses
 from .layerskip import curriculum_weights, dropout_for, exit_mask
 from .phases import Phase, exit_weights
@@ -31,6 +32,11 @@ def set_trainable(model: MultiExitModel, phase: Phase) -> list[nn.Parameter]:
         p.requires_grad_(train_backbone)
     for p in model.heads.parameters():
         p.requires_grad_(train_heads)
+    if train_backbone:
+        freeze_embeddings(model, phase.options.finetune)
+    if phase.final_head:  # phase 3 on an untouched pretrained backbone: its new classifier trains with the ICs
+        for p in final_classifier_params(model):
+            p.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -150,6 +156,8 @@ def make_optimizer(params: list[nn.Parameter], phase: Phase, model: nn.Module | 
     o = phase.options
     groups = param_groups(model, params, o.decay_params, o.weight_decay) if model is not None else \
         [{"params": params, "weight_decay": o.weight_decay}]
+    if model is not None:
+        groups = finetune_groups(model, groups, o.finetune, o.lr)  # per-group lr_scale: backbone, heads, layers
     return OPTIMIZERS.get(o.optimizer)(groups, lr=o.lr, momentum=o.momentum)
 
 
@@ -269,7 +277,7 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
             break  # a FLOPs-budgeted phase ends mid-epoch
         lr = lr_at(phase, step, total_steps, warmup_steps, lr_scale)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         if l2w is not None:
             l2w.before_step(model, x, y, lr, step)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):

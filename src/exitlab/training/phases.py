@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..runs.components import LOSS_WEIGHTS, REGIME_PRESETS, REGIMES
 from ..runs.config import PhaseConfig, RunConfig
-from .pretrained import pretrained_kinds
+from .pretrained import pretrained_kinds, skips_phase1
 
 log = logging.getLogger("exitlab")
 
@@ -37,6 +37,7 @@ class Phase:
     weights: tuple[float, ...] = ()
     flops: float = 0.0  # under budget_flops: this phase's share of the training FLOPs (else 0)
     steps: int = 0  # > 0: stop after this many optimizer steps (resolved from ``flops``), else run ``epochs``
+    final_head: bool = False  # phase 3 without phase 1 on a pretrained backbone: its new classifier trains too
 
     @property
     def trains(self) -> str:
@@ -81,7 +82,7 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
     kinds = pretrained_kinds(cfg, phase_kinds(cfg.regime))  # a pretrained backbone may leave phase 1 out
     options = [regime_options(cfg.regime, k, getattr(cfg, f"phase{k}")) for k in kinds]
     if cfg.budget_flops:
-        return _plan_flops(cfg, kinds, options, num_exits)
+        return _final_head(cfg, _plan_flops(cfg, kinds, options, num_exits), num_exits)
     epochs = split_budget(kinds, cfg.budget, cfg.phase1_share) if cfg.budget else [o.epochs for o in options]
     if cfg.budget and min(epochs) < 1:
         raise ConfigError(f"budget: {cfg.budget} epochs cannot be split over phases {list(kinds)} "
@@ -102,7 +103,17 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
             raise ConfigError(f"phase{k}.warmup_epochs is {o.warmup_epochs:g}, longer than the phase ({e} epochs); "
                               "shorten the warm-up")
     weights = [exit_weights(k, o, num_exits, cfg.regime) if num_exits else () for k, o in zip(kinds, options)]
-    return [Phase(k, e, o, w) for k, e, o, w in zip(kinds, epochs, options, weights)]
+    return _final_head(cfg, [Phase(k, e, o, w) for k, e, o, w in zip(kinds, epochs, options, weights)], num_exits)
+
+
+def _final_head(cfg: RunConfig, phases: list[Phase], num_exits: int | None) -> list[Phase]:
+    """Phase 3 with phase 1 left out (a pretrained backbone, ``phase1.epochs: 0``): the backbone's classifier is
+    new, so it trains with the ICs on the frozen encoder, and the loss covers every exit."""
+    if not skips_phase1(cfg):
+        return phases
+    return [dataclasses.replace(p, final_head=True, weights=tuple(loss_weights(
+        p.options.loss_weights, num_exits, "phase3.loss_weights").tolist()) if num_exits else ())
+        if p.kind == 3 else p for p in phases]
 
 
 def _plan_flops(cfg: RunConfig, kinds: tuple[int, ...], options: list[PhaseConfig], num_exits: int | None

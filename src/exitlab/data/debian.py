@@ -3,8 +3,8 @@
 Built deterministically from the machine's local package index (``apt-cache dumpavail``; filled by ``apt-get
 update``), or from ``Packages`` files under ``data.root``. The rules, in order:
 
-1. One entry per package name (the index lists a package once per suite; the first stanza in name order wins, and
-   every stanza of a package has the same section in practice). The text is the one-line description only, never
+1. One entry per package name (the index lists a package once per suite; of its stanzas, the one whose (section,
+   description) sorts first wins, whatever the order of the index). The text is the one-line description only, never
    the package name, which gives the section away (``python3-``, ``golang-``, ``r-cran-``).
 2. Sections lose their archive-area prefix (``contrib/net`` is ``net``, ``non-free/libs`` is ``libs``).
 3. Duplicate texts (same description after lower-casing and collapsing spaces) are kept once, under the package
@@ -91,7 +91,8 @@ def read_index(root: str | Path | None = None) -> str:
 
 
 def parse_index(text: str) -> dict[str, tuple[str, str]]:
-    """Package name -> (section without its area prefix, one-line description), first stanza in name order."""
+    """Package name -> (section without its area prefix, one-line description); of a package's several stanzas,
+    the least (section, description) pair, so the order of the index does not matter."""
     found: dict[str, tuple[str, str]] = {}
     for stanza in text.split("\n\n"):
         fields = {}
@@ -100,8 +101,9 @@ def parse_index(text: str) -> dict[str, tuple[str, str]]:
                 key, _, value = line.partition(":")
                 fields.setdefault(key, value.strip())
         name, section, desc = fields.get("Package"), fields.get("Section"), fields.get("Description")
-        if name and section and desc and name not in found:
-            found[name] = (AREA.sub("", section), desc)
+        if name and section and desc:
+            entry = (AREA.sub("", section), desc)
+            found[name] = min(found.get(name, entry), entry)  # several stanzas: the same one whatever their order
     return found
 
 

@@ -92,7 +92,8 @@ def test_the_cli_refuses_an_empty_index_in_one_line_and_writes_nothing(tmp_path,
     (tmp_path / "idx" / "Packages").write_text("\n\n")
     (tmp_path / "c.yaml").write_text("regime: joint\n")
     argv = ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--set", "data.name=debian_sections",
-            "--set",            f"data.root={tmp_path / 'idx'}", "--set", "model.backbone=hf:bert", "--set", "data.text.vocab_size=60",
+            "--set", f"data.root={tmp_path / 'idx'}", "--set", "model.backbone=hf:bert",
+            "--set", "data.text.vocab_size=60",
             "--set", "model.backbone_kwargs={hidden_size: 16, num_hidden_layers: 2, num_attention_heads: 2, "
             "intermediate_size: 32, max_position_embeddings: 32}", "--set", "data.text.max_length=16",
             "--set", "device=cpu", "--set", "progress=false"]

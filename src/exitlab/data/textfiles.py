@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
-from ..models.pretrained import tokenizer_source
 from .loader import stratified_split
 from .text import TextSource, from_token_tensors, strata
 
@@ -166,7 +165,6 @@ def _tokenizer(tokenizer, train_rows, vocab_size: int):
         return word_tokenizer(texts + (pairs or []), vocab_size)
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
-    tokenizer = tokenizer_source(str(tokenizer))  # hf:minilm (a known model): its checked folder
     try:
         return _extra("transformers").AutoTokenizer.from_pretrained(str(Path(tokenizer).expanduser())
                                                                     if Path(tokenizer).expanduser().exists()

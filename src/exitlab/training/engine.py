@@ -62,7 +62,7 @@ from .loop import (
 )
 from .phases import Phase, resolve_steps
 from .planning import model_from_config, preflight, resolve_device
-from .pretrained import regime_title
+from .pretrained import regime_title, resolve_tokenizer
 from .stopping import Stopper
 
 log = logging.getLogger("exitlab")
@@ -97,7 +97,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, 
     """The run's data (see :func:`exitlab.data.build_run_data`): the data set ``cfg.data`` names, or ``source``.
     Under DDP every rank takes its slice of each global batch."""
     check_batch(cfg.data.batch_size, info)
-    return build_run_data(cfg.data, cfg.seed_split, device, shard=(info.rank, info.world),
+    return build_run_data(resolve_tokenizer(cfg.data), cfg.seed_split, device, shard=(info.rank, info.world),
                           channels_last=cfg.channels_last, source=source)
 
 

@@ -10,6 +10,10 @@ refused (phase 1 would train nothing).
 
 from __future__ import annotations
 
+import dataclasses
+
+from ..models.pretrained import tokenizer_source
+
 LABELS = {  # (regime, phase 1 kept) -> what a table calls it on a pretrained backbone
     ("joint", True): "joint (from pretrained)",
     ("joint", False): "joint (from pretrained)",
@@ -39,3 +43,11 @@ def regime_title(cfg) -> str:
     if not cfg.model.pretrained:
         return name
     return LABELS.get((name, not skips_phase1(cfg)), f"{name} (from pretrained)")
+
+
+def resolve_tokenizer(d):
+    """The data settings with ``data.text.tokenizer: hf:minilm`` (a known model) as that model's checked folder."""
+    folder = tokenizer_source(d.text.tokenizer)
+    if folder == d.text.tokenizer:
+        return d
+    return dataclasses.replace(d, text=dataclasses.replace(d.text, tokenizer=folder))

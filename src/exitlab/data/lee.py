@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from .text import TextSource, from_token_tensors
-from .textfiles import _pad_to, _tokenizer, tokenize
+from .textfiles import _tokenizer
 
 WHEEL = "gensim-4.4.0-*.whl"
 FETCH = "pip download gensim==4.4.0 --no-deps -d ~/.cache/exitlab (or scripts/install-weights lee)"
@@ -59,8 +59,28 @@ def read_lee(root: str | Path | None = None) -> tuple[list[str], list[tuple[int,
     return docs, pairs
 
 
+def pair_tokens(tok, docs: list[str], pairs: list[tuple[int, int, float]], max_length: int) -> torch.Tensor:
+    """Packed ``[N, 3, L]`` ``[CLS] a [SEP] b [SEP]`` for every pair, each document tokenised once (a document is in
+    49 pairs). Both texts share the ``max_length - 3`` places: the shorter keeps all of its tokens up to half."""
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    room = max_length - 3
+    rows = []
+    for i, j, _ in pairs:
+        a = ids[i][: max(room // 2, room - len(ids[j]))]
+        b = ids[j][: room - len(a)]
+        rows.append(([tok.cls_token_id, *a, tok.sep_token_id, *b, tok.sep_token_id], len(a) + 2))
+    width = max(len(r) for r, _ in rows)
+    out = torch.zeros(len(rows), 3, width, dtype=torch.long)
+    out[:, 0] = tok.pad_token_id
+    for n, (r, first) in enumerate(rows):
+        out[n, 0, : len(r)] = torch.tensor(r)
+        out[n, 1, : len(r)] = 1
+        out[n, 2, first : len(r)] = 1  # token types: the second text
+    return out
+
+
 def lee_source(d) -> TextSource:
-    """The Lee pairs tokenised once (``data.text``: tokenizer, max_length, test_fraction), a regression source."""
+    """The Lee pairs tokenised (``data.text``: tokenizer, max_length, test_fraction), a regression source."""
     t = d.text
     docs, pairs = read_lee(d.root)
     key = lambda p: hashlib.sha256(f"{p[0]}-{p[1]}".encode()).hexdigest()  # noqa: E731
@@ -68,14 +88,13 @@ def lee_source(d) -> TextSource:
     n_test = max(1, round(t.test_fraction * len(ordered)))
     parts = {"test": ordered[:n_test], "train": ordered[n_test:]}
     tok = _tokenizer(t.tokenizer, (docs, None, None), t.vocab_size)
-    enc = {k: tokenize(tok, [docs[i] for i, _, _ in v], [docs[j] for _, j, _ in v], t.max_length, f"lee {k}")
-           for k, v in parts.items()}
-    width = max(e[0].shape[1] for e in enc.values())
-    tr, te = _pad_to(enc["train"], width), _pad_to(enc["test"], width)
+    x = {k: pair_tokens(tok, docs, v, t.max_length) for k, v in parts.items()}
+    width = max(v.shape[-1] for v in x.values())
+    x = {k: torch.nn.functional.pad(v, (0, width - v.shape[-1])) for k, v in x.items()}  # padding: id 0, mask 0
     y = {k: torch.tensor([s for _, _, s in v]) for k, v in parts.items()}
-    src = from_token_tensors(tr[0], y["train"], te[0], y["test"], train_mask=tr[1], test_mask=te[1],
-                             train_types=tr[2], test_types=te[2], name="lee", task="regression",
-                             length_buckets=t.length_buckets)
+    src = from_token_tensors(x["train"][:, 0], y["train"], x["test"][:, 0], y["test"], train_mask=x["train"][:, 1],
+                             test_mask=x["test"][:, 1], train_types=x["train"][:, 2], test_types=x["test"][:, 2],
+                             name="lee", task="regression", length_buckets=t.length_buckets)
     src.tokenizer = tok
     src.fingerprint = hashlib.sha256(repr((docs, parts["train"], parts["test"])).encode()).hexdigest()
     return src

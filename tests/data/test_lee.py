@@ -29,6 +29,7 @@ TINY = ["data.name=lee", "data.text.task=regression", "model.backbone=hf:bert", 
 def test_a_missing_wheel_is_one_error_with_the_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("EXITLAB_LEE", raising=False)
+    monkeypatch.delenv("EXITLAB_DATA", raising=False)
     with pytest.raises(DataError) as e:
         find_wheel(tmp_path / "nowhere")
     assert str(e.value) == (f"the Lee corpus (in the gensim 4.4.0 wheel) is not in {tmp_path / 'nowhere'}, "

@@ -27,9 +27,10 @@ SHA256 = {"lee.cor": "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf78
 
 
 def find_wheel(root: str | Path | None = None) -> Path:
-    """The gensim 4.4.0 wheel: in ``root``, ``$EXITLAB_LEE``, or ``~/.cache/exitlab``; a DataError saying how to
-    fetch it when it is in none of them."""
-    places = [Path(p).expanduser() for p in (root, os.environ.get("EXITLAB_LEE"), "~/.cache/exitlab") if p]
+    """The gensim 4.4.0 wheel: in ``root``, ``$EXITLAB_LEE``, or exitlab's data cache (``$EXITLAB_DATA``, default
+    ``~/.cache/exitlab``); a DataError saying how to fetch it when it is in none of them."""
+    cache = os.environ.get("EXITLAB_DATA") or "~/.cache/exitlab"
+    places = [Path(p).expanduser() for p in (root, os.environ.get("EXITLAB_LEE"), cache) if p]
     for place in places:
         found = sorted(place.glob(WHEEL)) if place.is_dir() else [place] if place.is_file() else []
         if found:

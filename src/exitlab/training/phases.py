@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..runs.components import LOSS_WEIGHTS, REGIME_PRESETS, REGIMES
 from ..runs.config import PhaseConfig, RunConfig
-from .pretrained import pretrained_kinds, skips_phase1
+from .pretrained import pretrained_kinds
 
 log = logging.getLogger("exitlab")
 
@@ -107,9 +107,9 @@ def plan_phases(cfg: RunConfig, num_exits: int | None = None) -> list[Phase]:
 
 
 def _final_head(cfg: RunConfig, phases: list[Phase], num_exits: int | None) -> list[Phase]:
-    """Phase 3 with phase 1 left out (a pretrained backbone, ``phase1.epochs: 0``): the backbone's classifier is
-    new, so it trains with the ICs on the frozen encoder, and the loss covers every exit."""
-    if not skips_phase1(cfg):
+    """Phase 3 first on a pretrained backbone (disjoint with ``phase1.epochs: 0``, or regime [3]): the backbone's
+    classifier is new, so it trains with the ICs on the frozen encoder, and the loss covers every exit."""
+    if not cfg.model.pretrained or not phases or phases[0].kind != 3:
         return phases
     return [dataclasses.replace(p, final_head=True, weights=tuple(loss_weights(
         p.options.loss_weights, num_exits, "phase3.loss_weights").tolist()) if num_exits else ())

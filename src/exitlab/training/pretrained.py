@@ -4,8 +4,9 @@ Phase 1 fine-tunes the pretrained backbone on the task (the paper's BERT setting
 with a fine-tuned backbone. With ``phase1.epochs: 0`` on a pretrained backbone, phase 1 is left out instead of
 refused: disjoint then trains the heads on the untouched pretrained backbone (EE-Tuning style) and mixed fine-tunes
 everything from the pretrained weights (what joint does). Joint is phase 2 from the pretrained weights. Under
-``budget`` the remaining phases share the whole budget. Without pretrained weights ``phase1.epochs: 0`` is still
-refused (phase 1 would train nothing).
+``budget`` the remaining phases share the whole budget. Regime ``[3]`` on a pretrained backbone is the same as
+disjoint without phase 1. Phase 3 that comes first trains the backbone's new classifier with the ICs. Without
+pretrained weights ``phase1.epochs: 0`` is still refused (phase 1 would train nothing).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def regime_title(cfg) -> str:
     name = cfg.regime if isinstance(cfg.regime, str) else "phases" + "".join(map(str, cfg.regime))
     if not cfg.model.pretrained:
         return name
+    if name == "phases3":  # heads (and the new classifier) on the untouched backbone: disjoint without phase 1
+        return LABELS[("disjoint", False)]
     return LABELS.get((name, not skips_phase1(cfg)), f"{name} (from pretrained)")
 
 

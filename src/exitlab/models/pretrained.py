@@ -147,7 +147,7 @@ def resolve(source: str, pretrained: bool | str) -> str:
 
 def tokenizer_source(name: str) -> str:
     """``data.text.tokenizer`` as a folder: ``hf:minilm`` (or a known name) is the known model's checked folder."""
-    k = known(name) if name.startswith("hf:") or known(name) is not None else None
+    k = known(name)
     return str(verify_known(k)) if k is not None else name
 
 

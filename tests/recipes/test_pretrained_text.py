@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("transformers")
 
 import exitlab  # noqa: E402
+from exitlab.cli import main  # noqa: E402
 from exitlab.errors import ConfigError  # noqa: E402
 from exitlab.evaluation.evaluate import evaluate_run, format_report  # noqa: E402
 from exitlab.models import pretrained  # noqa: E402
@@ -90,3 +91,8 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_one_error(index, tmp_pat
         _train(index, tmp_path / "run", "joint", f"data.text.tokenizer={tmp_path / 'tok'}")
     assert str(e.value) == ("the tokenizer has 30524 tokens but the encoder's embedding table only 30522; use the "
                             "model's own tokenizer (data.text.tokenizer)")
+
+
+def test_the_demo_flag_goes_with_text(capsys):
+    assert main(["demo", "--pretrained"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --pretrained goes with --text (exitlab demo --text --pretrained)"

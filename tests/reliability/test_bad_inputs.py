@@ -50,7 +50,8 @@ CASES = {
     "wrong type": (T + ["--set", "phase2.epochs=two"], "error: phase2.epochs: expected int, got 'two'"),
     "unknown key": (T + ["--set", "phase2.epoch=3"],
                     "error: phase2.epoch: unknown key; valid keys here: curriculum_fraction, curriculum_rotation, "
-                    "decay_params, distill, distill_temperature, epochs, exit_curriculum, gpf_imitation, grad_clip, "
+                    "decay_params, distill, distill_temperature, epochs, exit_curriculum, finetune, gpf_imitation, "
+                    "grad_clip, "
                     "grad_equilibrium, l2w_constraint, l2w_epsilon, l2w_hidden, l2w_meta_interval, l2w_meta_lr, "
                     "l2w_meta_subsets, l2w_target, label_smoothing, layer_drop, layer_drop_per, layer_drop_scale, "
                     "layer_drop_time, loss_weights, lr, momentum, optimizer, patience, plateau_factor, "
@@ -321,7 +322,8 @@ MORE = {
                                               "data.synthetic or use data.name=synthetic"),
     "unknown data set": (T + S("data.name=imagenet", "data.synthetic={}"),
                          "error: data.name: unknown dataset 'imagenet'; choose one of: fashion_mnist, mnist, "
-                         "cifar10, cifar100, imagefolder, synthetic, webdataset, text, spam_assassin"),
+                         "cifar10, cifar100, imagefolder, synthetic, webdataset, text, spam_assassin, "
+                         "debian_sections, lee"),
     "data.root that does not exist": (T + S("data.name=fashion_mnist", "data.synthetic={}", "data.root={d}/nowhere"),
                                       "error: data.root {d}/nowhere does not exist or is not a directory; point it "
                                       "at the folder holding the fashion_mnist files, or unset it to use the default "

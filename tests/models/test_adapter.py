@@ -126,7 +126,7 @@ def test_exits_on_a_stage_list_by_index_every_and_flops():
 
     def taps(exits, factory="tests.models.factories:make_seq"):
         m = build_model("x", num_classes=7, in_chans=3, img_size=16, exits=exits, head="pooled", factory=factory)
-        return m.spec["exits"]
+        return list(m.spec.exits)
 
     assert taps([0, 2]) == ["blocks.0", "blocks.2"]
     assert taps("every:2") == ["blocks.1"]  # places: blocks.0..2 (blocks.3 feeds the final exit)

@@ -99,7 +99,7 @@ def test_real_early_exit_runs_every_scale_of_later_blocks_on_the_survivors_only(
 
 def test_its_own_classifiers_are_the_default_head_and_other_heads_read_the_coarsest_scale():
     model = _tiny()
-    assert model.head_name == "msdnet" and model.spec["head"] == "msdnet"
+    assert model.head_name == "msdnet" and model.spec.head == "msdnet"
     assert all(isinstance(h, MSDNetHead) for h in model.heads) and isinstance(model.backbone.final, MSDNetHead)
     assert [h.fc.in_features for h in [*model.heads, model.backbone.final]] == [8] * 5  # head_width, ICs too
     assert _tiny(head_kwargs={"width": 16}).heads[0].fc.in_features == 16

@@ -62,4 +62,4 @@ def test_the_stsb_config_trains_a_pair_regression(tmp_path):
     out = exitlab.train(cfg, tmp_path / "run")
     (rec,) = read_jsonl(out / "metrics.jsonl")
     assert len(rec["val_acc"]) == 3 and all(v <= 0 for v in rec["val_acc"])  # negative MSE per exit
-    assert exitlab.load(out).spec["task"] == "regression"
+    assert exitlab.load(out).spec.task == "regression"

@@ -391,10 +391,9 @@ MORE = {
                                             "JSON list, not an object); it was not written by save_pretrained, or it "
                                             "was damaged; retrain, or restore the file"),
     "eval: model.json with a malformed spec": (["eval", "{d}/badspec"],
-                                               "error: {d}/badspec/model.json has a malformed model spec "
-                                               "(build_model() missing 1 required keyword-only argument: "
-                                               "'num_classes'); it was not written by save_pretrained, or it was "
-                                               "damaged; retrain, or restore the file"),
+                                               "error: {d}/badspec/model.json: spec.num_classes is missing; it was "
+                                               "not written by save_pretrained, or it was damaged; retrain, or "
+                                               "restore the file"),
     "export: model.json not UTF-8": (["export", "{d}/nonutf8"],
                                      "error: {d}/nonutf8/model.json is not a valid model description "
                                      "(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 10: "

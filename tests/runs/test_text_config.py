@@ -73,7 +73,7 @@ def test_a_text_config_trains_saves_its_tokenizer_and_rebuilds_the_same_data(tex
     tok = run.tokenizer()
     assert tok("good day")["input_ids"][0] == tok.cls_token_id
     model = run.model()
-    assert model.spec["adapter"] == "hf" and model.num_exits == 3
+    assert model.spec.kind == "hf" and model.num_exits == 3
     assert model.backbone.model.get_input_embeddings().num_embeddings == len(tok)  # sized to the tokenizer
     # the rebuilt test split holds the texts of test.csv tokenised by the saved tokenizer, in file order
     texts = [r["text"] for r in csv.DictReader(open(root / "test.csv"))]
@@ -250,5 +250,5 @@ def test_a_config_puts_gpf_heads_on_an_encoder(tmp_path, text_run):
                       phase2={"gpf_imitation": 1.0})
     out = exitlab.train(from_dict(RunConfig, cfg), tmp_path / "gpf")
     model = RunDir(out).model()
-    assert model.spec["head"] == "gpf" and model.spec["head_kwargs"]["dim"] == 8
+    assert model.spec.head == "gpf" and model.spec.head_kwargs["dim"] == 8
     assert evaluate_run(out, policies=("confidence",), write=False)["exits"][0]["flops"] > 0

@@ -36,7 +36,7 @@ def test_a_regression_model_has_one_output_per_exit_and_its_final_exit_is_the_hf
         outs = model(pack(ids, mask))
         assert all(o.shape == (5, 1) for o in outs)
         assert torch.allclose(outs[-1], hf(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
-    assert model.spec["task"] == "regression"
+    assert model.spec.task == "regression"
 
 
 def test_the_loss_of_every_exit_is_its_mean_squared_error():

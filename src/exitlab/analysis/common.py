@@ -178,7 +178,7 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
     got: dict[int, torch.Tensor] = {}
     taps = set(blocks) & set(tap_points(model))
     last = max(taps) if taps == set(blocks) else None  # stop early unless the model's output is wanted too
-    pool = (model.spec.get("head_kwargs") or {}).get("pool", "cls")
+    pool = model.head_kwargs.get("pool", "cls")
 
     def on_tap(i: int, h) -> torch.Tensor | None:
         rep = h.pooled(pool) if isinstance(h, TextFeature) else h  # text: the vector the heads read

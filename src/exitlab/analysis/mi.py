@@ -287,7 +287,7 @@ def mi_profile(model: MultiExitModel, batches: Batches, *, blocks: list[int] | N
                max_features: int | None = 4096, seed: int = 0) -> dict:
     """All estimators on every block (or ``blocks``) and every exit of ``model`` over ``batches``, in eval mode."""
     blocks = check_blocks(model, blocks)
-    if (getattr(model, "spec", None) or {}).get("task") == "regression":
+    if model.task == "regression":
         raise ExitlabError("analyze mi estimates I(Z;Y) over classes; a regression run has none (its target is a "
                            "number); use rank, gradients, landscape or connectivity")
     n = sum(len(y) for _, y in batches)

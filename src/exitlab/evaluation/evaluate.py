@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..models import HFSpec
 from ..models.costs import ExitCosts, exit_costs, length_table, text_costs
 from ..runs.files import atomic_write
 from ..runs.rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
@@ -137,7 +138,7 @@ def exit_table(logits, labels, costs: ExitCosts) -> list[dict]:
 def split_costs(run: RunDir, model, split: str) -> tuple[ExitCosts, ExitCosts]:
     """The costs the evaluated split and the validation split are charged: the model's per-exit costs on one sample,
     or for a text encoder every sample's own cost at its token length (one measurement per length for both)."""
-    if model.spec.get("adapter") != "hf":
+    if not isinstance(model.spec, HFSpec):
         costs = exit_costs(model)
         return costs, costs
     n, nv = run.lengths(split), run.lengths("val")
@@ -175,7 +176,7 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split:
         raise ConfigError(f"n_thresholds must be >= 2, got {n_thresholds}")
     run = as_run(run_dir).require_model()
     model = run.model()
-    task = "regression" if model.spec.get("task") == "regression" else "classification"
+    task = model.task
     policy = policy or ("regression_patience" if task == "regression" else "confidence")
     if POLICIES.get(policy).task != task:
         raise ConfigError(f"policy {policy!r} is a {POLICIES.get(policy).task} policy but {run.path} is a {task} run; "

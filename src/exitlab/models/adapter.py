@@ -16,6 +16,7 @@ from ..errors import ConfigError, ExitlabError
 from .contract import ExitPoint, TapFn
 from .core import MultiExitModel, eval_mode
 from .flops import count_flops
+from .spec import ModuleSpec
 
 
 class _Stop(Exception):
@@ -168,7 +169,6 @@ def from_module(module: nn.Module, exit_after: Sequence[str], *, num_classes: in
     folder can be loaded by ``exitlab.load`` alone; without it, pass the module back: ``exitlab.load(dir, module=m)``.
     """
     backbone = HookedBackbone(module, list(exit_after), num_classes, tuple(input_shape))
-    spec = {"adapter": "module", "factory": factory, "factory_kwargs": dict(factory_kwargs or {}),
-            "exits": list(exit_after), "num_classes": num_classes, "input_shape": list(input_shape), "head": head,
-            "head_kwargs": dict(head_kwargs or {})}
+    spec = ModuleSpec(exits=tuple(exit_after), num_classes=num_classes, input_shape=tuple(input_shape), head=head,
+                      head_kwargs=dict(head_kwargs or {}), factory=factory, factory_kwargs=dict(factory_kwargs or {}))
     return MultiExitModel(backbone, list(range(len(exit_after))), head, head_kwargs=head_kwargs, spec=spec)

@@ -7,6 +7,7 @@ imported only here, when asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import logging
@@ -20,6 +21,7 @@ from ..errors import ConfigError
 from .adapter import HookedBackbone, from_module
 from .core import MultiExitModel
 from .placement import nearest_distinct
+from .spec import LibrarySpec
 
 log = logging.getLogger("exitlab")
 STAGE_LISTS = ("layers", "blocks", "stages", "features", "encoder.layers", "encoder.layer", "layer")  # in this order
@@ -263,8 +265,13 @@ def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled",
         raise ConfigError(f"{source}: a dry run on one sample of shape {list(shape)} failed ({type(e).__name__}: "
                           f"{first}); give the input shape the model was built for, or build it for yours (timm: "
                           "img_size=..., torchvision ViTs: image_size=...)") from None
-    model.spec.update(adapter=kind if kind in ("timm", "torchvision") else "module", source=source,
-                      factory=source if kind not in ("timm", "torchvision") else None, factory_kwargs=kwargs)
+    adapted = model.spec
+    if kind in ("timm", "torchvision"):
+        model.spec = LibrarySpec(library=kind, name=name, exits=adapted.exits, num_classes=num_classes,
+                                 input_shape=adapted.input_shape, head=head, head_kwargs=adapted.head_kwargs,
+                                 kwargs=kwargs)
+    else:
+        model.spec = dataclasses.replace(adapted, factory=source, factory_kwargs=kwargs)
     return model
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..analysis.gradients import gradient_logger
 from ..data import Source
 from ..errors import ConfigError
-from ..models import MultiExitModel, rebuildable
+from ..models import BuiltinSpec, HFSpec, LibrarySpec, MultiExitModel, rebuildable
 from ..runs.config import RunConfig, from_dict, to_dict
 from ..training.engine import Probes
 from ..training.engine import train as run_training
@@ -37,18 +37,16 @@ def probes_for(cfg: RunConfig) -> Probes:
 def model_section(model: MultiExitModel) -> dict:
     """A config ``model`` section describing ``model``, from its spec (what config.yaml records)."""
     spec = model.spec
-    if "adapter" not in spec:
-        keys = ("backbone", "exits", "head", "head_kwargs", "backbone_kwargs")
-        return {k: spec[k] for k in keys if k in spec}
-    if spec["adapter"] == "hf":
-        return {"backbone": "hf", "exits": list(spec["exits"]), "head": spec.get("head", "text"),
-                "head_kwargs": spec["head_kwargs"]}
-    source = spec.get("source") or ""
-    section = {"exits": list(spec["exits"]), "head": spec["head"], "head_kwargs": spec.get("head_kwargs") or {},
-               "backbone_kwargs": spec.get("factory_kwargs") or {}}
-    if source.startswith(("timm:", "torchvision:")):
-        return {"backbone": source, **section}
-    return {"backbone": "module", "factory": spec.get("factory"), **section}
+    if spec is None:  # built by hand: nothing recorded, the config keeps its defaults
+        return {}
+    common = {"exits": list(spec.exits), "head": spec.head, "head_kwargs": dict(spec.head_kwargs)}
+    if isinstance(spec, BuiltinSpec):
+        return {"backbone": spec.backbone, **common, "backbone_kwargs": dict(spec.backbone_kwargs)}
+    if isinstance(spec, HFSpec):
+        return {"backbone": "hf", **common}
+    if isinstance(spec, LibrarySpec):
+        return {"backbone": spec.source, **common, "backbone_kwargs": dict(spec.kwargs)}
+    return {"backbone": "module", "factory": spec.factory, **common, "backbone_kwargs": dict(spec.factory_kwargs)}
 
 
 def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | dict | None = None,

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from ..data import RunData, build_run_data
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.core import MultiExitModel, eval_mode
-from .checkpoint import from_pretrained
+from .checkpoint import load
 from .config import RunConfig, load_config, to_dict
 from .files import (  # noqa: F401  (re-exported: this module's old contents)
     RunLock,
@@ -151,7 +151,7 @@ class RunDir:
         """The trained model, on the CPU, in eval mode."""
         if self._model is None:
             self.require_model()
-            self._model = from_pretrained(self.path, module=self._module).eval()
+            self._model = load(self.path, module=self._module).eval()
         return self._model
 
     def model_digest(self) -> str:

@@ -151,7 +151,7 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
     resolve_device(cfg.device)
     check_data_options(cfg)
     exits, skippable = _model_facts(cfg) if model is None else (model.num_exits, len(skippable_blocks(model.backbone)))
-    regression = (model.spec.get("task") if model is not None else cfg.data.text.task) == "regression"
+    regression = (model.task if model is not None else cfg.data.text.task) == "regression"
     for key in ("phase1", "phase2", "phase3") if regression else ():
         p = getattr(cfg, key)
         for opt in ("distill", "label_smoothing"):

@@ -87,7 +87,7 @@ def profile_exits(variants: dict[str, Callable[[], int]]) -> None:
 
 def report(args: argparse.Namespace, model, flops: tuple[int, int], clocks) -> dict:
     """Print the table and return the raw times and ratios."""
-    taps = model.spec["exits"]
+    taps = list(model.spec.exits)
     print(f"{args.source} {args.kwargs}, {len(taps)} {args.head} ICs after {taps}, batch {args.batch_size}x3x"
           f"{args.img_size}x{args.img_size}, {args.threads} thread(s), {args.steps} step(s) x {args.repeats} "
           f"interleaved repeats, torch {torch.__version__}")

@@ -37,8 +37,6 @@ def probes_for(cfg: RunConfig) -> Probes:
 def model_section(model: MultiExitModel) -> dict:
     """A config ``model`` section describing ``model``, from its spec (what config.yaml records)."""
     spec = model.spec
-    if spec is None:  # built by hand: nothing recorded, the config keeps its defaults
-        return {}
     common = {"exits": list(spec.exits), "head": spec.head, "head_kwargs": dict(spec.head_kwargs)}
     if isinstance(spec, BuiltinSpec):
         return {"backbone": spec.backbone, **common, "backbone_kwargs": dict(spec.backbone_kwargs)}
@@ -69,6 +67,9 @@ def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | d
                               "or pass a model to train from components")
         cfg, model = what, None
     elif isinstance(what, MultiExitModel):
+        if what.spec is None:  # its run could never be loaded: refuse before training, not after
+            raise ConfigError("this model records no description to build it again (MultiExitModel built by hand); "
+                              "build it with build_model, from_module, from_timm, from_torchvision or from_hf")
         cfg, model = _component_config(what, config, options), what
     else:
         raise ConfigError(f"exitlab.train takes a RunConfig or a MultiExitModel, got {type(what).__name__}; wrap a "

@@ -118,3 +118,23 @@ def test_a_model_built_by_hand_records_no_description_and_cannot_be_saved(tmp_pa
     with pytest.raises(ConfigError, match="records no description to build it again"):
         exitlab.train(hand, tmp_path / "run")  # refused before any training: such a run could never be loaded
     assert not (tmp_path / "run").exists()
+
+
+def test_a_library_model_records_its_library_and_name_and_loads_again(tmp_path, monkeypatch):
+    """timm is not needed: its builder is replaced by one that returns a small CNN, as timm would return its model."""
+    def fake_timm(name, num_classes, kwargs, pretrained):
+        torch.manual_seed(0)
+        return Net(num_classes=num_classes, **kwargs), (3, 16, 16)
+
+    monkeypatch.setattr(exitlab.models.foreign, "build_timm", fake_timm)
+    model = exitlab.from_timm("tiny_net", num_classes=7, exits=["stage1", "stage2"], width=4).eval()
+    assert model.spec == LibrarySpec(library="timm", name="tiny_net", exits=("stage1", "stage2"), num_classes=7,
+                                     input_shape=(3, 16, 16), head="pooled", kwargs={"width": 4})
+    raw = model.spec.to_json()
+    assert raw["adapter"] == "timm" and raw["source"] == "timm:tiny_net" and raw["factory_kwargs"] == {"width": 4}
+    exitlab.save_pretrained(model, tmp_path)
+    again = exitlab.load(tmp_path)
+    x = torch.randn(2, 3, 16, 16)
+    assert again.spec == model.spec
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(again(x), model(x)))

@@ -20,10 +20,11 @@ from .models import (
 )
 from .recipes.train import train
 from .runs.checkpoint import from_pretrained, save_pretrained
+from .runs.components import REGIMES
 from .runs.config import RunConfig, load_config
 from .runs.rundir import RunDir
 from .runs.version import __version__
-from .training.phases import REGIMES, Phase, plan_phases
+from .training.phases import Phase, plan_phases
 
 
 def load(run_dir, *, module=None) -> MultiExitModel:

@@ -13,7 +13,7 @@ import exitlab  # noqa: E402
 from exitlab.data import TextLoader, from_token_tensors  # noqa: E402
 from exitlab.errors import DataError  # noqa: E402
 from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
-from exitlab.runs.rundir import read_jsonl  # noqa: E402
+from exitlab.runs.files import read_jsonl  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 OPT = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0}

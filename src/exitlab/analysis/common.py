@@ -20,8 +20,8 @@ from torch import nn
 
 from ..data import RunData
 from ..errors import ExitlabError
-from ..models.contract import TextFeature
-from ..models.core import BlocksBackbone, MultiExitModel, MultiScaleFeature
+from ..models.contract import BlocksBackbone, MultiScaleFeature, TextFeature
+from ..models.core import MultiExitModel
 from ..runs.checkpoint import load_state, load_tensors
 from ..runs.config import RunConfig
 from ..runs.rundir import RunDir, checkpoints

@@ -27,22 +27,8 @@ from ..models.hf import vocab_size as hf_vocab_size
 from ..runs import checkpoint as ckpt
 from ..runs import faults
 from ..runs.config import RunConfig, dump_config, to_dict
-from ..runs.rundir import (
-    MEMORY,
-    RunDir,
-    RunLock,
-    append_jsonl,
-    check_out_dir,
-    check_writable,
-    checkpoints,
-    environment,
-    newest_valid,
-    read_jsonl,
-    read_status,
-    remove_partial_writes,
-    repair_jsonl,
-    signature,
-)
+from ..runs.files import RunLock, append_jsonl, check_out_dir, check_writable, read_jsonl, read_status, repair_jsonl
+from ..runs.rundir import MEMORY, RunDir, checkpoints, environment, newest_valid, remove_partial_writes, signature
 from .accounting import compute_summary, shared_phase1
 from .compile import maybe_compile
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap

@@ -320,8 +320,8 @@ MORE = {
                                               "error: data.synthetic is set but data.name is 'mnist'; drop "
                                               "data.synthetic or use data.name=synthetic"),
     "unknown data set": (T + S("data.name=imagenet", "data.synthetic={}"),
-                         "error: data.name: unknown dataset 'imagenet'; choose one of: fashion_mnist, mnist, "
-                         "cifar10, cifar100, imagefolder, synthetic, webdataset, text, spam_assassin"),
+                         "error: data.name: unknown dataset 'imagenet'; choose one of: cifar10, cifar100, "
+                         "fashion_mnist, imagefolder, mnist, spam_assassin, synthetic, text, webdataset"),
     "data.root that does not exist": (T + S("data.name=fashion_mnist", "data.synthetic={}", "data.root={d}/nowhere"),
                                       "error: data.root {d}/nowhere does not exist or is not a directory; point it "
                                       "at the folder holding the fashion_mnist files, or unset it to use the default "

@@ -16,12 +16,13 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConfigError
+from .catalog import is_text_data
 from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
 from .sources import Source, StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, resolve_workers, stream_stats
 from .text import TextLoader, TextSource, strata
-from .textfiles import TEXT_DATA, text_source
+from .textfiles import text_source
 from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -108,7 +109,7 @@ def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: t
     :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
     three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
     if source is None:
-        source = text_source(d) if d.name in TEXT_DATA else load_source(d)
+        source = text_source(d) if is_text_data(d.name) else load_source(d)
     src = source
     if isinstance(src, TextSource):
         return _text_data(src, d, seed, device, shard)

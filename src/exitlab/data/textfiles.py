@@ -22,7 +22,6 @@ from .loader import stratified_split
 from .text import TextSource, from_token_tensors, strata
 
 log = logging.getLogger("exitlab")
-TEXT_DATA = ("text", "spam_assassin")  # the data.name values this module reads
 SPAM_GROUPS = {"easy-ham-1": 0, "easy-ham-2": 0, "hard-ham-1": 0, "spam-1": 1, "spam-2": 1}
 
 

@@ -118,10 +118,6 @@ def fixed_batches(loader, n: int, batch_size: int = 500, seed: int = 0, what: st
     return loader.sample(n, seed, batch_size)
 
 
-def cat_batches(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-
-
 # ---------------------------------------------------------------- state that analyses must give back
 
 

@@ -66,11 +66,6 @@ def check_data_options(cfg: RunConfig) -> None:
                           f"the {cfg.data.name} files, or unset it to use the default locations")
 
 
-def check_model(cfg: RunConfig) -> int:
-    """Build the model on the side and run one forward and backward pass; returns its number of exits."""
-    return _model_facts(cfg)[0]
-
-
 def _model_facts(cfg: RunConfig) -> tuple[int, int]:
     """The number of exits and of skippable blocks (layer dropout) of the model ``cfg.model`` describes."""
     m = cfg.model

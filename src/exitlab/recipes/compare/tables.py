@@ -43,9 +43,6 @@ def cell_text(v, latex: bool = False) -> str:
     return f"{ms[0]:.{v.digits}f}{pm}{ms[1]:.{v.digits}f}"
 
 
-_cell = cell_text
-
-
 def regression(summary: dict) -> bool:
     """A comparison of regression runs: its scores are minus the MSE, shown as the MSE itself."""
     return summary.get("task") == "regression"

@@ -153,3 +153,18 @@ def test_brace_expansion():
     assert expand_braces("s-{00..02}.tar") == ["s-00.tar", "s-01.tar", "s-02.tar"]
     assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
     assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.8, 0.93])
+def test_a_truncated_shard_is_refused_not_read_in_part(tmp_path, cut):
+    """A copy cut short (inside a sample, or inside the next header) used to be read up to the cut, silently."""
+    from exitlab.data.shards import index_shard
+
+    (path,) = make_shards(tmp_path / "train", [24])
+    assert len(index_shard(path, ["jpg"], "cls")) == 24  # the whole shard reads
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(DataError, match=r"shard-000\.tar is truncated: (it ends inside a tar member after sample "
+                                         r"'0000\d\d' \(\d+ complete samples read, |[a-z ]+ \()\d+ "
+                                         r"bytes\); copy the shard again or rebuild it"):
+        index_shard(path, ["jpg"], "cls")

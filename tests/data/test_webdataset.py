@@ -129,6 +129,10 @@ def test_compressed_shards_and_labels_out_of_range_are_refused(tmp_path):
     make_shards(tmp_path / "val", [3], start=103, num_classes=5)  # labels 0..4, but train only has 0..2
     with pytest.raises(DataError, match=r"held-out shards: labels must be 0..2 \(one per class\), found 3, 4"):
         _data(tmp_path)
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")  # too short: blamed on classes.txt, not on the labels
+    with pytest.raises(DataError, match=r"classes.txt names 3 classes but the shards hold label 4; add the missing "
+                                        r"class names to classes.txt \(one per line, label 0 first\)"):
+        _data(tmp_path)
     (tmp_path / "classes.txt").write_text("a\nb\nc\nd\ne\n")
     assert _data(tmp_path).classes == ["a", "b", "c", "d", "e"]
     p = tmp_path / "train" / "shard-000.tar"

@@ -230,4 +230,8 @@ def webdataset_splits(root: str | None, pattern: str, image: str, label: str,
     test = read_split(r, held_out, pattern, exts, label.strip().lstrip("."), buffer)
     names = r / "classes.txt"
     classes = [c.strip() for c in names.read_text().splitlines() if c.strip()] if names.is_file() else None
+    top = max(int(s.labels.max()) for s in (train, test) if len(s.labels))
+    if classes is not None and top >= len(classes):
+        raise DataError(f"{names} names {len(classes)} classes but the shards hold label {top}; add the missing class "
+                        f"names to classes.txt (one per line, label 0 first) or fix the shards' labels")
     return train, test, classes

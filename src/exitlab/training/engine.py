@@ -101,7 +101,8 @@ def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, 
 
 
 def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
-    """A model passed in must predict the data's classes."""
+    """The model (passed in, or built by a factory whose network has its own classifier) must predict the data's
+    classes."""
     if model.num_classes != len(data.classes):
         raise ConfigError(f"the model predicts {model.num_classes} classes but the data has {len(data.classes)}; "
                           f"build it with num_classes={len(data.classes)}")
@@ -159,7 +160,7 @@ class _Run:
         self.phases = preflight(cfg, model)  # everything that can fail without data fails here, before any is read
         self.probes = probes or Probes()
         self.data = prepare_data(cfg, self.device, info, source)
-        self.model = (make_model(cfg, self.data) if model is None else _fits(model, self.data)).to(self.device)
+        self.model = _fits(make_model(cfg, self.data) if model is None else model, self.data).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.flops_per_sample = self._measure_flops()  # before compiling: the counter sees the eager model

@@ -178,3 +178,12 @@ def test_a_factory_whose_classifier_does_not_fit_the_data_is_refused(tmp_path, t
                                           r"num_classes=7"):
         exitlab.train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_model_built_for_other_channels_than_the_data_is_refused_in_one_line(tmp_path):
+    model = exitlab.build_model("resnet8", num_classes=7, in_chans=3, img_size=16, exits=[0, 1], head="pooled")
+    x = torch.rand(70, 1, 16, 16)  # one channel, the model takes three
+    y = torch.arange(70) % 7
+    with pytest.raises(ConfigError, match=r"the model does not take the data's samples of shape \(1, 16, 16\) \(.*\); "
+                                          r"build it for that input \(in_chans=1, its image size\)"):
+        exitlab.train(model, tmp_path / "run", data=exitlab.data.from_tensors(x, y, x, y), regime="joint", budget=1)

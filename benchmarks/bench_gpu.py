@@ -166,9 +166,10 @@ def early_exit_rows(sz: Sizes, device: torch.device) -> list[dict]:
         x = torch.randn(sz.ee_batch, 3, sz.img, sz.img, device=device)
         b = guarded(lambda m=model, x=x: batched_speedups(m, x, Quota(), 0.35, exit_costs(m).flops, warmup=1,
                                                           repeats=sz.ee_repeats, clock="device"))
+        keys = ("speedup_flops", "speedup_segment_ideal", "speedup_measured", "measured_over_ideal", "logits_equal",
+                "logits_max_abs_diff")
         rows.append({"section": "early_exit", "head": head, "model": f"resnet{sz.ee_depth}", "batch": sz.ee_batch,
-                     **({k: b[k] for k in ("speedup_flops", "speedup_segment_ideal", "speedup_measured",
-                                          "measured_over_ideal", "logits_equal")} if "error" not in b else b)})
+                     **({k: b[k] for k in keys} if "error" not in b else b)})
         xs = torch.randn(sz.b1_samples, 3, sz.img, sz.img, device=device)
         one = guarded(lambda m=model, xs=xs: batch1_latency(m, xs, make_policy("confidence"), 0.9, 1.0,
                                                             clock="device"))

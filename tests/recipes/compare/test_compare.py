@@ -118,3 +118,22 @@ def test_overthinking_and_improvability_tables_match_the_evaluations(compared):
 
     page = build_report(out).read_text()
     assert "<h2>Overthinking (SDN)</h2>" in page and "<h2>Hindsight improvability (ZTW)</h2>" in page
+
+
+def test_tables_state_the_budget_the_runs_recorded(compared):
+    out, summary = compared
+    assert summary["budget_matched"]["matched"] == "epochs" and summary["budget_matched"]["value"] == 2
+    assert "Budget matched across regimes, as every run recorded: epochs" in (out / "tables" / "paper.md").read_text()
+
+
+def test_a_budget_override_for_one_regime_is_reported_as_not_matched(tmp_path):
+    """regime_overrides may give one regime another budget: the tables must say so, from what the runs recorded."""
+    cfg = write_config(tmp_path / "unfair.yaml", regimes=["joint", "disjoint"],
+                       regime_overrides={"joint": {"budget": 4}})
+    summary = run_compare(load_compare_config(cfg), tmp_path / "out")
+    fact = summary["budget_matched"]
+    assert fact["matched"] == "differs"
+    assert fact["rows"] == {"joint": [["epochs", 4]], "disjoint": [["epochs", 2]]}
+    text = (tmp_path / "out" / "tables" / "paper.md").read_text()
+    assert "Budget NOT matched: the runs recorded different budgets (joint: epochs 4; disjoint: epochs 2)." in text
+    assert "Budget matched across regimes" not in text

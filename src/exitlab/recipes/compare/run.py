@@ -100,6 +100,24 @@ def _curve(ev: dict, policy: str) -> dict:
     return {"fraction": c["fraction"], "accuracy": c["accuracy"]}
 
 
+def recorded_budget(table: list[dict]) -> dict:
+    """Which budget the runs were matched on, from what each run recorded (never from the config's intent).
+
+    ``matched`` is the kind every run recorded ("flops", "epochs" or "none") when all runs recorded the same kind and
+    value; otherwise "differs", with each row's budgets in ``rows``. ``flops_spread``: the largest relative difference
+    of the measured training FLOPs between runs (compute-matched runs agree within one step)."""
+    per_row = {r["row"]: sorted({(c.get("budget", {}).get("matched", "unknown"), c.get("budget", {}).get("value"))
+                                 for c in r["compute"]}, key=str) for r in table}
+    kinds = {kv for budgets in per_row.values() for kv in budgets}
+    flops = [f for r in table for f in r["train_flops"] if f]
+    spread = (max(flops) - min(flops)) / max(flops) if flops else None
+    if len(kinds) == 1:
+        kind, value = next(iter(kinds))
+        return {"matched": kind, "value": value, "flops_spread": spread}
+    return {"matched": "differs", "rows": {k: [list(kv) for kv in v] for k, v in per_row.items()},
+            "flops_spread": spread}
+
+
 def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
     """Per row: the per-seed values of every reported number (tables take mean and std from these)."""
     key = f"budget_{round(cc.distribution_budget * 100)}"
@@ -128,7 +146,7 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],
             "phase1_from": [read_status(run_dir(out, s, regime, variant)).get("phase1_from") for s in cc.seeds],
         })
-    matched = "flops" if cc.base.budget_flops else "epochs" if cc.base.budget else "none"
+    matched = recorded_budget(table)
     policy = next(iter(evals.values()))["policy"]  # cc.policy, or the task's default
     return {"config": dataclasses.asdict(cc), "policy": policy, "distribution_budget": cc.distribution_budget,
             "rows": table, "samples": next(iter(evals.values()))["samples"], "budget_matched": matched,

@@ -75,12 +75,26 @@ def paper_table(summary: dict) -> tuple[list[str], list[list]]:
 def caption(summary: dict) -> str:
     """What every table shows: the seeds behind each mean, how budgets were chosen, which budget was matched."""
     n = len(summary["config"]["seeds"])
-    matched = summary.get("budget_matched", "epochs")
-    what = {"flops": "training FLOPs (compute-matched)", "epochs": "epochs (not compute: phase 3 steps are cheaper)",
-            "none": "nothing (each phase ran its own epochs or early stopping)"}.get(matched, matched)
     score = "Test MSE (regression; no AUC)" if regression(summary) else "Accuracy"
     return (f"Mean ± sample std over n = {n} seed{'s' if n != 1 else ''}. {score} at a budget: the operating point "
-            f"chosen on the validation split, reported on test. Budget matched across regimes: {what}.")
+            f"chosen on the validation split, reported on test. {budget_line(summary.get('budget_matched'))}")
+
+
+def budget_line(fact) -> str:
+    """The budget sentence, from the budgets the runs recorded (see ``compare.run.recorded_budget``)."""
+    if isinstance(fact, str):  # summaries written before the budgets were read from the runs
+        fact = {"matched": fact}
+    fact = fact or {"matched": "unknown"}
+    kind = fact["matched"]
+    if kind == "differs":
+        cells = "; ".join(f"{row}: " + ", ".join(f"{k} {v}" if v is not None else k for k, v in budgets)
+                          for row, budgets in fact.get("rows", {}).items())
+        return f"Budget NOT matched: the runs recorded different budgets ({cells})."
+    what = {"flops": "training FLOPs (compute-matched)", "epochs": "epochs (not compute: phase 3 steps are cheaper)",
+            "none": "nothing (each phase ran its own epochs or early stopping)"}.get(kind, kind)
+    spread = fact.get("flops_spread")
+    measured = f"; measured training FLOPs differ by up to {100 * spread:.1f}%" if spread is not None else ""
+    return f"Budget matched across regimes, as every run recorded: {what}{measured}."
 
 
 def exit_table(summary: dict) -> tuple[list[str], list[list]]:

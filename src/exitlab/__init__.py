@@ -20,10 +20,11 @@ from .models import (
 )
 from .recipes.train import train
 from .runs.checkpoint import load, save_pretrained
+from .runs.components import REGIMES
 from .runs.config import RunConfig, load_config
 from .runs.rundir import RunDir
 from .runs.version import __version__
-from .training.phases import REGIMES, Phase, plan_phases
+from .training.phases import Phase, plan_phases
 
 __all__ = ["BACKBONES", "HEADS", "REGIMES", "ExitlabError", "MultiExitModel", "Phase", "RunConfig", "RunDir",
            "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_hf", "from_module",

@@ -134,7 +134,7 @@ def test_bad_options_and_token_exits_are_one_line_errors():
 @pytest.mark.parametrize("regime", ["joint", "disjoint", "mixed"])
 def test_the_regimes_train_msdnet_end_to_end(tiny_cfg, tmp_path, regime):
     from exitlab.recipes.train import train
-    from exitlab.runs.rundir import read_jsonl
+    from exitlab.runs.files import read_jsonl
 
     cfg = tiny_cfg(regime=regime, **{"model.backbone": "msdnet", "model.exits": "every:1",
                                      "model.backbone_kwargs": json.dumps(TINY).replace('"', ""),

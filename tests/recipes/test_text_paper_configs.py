@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 import exitlab  # noqa: E402
 from exitlab.recipes.compare import load_compare_config  # noqa: E402
 from exitlab.runs.config import load_config  # noqa: E402
-from exitlab.runs.rundir import read_jsonl  # noqa: E402
+from exitlab.runs.files import read_jsonl  # noqa: E402
 from tests.data.test_text_files import _rows  # noqa: E402
 
 TEXT = Path(__file__).parents[2] / "configs" / "paper" / "text"

@@ -7,7 +7,7 @@ import torch
 
 from exitlab.recipes.grid import plan_grid, run_grid
 from exitlab.recipes.train import train
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import _Run
 from exitlab.training.loop import step_flops
 from exitlab.training.phases import Phase

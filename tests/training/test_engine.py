@@ -8,7 +8,7 @@ import torch
 from exitlab.errors import ExitlabError, TrainingError
 from exitlab.recipes.train import train
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import _Run
 from exitlab.training.loop import set_modes, set_trainable, train_epoch
 from exitlab.training.phases import plan_phases

@@ -4,7 +4,7 @@ import torch
 
 from exitlab.models import build_model
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import train
 from exitlab.training.loop import distill_loss, exit_losses
 

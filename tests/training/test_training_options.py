@@ -79,7 +79,7 @@ def test_decay_on_weights_only_spares_norms_biases_position_embeddings_and_cls_t
 
 
 def test_training_with_every_option_on_runs_and_clips(tiny_cfg, tmp_path):
-    from exitlab.runs.rundir import read_jsonl
+    from exitlab.runs.files import read_jsonl
     from exitlab.training.engine import train
 
     cfg = tiny_cfg(regime="joint", **{"phase2.grad_clip": 0.5, "phase2.warmup_epochs": 0.5,
@@ -126,7 +126,7 @@ def test_stop_rules_and_plateau_cuts():
 
 
 def test_plateau_schedule_scales_the_learning_rate_it_records(tiny_cfg, tmp_path):
-    from exitlab.runs.rundir import read_jsonl
+    from exitlab.runs.files import read_jsonl
     from exitlab.training.engine import train
 
     cfg = tiny_cfg(regime="joint", **{"phase2.schedule": "plateau", "phase2.plateau_patience": 1,

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..data import RunData
 from ..errors import ExitlabError
-from ..models.contract import TextFeature
-from ..models.core import BlocksBackbone, MultiExitModel, MultiScaleFeature
+from ..models.contract import BlocksBackbone, MultiScaleFeature, TextFeature
+from ..models.core import MultiExitModel
 from ..runs.checkpoint import load_state, load_tensors
 from ..runs.config import RunConfig
 from ..runs.rundir import RunDir, checkpoints
@@ -116,10 +116,6 @@ def fixed_batches(loader, n: int, batch_size: int = 500, seed: int = 0, what: st
         raise ExitlabError(f"{what} asks for {n} samples but the split holds only {loader.num_samples}; lower "
                            f"--samples to at most {loader.num_samples} or pick a larger --split")
     return loader.sample(n, seed, batch_size)
-
-
-def cat_batches(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 # ---------------------------------------------------------------- state that analyses must give back

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExitlabError
-from ..models.core import MultiExitModel, MultiScaleFeature
+from ..models.contract import MultiScaleFeature
+from ..models.core import MultiExitModel
 from .common import Batches, block_outputs, check_blocks, exit_names, pool_feature, preserved
 
 LN2 = math.log(2)

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..models import HFSpec
 from ..models.costs import ExitCosts, exit_costs, length_table, text_costs
 from ..runs.files import atomic_write
-from ..runs.rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
+from ..runs.rundir import SPLITS, RunDir
 from .extras import ExtraOptions, add_extras, format_extras_report
 from .policies import POLICIES, Policy, make_policy
 from .sweep import (
@@ -259,5 +259,4 @@ def _budget_lines(result: dict, score) -> list[str]:
             row(tf["budget_table"], tf["auc"])]
 
 
-__all__ = ["as_run", "cached_logits", "compute_logits", "evaluate_run", "exit_table", "format_report",
-           "policy_curve"]
+__all__ = ["as_run", "cached_logits", "evaluate_run", "exit_table", "format_report", "policy_curve"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .contract import BlocksBackbone, ExitPoint, MultiScaleFeature, TapFn, TextFeature  # noqa: F401  (re-exported)
+from .contract import MultiScaleFeature, TextFeature
 from .gpf import gpf_heads
 from .heads import build_head
 from .spec import ModelSpec

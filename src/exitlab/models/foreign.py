@@ -92,7 +92,7 @@ def feature_modules(module: nn.Module, names: dict[str, nn.Module]) -> list[str]
     return listed if all(n in names for n in listed) else []
 
 
-def choose_taps(module: nn.Module, exits, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
+def choose_taps(module: nn.Module, exits, input_shape: tuple[int, ...], num_classes: int | None) -> list[str]:
     """Exit module names from ``exits``: names, indices into :func:`tap_candidates` (the last candidate feeds the
     final exit and takes no IC), ``"every:K"`` or ``"flops:N"`` (spread evenly by measured FLOPs)."""
     if isinstance(exits, (list, tuple)) and all(isinstance(e, str) for e in exits):
@@ -253,12 +253,14 @@ def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled",
         module, shape = call_factory(source, kwargs), None
         if isinstance(pretrained, str):
             load_weights(module, pretrained, num_classes)
+    # a user factory's network has as many classes as its output; the engine checks that against the data
+    classes = num_classes if kind in ("timm", "torchvision") else None
     shape = tuple(input_shape or shape or ())
     if not shape:
         raise ConfigError(f"{source}: give the input shape of one sample, e.g. input_shape=(3, 32, 32)")
     try:
-        taps = choose_taps(module, exits, shape, num_classes)
-        model = from_module(module, taps, num_classes=num_classes, input_shape=shape, head=head,
+        taps = choose_taps(module, exits, shape, classes)
+        model = from_module(module, taps, num_classes=classes, input_shape=shape, head=head,
                             head_kwargs=head_kwargs)
     except (RuntimeError, AssertionError, ValueError) as e:  # the model's own forward refused the dry run
         first = (str(e).splitlines() or [""])[0]

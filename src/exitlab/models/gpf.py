@@ -89,10 +89,6 @@ def gpf_heads(points: list[ExitPoint], num_classes: int, **kwargs) -> list[GPFHe
     return [GPFHead(p, num_classes, index=j, shared=shared, **kwargs) for j, p in enumerate(points)]
 
 
-def is_gpf(heads: nn.ModuleList) -> bool:
-    return len(heads) > 0 and isinstance(heads[0], GPFHead)
-
-
 def gpf_imitation_loss(heads: nn.ModuleList, feats: list) -> torch.Tensor:
     """GPF's imitation loss from the ICs' input features (``feats[k]``, as the forward pass collected them)."""
     states = [head.state(h) for head, h in zip(heads, feats)]  # [B, D] each

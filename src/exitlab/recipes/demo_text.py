@@ -19,7 +19,8 @@ from ..errors import ExitlabError
 from ..models.hf import from_hf, require_transformers
 from ..runs.checkpoint import load
 from ..runs.config import RunConfig, from_dict
-from ..runs.rundir import RunDir, check_out_dir
+from ..runs.files import check_out_dir
+from ..runs.rundir import RunDir
 from ..training.loop import evaluate
 from .train import train
 

@@ -18,9 +18,9 @@ import torch
 from ..errors import ConfigError, ExitlabError
 from ..runs import faults
 from ..runs.config import RunConfig, apply_overrides, from_dict, to_dict
-from ..runs.rundir import read_jsonl, read_status
+from ..runs.files import read_jsonl, read_status
 from ..training.engine import phase1_signature, run_signature
-from ..training.phases import phase_kinds, regime_label  # noqa: F401  (regime_label re-exported)
+from ..training.phases import phase_kinds, regime_label
 from ..training.planning import preflight
 from .procs import worker_pool
 from .train import train

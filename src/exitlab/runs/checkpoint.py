@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ExitlabError
 from ..models import MultiExitModel, SpecError, model_from_spec, spec_from_json
-from .files import atomic_write, read_json  # noqa: F401  (atomic_write re-exported)
+from .files import atomic_write, read_json
 
 FORMAT = "exitlab-checkpoint-1"
 

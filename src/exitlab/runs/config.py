@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import yaml
 
-from ..data import DATASETS
+from ..data.catalog import AUGMENTS, DATASETS, is_text_data, unknown_name_message
 from ..errors import ConfigError
 from .components import LOSS_WEIGHTS, OPTIMIZERS, REGIMES, SCHEDULES
 
@@ -195,7 +195,7 @@ DATA_DEFAULTS = {"wds_shards": "*.tar", "wds_image": "jpg;jpeg;png;webp;bmp", "w
 
 def _validate_data(d: DataConfig) -> None:
     if d.name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose one of: {', '.join(DATASETS)}")
+        raise ConfigError(unknown_name_message(DATASETS, "data.name", d.name))
     check_range("data.val_fraction", d.val_fraction, lo=0, hi=1, lo_open=True, hi_open=True)
     for key, val, lo in (("data.batch_size", d.batch_size, 1), ("data.eval_batch_size", d.eval_batch_size, 1),
                          ("data.crop_padding", d.crop_padding, 0), ("data.train_subset", d.train_subset, 0),
@@ -203,8 +203,8 @@ def _validate_data(d: DataConfig) -> None:
                          ("data.shuffle_buffer", d.shuffle_buffer, 1)):
         check_range(key, val, lo=lo)
     check_range("data.crop_fraction", d.crop_fraction, lo=0, hi=1, lo_open=True)
-    if d.augment not in ("crop_flip", "imagenet"):
-        raise ConfigError(f"data.augment: unknown recipe {d.augment!r}; choose crop_flip or imagenet")
+    if d.augment not in AUGMENTS:
+        raise ConfigError(unknown_name_message(AUGMENTS, "data.augment", d.augment))
     if d.stream and d.name != "imagefolder":
         raise ConfigError(f"data.stream applies to image folders (data.name imagefolder), not {d.name!r}; webdataset "
                           "always streams and the other data sets are held in memory")
@@ -233,7 +233,7 @@ def _validate_data(d: DataConfig) -> None:
 
 def _validate_text(d: DataConfig) -> None:
     t = d.text
-    if d.name not in ("text", "spam_assassin"):
+    if not is_text_data(d.name):
         if t != TextConfig():
             raise ConfigError(f"data.text is set but data.name is {d.name!r}; drop data.text or use data.name=text")
         return

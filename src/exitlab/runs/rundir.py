@@ -30,17 +30,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..models.core import MultiExitModel, eval_mode
 from .checkpoint import load
 from .config import RunConfig, load_config, to_dict
-from .files import (  # noqa: F401  (re-exported: this module's old contents)
-    RunLock,
-    append_jsonl,
-    atomic_write,
-    check_out_dir,
-    check_writable,
-    read_json,
-    read_jsonl,
-    read_status,
-    repair_jsonl,
-)
+from .files import atomic_write, read_jsonl, read_status
 from .version import __version__
 
 log = logging.getLogger("exitlab")

@@ -21,28 +21,15 @@ import torch
 from tqdm import tqdm
 
 from ..data import RunData, build_run_data
+from ..data.text import TextLoader
 from ..errors import CheckpointError, ConfigError, ExitlabError
-from ..models.core import MultiExitModel
+from ..models.core import MultiExitModel, eval_mode
 from ..models.hf import vocab_size as hf_vocab_size
 from ..runs import checkpoint as ckpt
 from ..runs import faults
 from ..runs.config import RunConfig, dump_config, to_dict
-from ..runs.rundir import (
-    MEMORY,
-    RunDir,
-    RunLock,
-    append_jsonl,
-    check_out_dir,
-    check_writable,
-    checkpoints,
-    environment,
-    newest_valid,
-    read_jsonl,
-    read_status,
-    remove_partial_writes,
-    repair_jsonl,
-    signature,
-)
+from ..runs.files import RunLock, append_jsonl, check_out_dir, check_writable, read_jsonl, read_status, repair_jsonl
+from ..runs.rundir import MEMORY, RunDir, checkpoints, environment, newest_valid, remove_partial_writes, signature
 from .accounting import compute_summary, shared_phase1
 from .compile import maybe_compile
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
@@ -101,10 +88,24 @@ def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, 
 
 
 def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
-    """A model passed in must predict the data's classes."""
+    """The model (passed in, or built by a factory whose network has its own classifier) must predict the data's
+    classes."""
     if model.num_classes != len(data.classes):
         raise ConfigError(f"the model predicts {model.num_classes} classes but the data has {len(data.classes)}; "
                           f"build it with num_classes={len(data.classes)}")
+    if isinstance(data.train, TextLoader):
+        top = max(int(loader.x[:, 0].max()) for loader in (data.train, data.val, data.test) if loader.num_samples)
+        if top >= hf_vocab_size(model):
+            raise ConfigError(f"the data holds token id {top} but the encoder's embedding table has "
+                              f"{hf_vocab_size(model)} rows; tokenize with the model's own tokenizer")
+        return model
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(2, *data.shape))
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"the model does not take the data's samples of shape {tuple(data.shape)} ({first}); build "
+                          f"it for that input (in_chans={data.shape[0]}, its image size)") from None
     return model
 
 
@@ -159,7 +160,7 @@ class _Run:
         self.phases = preflight(cfg, model)  # everything that can fail without data fails here, before any is read
         self.probes = probes or Probes()
         self.data = prepare_data(cfg, self.device, info, source)
-        self.model = (make_model(cfg, self.data) if model is None else _fits(model, self.data)).to(self.device)
+        self.model = _fits(make_model(cfg, self.data) if model is None else model, self.data).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.flops_per_sample = self._measure_flops()  # before compiling: the counter sees the eager model

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.catalog import is_text_data
 from ..errors import ConfigError, ExitlabError
 from ..models import MultiExitModel, build_model
 from ..models.hf import build_hf, check_hf_source
@@ -42,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
     """The image shape a dataset yields, known without reading it (text: 3 rows of 8 tokens, for the check)."""
     d = cfg.data
-    if d.name in ("text", "spam_assassin"):
+    if is_text_data(d.name):
         return (3, 8, 8)
     if d.name in ("fashion_mnist", "mnist"):
         return (1, 28, 28)
@@ -65,15 +66,10 @@ def check_data_options(cfg: RunConfig) -> None:
                           f"the {cfg.data.name} files, or unset it to use the default locations")
 
 
-def check_model(cfg: RunConfig) -> int:
-    """Build the model on the side and run one forward and backward pass; returns its number of exits."""
-    return _model_facts(cfg)[0]
-
-
 def _model_facts(cfg: RunConfig) -> tuple[int, int]:
     """The number of exits and of skippable blocks (layer dropout) of the model ``cfg.model`` describes."""
     m = cfg.model
-    text = cfg.data.name in ("text", "spam_assassin")
+    text = is_text_data(cfg.data.name)
     if text != m.backbone.startswith("hf:"):
         raise ConfigError(f"model.backbone {m.backbone!r} with data.name {cfg.data.name!r}: text data needs a text "
                           "encoder (model.backbone hf:...) and an encoder needs text data (data.name text or "

@@ -10,8 +10,8 @@ from typing import Union
 import yaml
 
 from ...errors import ConfigError
+from ...runs.components import REGIMES
 from ...runs.config import RunConfig, apply_overrides, check_range, from_dict, read_yaml, to_dict
-from ...training.phases import REGIMES
 
 # Named variants: a few overrides each. A config may also define its own as {name: {dotted.key: value}}.
 VARIANTS: dict[str, dict] = {

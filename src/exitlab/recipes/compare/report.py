@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from ...errors import ExitlabError
-from ...runs.checkpoint import atomic_write
-from ...runs.rundir import read_json
+from ...runs.files import atomic_write, read_json
 from .tables import (
     BUDGET_COLS,
     EXTRA_CAPTIONS,

@@ -13,9 +13,9 @@ import yaml
 
 from ...errors import ExitlabError
 from ...evaluation.evaluate import evaluate_run
-from ...runs.checkpoint import atomic_write
 from ...runs.config import from_dict
-from ...runs.rundir import check_out_dir, environment, read_jsonl, read_status, signature
+from ...runs.files import atomic_write, check_out_dir, read_jsonl, read_status
+from ...runs.rundir import environment, signature
 from ..grid import Job, plan_grid, run_grid
 from ..procs import worker_pool
 from .analyses import run_analyses

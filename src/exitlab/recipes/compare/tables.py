@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from ...analysis.seeds import mean_std
 
 BUDGET_COLS = ("25", "50", "75", "100")
 
@@ -24,27 +25,22 @@ def _as_values(v) -> Values:
     return v if isinstance(v, Values) else Values(v, 100.0)  # a plain list is an accuracy: shown in percent
 
 
-def mean_std(values: list, scale: float = 100.0) -> tuple[float, float] | None:
-    """Mean and sample std (0 for one seed), times ``scale`` (percent by default); None when any seed has no
-    value (it could not reach the budget)."""
+def scaled_mean_std(values: list, scale: float = 100.0) -> tuple[float, float] | None:
+    """Mean and sample std over seeds (0 for one seed), times ``scale`` (percent by default); None when any seed has
+    no value (it could not reach the budget)."""
     if not values or any(v is None for v in values):
         return None
-    n = len(values)
-    m = sum(values) / n
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return scale * m, scale * s
+    m, s = mean_std(values)
+    return scale * m, scale * (s or 0.0)
 
 
 def cell_text(v, latex: bool = False) -> str:
     v = _as_values(v)
-    ms = mean_std(v.values, v.scale)
+    ms = scaled_mean_std(v.values, v.scale)
     if ms is None:
         return "--" if latex else "n/a"
     pm = " $\\pm$ " if latex else " ± "
     return f"{ms[0]:.{v.digits}f}{pm}{ms[1]:.{v.digits}f}"
-
-
-_cell = cell_text
 
 
 def regression(summary: dict) -> bool:
@@ -161,7 +157,7 @@ def csv_text(header: list[str], body: list[list]) -> str:
     for row in body:
         cells = []
         for v in map(_as_values, row[1:]):
-            ms = mean_std(v.values, v.scale)
+            ms = scaled_mean_std(v.values, v.scale)
             cells += ["", ""] if ms is None else [f"{ms[0]:.4f}", f"{ms[1]:.4f}"]
         w.writerow([row[0], *cells])
     return buf.getvalue()

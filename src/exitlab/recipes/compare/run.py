@@ -22,7 +22,7 @@ from .analyses import run_analyses
 from .config import CompareConfig
 from .layout import rows, run_dir
 from .plots import write_plots
-from .tables import write_tables
+from .tables import FAILURE_METRICS, write_tables
 
 
 def plan(cc: CompareConfig, out: Path) -> list[Job]:
@@ -138,6 +138,7 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "compute": compute,
             "exit_accuracy": [[x["accuracy"] for x in e["exits"]] for e in seeds],
             "exit_fraction_flops": [x["fraction"] for x in seeds[0]["exits"]],
+            **{f"exit_{m}": [[x.get(m) for x in e["exits"]] for e in seeds] for m in FAILURE_METRICS},
             **({"overthinking": [e["extras"]["overthinking"]["per_exit"] for e in seeds],
                 "improvability": [e["extras"]["improvability"] for e in seeds]}
                if "overthinking" in seeds[0].get("extras", {}) else {}),  # classification only

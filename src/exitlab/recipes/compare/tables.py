@@ -127,7 +127,32 @@ def improvability_table(summary: dict) -> tuple[list[str], list[list]]:
     return header, body
 
 
+FAILURE_METRICS = ("ece", "auroc", "aurc")
+
+
+def failure_table(summary: dict) -> tuple[list[str], list[list]]:
+    """Per exit, the max softmax's calibration error (ECE) and failure prediction (AUROC, AURC) on test: three rows
+    per regime. Three decimals, not percent; n/a where some seed has no value (AUROC when an exit is all right or all
+    wrong)."""
+    fr = summary["rows"][0]["exit_fraction_flops"]
+    header = ["regime: metric"] + [f"exit {k} ({100 * fr[k]:.0f}% FLOPs)" if k < len(fr) - 1
+                                   else f"final ({100 * fr[k]:.0f}%)" for k in range(len(fr))]
+    body = [[f"{r['row']}: {m.upper()}", *[Values([seed[k] for seed in r[f"exit_{m}"]], 1.0, 3)
+                                           for k in range(len(fr))]]
+            for r in summary["rows"] for m in FAILURE_METRICS]
+    return header, body
+
+
+def has_failure(summary: dict) -> bool:
+    """Classification summaries written since the failure metrics were added have them."""
+    return not regression(summary) and "exit_auroc" in summary["rows"][0]
+
+
 EXTRA_CAPTIONS = {
+    "failure": "Per exit, the max softmax on test: ECE (calibration error, 15 bins), AUROC (probability that a right "
+               "answer is more confident than a wrong one, ties as half; higher is better) and AURC (mean error "
+               "rate among the k most confident, k = 1..N; lower is better). n/a: on some seed the exit got every "
+               "sample right (or every one wrong), so there is nothing to rank.",
     "overthinking": "SDN's overthinking: share of test samples an internal classifier gets right and the final exit "
                     "gets wrong, in %.",
     "improvability": "ZTW's hindsight improvability: of the test samples an exit gets wrong, the share some earlier "
@@ -164,13 +189,15 @@ def csv_text(header: list[str], body: list[list]) -> str:
 
 
 def write_tables(summary: dict, directory: Path) -> dict[str, str]:
-    """Write ``paper.{md,csv,tex}``, ``exits.{md,csv,tex}``, ``overthinking.*`` and ``improvability.*``; returns the
-    Markdown texts."""
+    """Write ``paper.{md,csv,tex}``, ``exits.{md,csv,tex}``, ``overthinking.*``, ``improvability.*`` and
+    ``failure.*``; returns the Markdown texts."""
     directory.mkdir(parents=True, exist_ok=True)
     texts = {}
     tables = [("paper", paper_table(summary)), ("exits", exit_table(summary))]
     if "overthinking" in summary["rows"][0]:  # summaries written before exitlab had the extras lack them
         tables += [("overthinking", overthinking_table(summary)), ("improvability", improvability_table(summary))]
+    if has_failure(summary):
+        tables.append(("failure", failure_table(summary)))
     for name, (header, body) in tables:
         extra = EXTRA_CAPTIONS.get(name, "")
         texts[name] = markdown(header, body) + "\n" + caption(summary) + (" " + extra if extra else "") + "\n"

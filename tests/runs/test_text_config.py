@@ -22,8 +22,9 @@ from exitlab.evaluation.inference import early_exit  # noqa: E402
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.evaluation.sweep import simulate  # noqa: E402
 from exitlab.models.costs import exit_costs, length_costs, length_table  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
 from exitlab.runs.rundir import RunDir  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
 from tests.models.test_hf import tiny  # noqa: E402
 
 GOOD, BAD = "good great fine happy nice".split(), "bad awful poor sad nasty".split()

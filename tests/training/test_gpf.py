@@ -12,7 +12,7 @@ from exitlab.evaluation.sweep import exit_indices
 from exitlab.models import build_model
 from exitlab.models.costs import exit_costs
 from exitlab.models.gpf import gpf_imitation_loss
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import phase_loss
 from exitlab.training.phases import Phase, plan_phases
 

@@ -11,7 +11,7 @@ from exitlab.models import build_model
 from exitlab.models.layerdrop import block_rates, layer_dropout, skippable_blocks
 from exitlab.recipes.train import train
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.layerskip import curriculum_weights, exit_mask, time_scale
 from exitlab.training.loop import phase_loss
 from exitlab.training.phases import Phase, plan_phases

@@ -19,7 +19,8 @@ from ..analysis.gradients import gradient_logger
 from ..data import Source
 from ..errors import ConfigError
 from ..models import MultiExitModel, rebuildable
-from ..runs.config import RunConfig, from_dict, to_dict
+from ..runs.config import RunConfig
+from ..runs.typed import from_dict, to_dict
 from ..training.engine import Probes
 from ..training.engine import train as run_training
 

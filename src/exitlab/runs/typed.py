@@ -104,9 +104,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names, key=str)
-    moved = [k for k in unknown if k in getattr(cls, "MOVED", {})]
+    moved = [k for k in data if k in getattr(cls, "MOVED", {})]  # in the order given
     if moved:
-        more = f"; {len(moved) - 1} more keys here moved too" if len(moved) > 1 else ""
+        more = f" and the {len(moved) - 1} other moved keys here" if len(moved) > 1 else ""
         raise ConfigError(f"{prefix}{moved[0]} is now {prefix}{cls.MOVED[moved[0]]}; rename it{more} "
                           "(docs/training.md lists the moved keys)")
     if unknown:

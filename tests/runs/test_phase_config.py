@@ -169,3 +169,12 @@ def test_the_docs_list_every_section_key():
                if f"`{n}.{f.name}`" not in text]
     assert not missing, f"docs/training.md does not list {missing}"
     assert all(f"`{old}`" in text for old in PhaseConfig.MOVED), "docs/training.md lists the moved keys"
+
+
+def test_regime_presets_are_section_keys_as_ls_shows_them():
+    from exitlab.cli import _preset
+
+    items = _preset("layerskip").removeprefix(" with ").split(", ")
+    assert items == ["phase2.layerskip.rate=0.2", "phase2.layerskip.depth_scale=exp",
+                     "phase2.layerskip.curriculum=rotational"]
+    assert load_config(None, items).phase2.layerskip == LayerSkipConfig(rate=0.2, curriculum="rotational")

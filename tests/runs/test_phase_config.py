@@ -178,3 +178,13 @@ def test_regime_presets_are_section_keys_as_ls_shows_them():
     assert items == ["phase2.layerskip.rate=0.2", "phase2.layerskip.depth_scale=exp",
                      "phase2.layerskip.curriculum=rotational"]
     assert load_config(None, items).phase2.layerskip == LayerSkipConfig(rate=0.2, curriculum="rotational")
+
+
+def test_python_options_change_only_the_section_keys_they_name():
+    from exitlab.recipes.train import _component_config
+
+    model = build_model("resnet8", num_classes=7, img_size=16, exits=[0])
+    base = load_config(None, ["phase2.layerskip.curriculum=gradual", "phase2.lr=0.01"])
+    cfg = _component_config(model, base, {"phase2": {"layerskip": {"rate": 0.1}}, "budget": 2})
+    assert cfg.phase2.layerskip == LayerSkipConfig(rate=0.1, curriculum="gradual") and cfg.phase2.lr == 0.01
+    assert cfg.budget == 2

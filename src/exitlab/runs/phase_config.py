@@ -197,9 +197,12 @@ class PhaseConfig:
     def ignored_in(self, kind: int) -> list[tuple[str, str]]:
         """The keys set here (away from their defaults) that phase ``kind`` would ignore, with why: ``[(key, why)]``
         (keys dotted within the phase, ``layerskip.rate``)."""
-        rules = [(self, PhaseConfig(), "")] + [(s, type(s)(), f"{n}.") for n, s in self.methods().items()]
-        return [(f"{pre}{key}", why) for obj, default, pre in rules for key, why in obj.IGNORED.get(kind, {}).items()
-                if getattr(obj, key) != getattr(default, key)]
+        found = []
+        for obj, prefix in [(self, "")] + [(s, f"{n}.") for n, s in self.methods().items()]:
+            default = type(obj)()
+            found += [(f"{prefix}{key}", why) for key, why in obj.IGNORED.get(kind, {}).items()
+                      if getattr(obj, key) != getattr(default, key)]
+        return found
 
 
 def upgrade_phase(phase: dict) -> dict:

@@ -172,7 +172,7 @@ def test_the_docs_list_every_section_key():
 
 
 def test_regime_presets_are_section_keys_as_ls_shows_them():
-    from exitlab.cli import _preset
+    from exitlab.cli.listing import _preset
 
     items = _preset("layerskip").removeprefix(" with ").split(", ")
     assert items == ["phase2.layerskip.rate=0.2", "phase2.layerskip.depth_scale=exp",

@@ -25,7 +25,7 @@ import torch
 from bench_ic_overhead import interleaved, make_loader, parse_exits, ratios
 
 from exitlab.models import build_foreign
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, step_flops, train_epoch
 from exitlab.training.phases import Phase
 

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from exitlab.data import TensorLoader
 from exitlab.models import build_model
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import make_optimizer, set_modes, set_trainable, train_epoch
 from exitlab.training.phases import Phase
 

@@ -40,7 +40,7 @@ from exitlab.evaluation.bench import batch1_latency, batched_speedups  # noqa: E
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.models import build_model  # noqa: E402
 from exitlab.models.costs import exit_costs  # noqa: E402
-from exitlab.runs.config import PhaseConfig  # noqa: E402
+from exitlab.runs.phase_config import PhaseConfig  # noqa: E402
 from exitlab.training.compile import maybe_compile  # noqa: E402
 from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch  # noqa: E402
 from exitlab.training.phases import Phase  # noqa: E402

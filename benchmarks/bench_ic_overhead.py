@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from exitlab.data import TensorLoader
 from exitlab.models import build_model
 from exitlab.models.heads import SDNHead
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch
 from exitlab.training.phases import Phase
 

@@ -36,7 +36,7 @@ from bench_ic_overhead import interleaved, ratios
 
 from exitlab.data import TensorLoader
 from exitlab.models import build_model
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.compile import maybe_compile
 from exitlab.training.loop import evaluate, make_optimizer, set_modes, set_trainable, train_epoch
 from exitlab.training.phases import Phase

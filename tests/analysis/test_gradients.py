@@ -11,7 +11,7 @@ from exitlab.analysis.common import block_groups
 from exitlab.analysis.gradients import gradient_contributions, objective_phase, per_exit_gradients
 from exitlab.errors import ExitlabError
 from exitlab.models import build_model, from_module
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import exit_losses, phase_loss, phase_module
 from exitlab.training.phases import Phase, exit_weights, loss_weights
 

@@ -36,12 +36,10 @@ CONFIG_CASES = {
     "negative epochs": (T + ["--set", "phase2.epochs=-2"], "error: phase2.epochs must be >= 0, got -2"),
     "wrong type": (T + ["--set", "phase2.epochs=two"], "error: phase2.epochs: expected int, got 'two'"),
     "unknown key": (T + ["--set", "phase2.epoch=3"],
-                    "error: phase2.epoch: unknown key; valid keys here: curriculum_fraction, curriculum_rotation, "
-                    "decay_params, distill, distill_temperature, epochs, exit_curriculum, gpf_imitation, grad_clip, "
-                    "grad_equilibrium, l2w_constraint, l2w_epsilon, l2w_hidden, l2w_meta_interval, l2w_meta_lr, "
-                    "l2w_meta_subsets, l2w_target, label_smoothing, layer_drop, layer_drop_per, layer_drop_scale, "
-                    "layer_drop_time, loss_weights, lr, momentum, optimizer, patience, plateau_factor, "
-                    "plateau_patience, schedule, stop_rule, warmup_epochs, weight_decay"),
+                    "error: phase2.epoch: unknown key; valid keys here: decay_params, distill, distill_temperature, "
+                    "epochs, gpf, grad_clip, grad_equilibrium, l2w, label_smoothing, layerskip, loss_weights, lr, "
+                    "momentum, optimizer, patience, plateau_factor, plateau_patience, schedule, stop_rule, "
+                    "warmup_epochs, weight_decay"),
     "unknown optimizer": (T + ["--set", "phase1.optimizer=adam"],
                           "error: phase1.optimizer: unknown optimizer 'adam'; choose adamw or sgd"),
     "validation share out of range": (T + ["--set", "data.val_fraction=1.5"],

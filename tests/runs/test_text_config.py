@@ -22,8 +22,9 @@ from exitlab.evaluation.inference import early_exit  # noqa: E402
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.evaluation.sweep import simulate  # noqa: E402
 from exitlab.models.costs import exit_costs, length_costs, length_table  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
 from exitlab.runs.rundir import RunDir  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
 from tests.models.test_hf import tiny  # noqa: E402
 
 GOOD, BAD = "good great fine happy nice".split(), "bad awful poor sad nasty".split()
@@ -247,7 +248,7 @@ def test_a_local_folder_gives_its_weights_with_pretrained_and_only_its_config_wi
 def test_a_config_puts_gpf_heads_on_an_encoder(tmp_path, text_run):
     root, _ = text_run
     cfg = text_config(root, model={"head": "gpf", "head_kwargs": {"dim": 8}}, regime="joint",
-                      phase2={"gpf_imitation": 1.0})
+                      phase2={"gpf": {"imitation": 1.0}})
     out = exitlab.train(from_dict(RunConfig, cfg), tmp_path / "gpf")
     model = RunDir(out).model()
     assert model.spec.head == "gpf" and model.spec.head_kwargs["dim"] == 8

@@ -13,7 +13,7 @@ from torch import nn
 from exitlab.data import TensorLoader
 from exitlab.errors import ConfigError
 from exitlab.models import build_model, from_module
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.compile import VARIANTS_PER_SHAPE, compile_parts, is_compiled, maybe_compile, recompiles_needed
 from exitlab.training.loop import exit_losses, train_epoch
 from exitlab.training.phases import Phase

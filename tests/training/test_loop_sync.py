@@ -18,7 +18,7 @@ import torch
 from exitlab.data import TensorLoader
 from exitlab.errors import TrainingError
 from exitlab.models import build_model
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import lr_at, phase_loss, train_epoch
 from exitlab.training.phases import Phase, exit_weights
 

@@ -18,8 +18,9 @@ from exitlab.evaluation.inference import early_exit  # noqa: E402
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.evaluation.sweep import exit_indices  # noqa: E402
 from exitlab.models.hf import pack  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
 from exitlab.runs.files import read_jsonl  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
 from exitlab.training.loop import exit_losses  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 

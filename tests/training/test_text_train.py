@@ -12,8 +12,9 @@ pytest.importorskip("transformers")
 import exitlab  # noqa: E402
 from exitlab.data import TextLoader, from_token_tensors  # noqa: E402
 from exitlab.errors import DataError  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
 from exitlab.runs.files import read_jsonl  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 OPT = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0}
@@ -177,7 +178,7 @@ def test_compute_budgets_loss_weights_and_distillation_work_unchanged_on_text(tm
     import dataclasses
     import json
 
-    from exitlab.runs.config import PhaseConfig
+    from exitlab.runs.phase_config import PhaseConfig
     from exitlab.training.loop import phase_loss
     from exitlab.training.phases import Phase
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from exitlab.models import build_model
 from exitlab.models.placement import nearest_distinct
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.loop import _clip_and_check, exit_losses, lr_at, make_optimizer
 from exitlab.training.phases import Phase
 

@@ -23,8 +23,8 @@ from torch import nn
 
 from ..errors import ExitlabError
 from ..models.core import MultiExitModel
-from ..runs.config import PhaseConfig
 from ..runs.files import append_jsonl
+from ..runs.phase_config import PhaseConfig
 from ..runs.rundir import RunDir
 from ..training.loop import distill_loss, exit_losses, set_modes
 from ..training.phases import Phase, exit_weights
@@ -54,9 +54,10 @@ def phase_outputs(model: MultiExitModel, phase: Phase, x: torch.Tensor) -> list[
 def exit_terms(outs: list[torch.Tensor], y: torch.Tensor, phase: Phase, num_exits: int) -> torch.Tensor:
     """Each exit's additive term ``T_k`` of the phase objective, ``[num_exits]``; they sum to ``phase_loss``."""
     opts = phase.options
-    if opts.layer_drop or opts.gpf_imitation or opts.l2w_epsilon or opts.exit_curriculum != "none":
-        raise ExitlabError(f"{phase.name}: the per-exit gradient terms do not model layer dropout, the exit "
-                           "curriculum, GPF's imitation loss or L2W's sample weights yet")
+    if opts.methods_on():
+        raise ExitlabError(f"{phase.name}.{opts.methods_on()[0]}: the per-exit gradient terms do not model the "
+                           "training methods (LayerSkip's layer dropout and exit curriculum, GPF's imitation loss, "
+                           "L2W's sample weights) yet")
     ce = exit_losses(outs, y, opts.label_smoothing)
     if phase.kind == 1:  # the backbone alone: the final exit's loss, nothing from the ICs
         return torch.cat([ce.new_zeros(num_exits - 1), ce])

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ..errors import ConfigError, ExitlabError
-from ..runs.config import check_range
+from ..runs.typed import check_range
 
 
 class UsageError(ExitlabError):

@@ -13,8 +13,14 @@ from ..runs.components import LOSS_WEIGHTS, OPTIMIZERS, REGIME_PRESETS, REGIMES,
 def _preset(regime: str) -> str:
     """A regime's preset phase options, as ``exitlab ls`` shows them."""
     preset = REGIME_PRESETS.get(regime, {})
-    items = [f"phase{k}.{key}={v}" for k, opts in preset.items() for key, v in opts.items()]
+    items = [item for k, opts in preset.items() for item in _dotted(f"phase{k}.", opts)]
     return f" with {', '.join(items)}" if items else ""
+
+
+def _dotted(prefix: str, opts: dict) -> list[str]:
+    """``{"layerskip": {"rate": 0.2}}`` as ``["PREFIXlayerskip.rate=0.2"]``, as ``--set`` would take it."""
+    return [item for k, v in opts.items()
+            for item in (_dotted(f"{prefix}{k}.", v) if isinstance(v, dict) else [f"{prefix}{k}={v}"])]
 
 
 def _described(names: list[str], describe) -> list[str]:

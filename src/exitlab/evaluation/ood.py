@@ -19,8 +19,9 @@ from ..data.datasets import Dataset
 from ..data.loader import TensorLoader
 from ..data.sources import load_source
 from ..errors import ConfigError
-from ..runs.config import DataConfig, apply_overrides, from_dict, to_dict
+from ..runs.config import DataConfig
 from ..runs.rundir import RunDir, compute_logits
+from ..runs.typed import apply_overrides, from_dict, to_dict
 from .failure import mann_whitney
 from .policies import Policy
 from .sweep import exit_indices, score_thresholds

@@ -18,9 +18,10 @@ from ..data.textfiles import spam_assassin
 from ..errors import ExitlabError
 from ..models.hf import from_hf, require_transformers
 from ..runs.checkpoint import load
-from ..runs.config import RunConfig, from_dict
+from ..runs.config import RunConfig
 from ..runs.files import check_out_dir
 from ..runs.rundir import RunDir
+from ..runs.typed import from_dict
 from ..training.loop import evaluate
 from .train import train
 

@@ -17,8 +17,9 @@ import torch
 
 from ..errors import ConfigError, ExitlabError
 from ..runs import faults
-from ..runs.config import RunConfig, apply_overrides, from_dict, to_dict
+from ..runs.config import RunConfig
 from ..runs.files import read_jsonl, read_status
+from ..runs.typed import apply_overrides, from_dict, to_dict
 from ..training.engine import phase1_signature, run_signature
 from ..training.phases import phase_kinds, regime_label
 from ..training.planning import preflight

@@ -19,7 +19,8 @@ from ..analysis.gradients import gradient_logger
 from ..data import Source
 from ..errors import ConfigError
 from ..models import BuiltinSpec, HFSpec, LibrarySpec, MultiExitModel, rebuildable
-from ..runs.config import RunConfig, from_dict, to_dict
+from ..runs.config import RunConfig
+from ..runs.typed import from_dict, to_dict
 from ..training.engine import Probes
 from ..training.engine import train as run_training
 
@@ -84,11 +85,16 @@ def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | d
 
 def _component_config(model: MultiExitModel, base: RunConfig | None, options: dict) -> RunConfig:
     """The run config of a component run: the base (or defaults), the options, and the model's own description."""
-    d = to_dict(base) if base is not None else to_dict(RunConfig())
-    for key, value in options.items():
-        if isinstance(value, dict) and isinstance(d.get(key), dict):
-            d[key] = {**d[key], **value}
-        else:
-            d[key] = value
+    d = _merge(to_dict(base) if base is not None else to_dict(RunConfig()), options)
     d["model"] = {**to_dict(RunConfig().model), **model_section(model)}
     return from_dict(RunConfig, d)
+
+
+def _merge(base: dict, options: dict) -> dict:
+    """``base`` with ``options``' keys replaced; a dict option changes only the keys it names, in sections too
+    (``phase2={"layerskip": {"rate": 0.1}}`` keeps the base's other ``layerskip`` keys)."""
+    out = dict(base)
+    for key, value in options.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out

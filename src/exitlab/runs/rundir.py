@@ -29,8 +29,9 @@ from ..data import RunData, build_run_data
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.core import MultiExitModel, eval_mode
 from .checkpoint import load
-from .config import RunConfig, load_config, to_dict
+from .config import RunConfig, load_saved_config
 from .files import atomic_write, read_jsonl, read_status
+from .typed import to_dict
 from .version import __version__
 
 log = logging.getLogger("exitlab")
@@ -129,10 +130,11 @@ class RunDir:
         return read_status(self.path)
 
     def config(self) -> RunConfig:
+        """The run's resolved config (one written by an older exitlab is read in today's layout)."""
         if not (self / self.CONFIG).is_file():
             raise CheckpointError(f"{self.path} has no config.yaml, so its data and split are unknown; pass a "
                                   "directory written by `exitlab train`")
-        return load_config(self / self.CONFIG)
+        return load_saved_config(self / self.CONFIG)
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self / self.METRICS)

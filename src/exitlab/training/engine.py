@@ -27,7 +27,7 @@ from ..models.core import MultiExitModel, eval_mode
 from ..models.hf import vocab_size as hf_vocab_size
 from ..runs import checkpoint as ckpt
 from ..runs import faults
-from ..runs.config import RunConfig, dump_config, to_dict
+from ..runs.config import RunConfig, dump_config, signature_dict
 from ..runs.files import RunLock, append_jsonl, check_out_dir, check_writable, read_jsonl, read_status, repair_jsonl
 from ..runs.rundir import MEMORY, RunDir, checkpoints, environment, newest_valid, remove_partial_writes, signature
 from .accounting import compute_summary, shared_phase1
@@ -121,7 +121,7 @@ def make_model(cfg: RunConfig, data: RunData) -> MultiExitModel:
 
 def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
     """What determines a phase-1 result: runs with equal signatures can share one phase-1 checkpoint."""
-    keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
+    keep = {k: signature_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
     keep["data"].pop("eval_batch_size", None)
     keep["data"].pop("workers", None)  # how many processes load the data changes no batch
     keep["phase1"].pop("epochs")  # the planned epochs below count, whether they come from budget or phase1.epochs
@@ -129,7 +129,7 @@ def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
 
 
 def run_signature(cfg: RunConfig) -> str:
-    d = to_dict(cfg)
+    d = signature_dict(cfg)
     for k in ("progress", "threads", "checkpoint_every", "keep_checkpoints", "device"):
         d.pop(k)
     d["data"].pop("workers", None)  # batches do not depend on it: a resume may use another count
@@ -244,12 +244,12 @@ class _Run:
         self.save(pi, phase.epochs, step, None, None, stop, end=True)
 
     def _l2w(self, phase: Phase, pi: int, resume) -> L2W | None:
-        """L2W's state for the phase (None without ``l2w_epsilon``): fresh, or from the checkpoint resumed."""
-        l2w = L2W.for_phase(phase.options, self.model.num_exits, self.device, self.cfg.seed_init * 1_009 + pi)
+        """L2W's state for the phase (None without ``l2w.epsilon``): fresh, or from the checkpoint resumed."""
+        l2w = L2W.for_phase(phase.options.l2w, self.model.num_exits, self.device, self.cfg.seed_init * 1_009 + pi)
         if l2w is None:
             return None
         if self.info.world > 1:
-            raise ConfigError(f"{phase.name}.l2w_epsilon: L2W's weight net is not synchronised across ranks yet; "
+            raise ConfigError(f"{phase.name}.l2w.epsilon: L2W's weight net is not synchronised across ranks yet; "
                               "train it in one process")
         if resume is not None:
             tensors, meta = resume

@@ -76,8 +76,8 @@ def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor, *
     gets them from :func:`exitlab.phases.exit_weights`, the same resolution).
     """
     opts = phase.options
-    feats: list | None = [] if opts.gpf_imitation else None
-    with dropout_for(net, opts, step, total):
+    feats: list | None = [] if opts.gpf.on else None
+    with dropout_for(net, opts.layerskip, step, total):
         if phase.kind == 1:
             per_exit = exit_losses([net(x)], y, opts.label_smoothing)
             return per_exit[0], per_exit
@@ -88,14 +88,14 @@ def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor, *
     if len(weights) != len(per_exit):
         raise ConfigError(f"{phase.name} was planned for {len(weights)} exits but the model has {len(per_exit)}; "
                           "plan the phases with plan_phases(cfg, model.num_exits)")
-    if opts.exit_curriculum != "none":
-        weights = curriculum_weights(weights, exit_mask(opts, len(per_exit), step, total))
+    if opts.layerskip.curriculum != "none":
+        weights = curriculum_weights(weights, exit_mask(opts.layerskip, len(per_exit), step, total))
     weighted = per_exit if weigh is None else _weighted(outs, y, opts.label_smoothing, weigh)
     loss = (_on_device(tuple(weights), per_exit.device) * weighted).sum()
     if opts.distill > 0 and len(outs) > 1:
         loss = loss + opts.distill * distill_loss(outs, opts.distill_temperature).mean()
     if feats is not None:
-        loss = loss + opts.gpf_imitation * gpf_imitation_loss(getattr(net, "module", net).heads, feats)
+        loss = loss + opts.gpf.imitation * gpf_imitation_loss(getattr(net, "module", net).heads, feats)
     return loss, per_exit
 
 

@@ -20,7 +20,8 @@ from ..errors import ConfigError, ExitlabError
 from ..models import MultiExitModel, build_model
 from ..models.hf import build_hf, check_hf_source
 from ..models.layerdrop import skippable_blocks
-from ..runs.config import ModelConfig, RunConfig, from_dict, to_dict
+from ..runs.config import ModelConfig, RunConfig
+from ..runs.typed import from_dict, to_dict
 from .phases import Phase, plan_phases
 
 
@@ -156,8 +157,8 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
                                   f"{'distil' if opt == 'distill' else 'smooth'}; set {key}.{opt}=0")
     phases = plan_phases(cfg, exits)
     for p in phases:
-        if p.options.layer_drop and not skippable:
-            raise ConfigError(f"{p.name}.layer_drop is set, but this backbone has no block that can be skipped (no "
-                              "residual block with an identity shortcut: VGG and adapted models have none); drop "
-                              "layer_drop, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
+        if p.options.layerskip.rate and not skippable:
+            raise ConfigError(f"{p.name}.layerskip.rate is set, but this backbone has no block that can be skipped "
+                              "(no residual block with an identity shortcut: VGG and adapted models have none); drop "
+                              "layerskip.rate, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
     return phases

@@ -13,13 +13,13 @@ import yaml
 
 from ...errors import ExitlabError
 from ...evaluation.evaluate import evaluate_run
-from ...runs.config import from_dict
 from ...runs.files import atomic_write, check_out_dir, read_jsonl, read_status
 from ...runs.rundir import environment, signature
+from ...runs.typed import from_dict
 from ..grid import Job, plan_grid, run_grid
 from ..procs import worker_pool
 from .analyses import run_analyses
-from .config import CompareConfig
+from .config import CompareConfig, upgrade_compare
 from .layout import rows, run_dir
 from .plots import write_plots
 from .tables import FAILURE_METRICS, write_tables
@@ -42,7 +42,7 @@ def check_out(cc: CompareConfig, out: Path) -> None:
     if saved.exists():
         try:
             old = yaml.safe_load(saved.read_text())
-            old_sig = signature(from_dict(CompareConfig, old).signature_dict())
+            old_sig = signature(from_dict(CompareConfig, upgrade_compare(old)).signature_dict())
         except (yaml.YAMLError, ExitlabError, TypeError):
             old_sig = None
         if old_sig != signature(cc.signature_dict()):

@@ -12,7 +12,7 @@ from exitlab.analysis.gradients import gradient_contributions, objective_phase, 
 from exitlab.errors import ExitlabError
 from exitlab.models import build_model, from_module
 from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import exit_losses, phase_loss, phase_module
+from exitlab.training.objective import exit_losses, phase_loss, phase_module
 from exitlab.training.phases import Phase, exit_weights, loss_weights
 
 

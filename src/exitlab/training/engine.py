@@ -68,7 +68,6 @@ from .resume import (
     phase1_source,
     restore_best,
     restore_l2w,
-    restore_model,
     run_signature,
 )
 from .stopping import Stopper
@@ -152,7 +151,7 @@ class _Run:
         planned, self.phases = self.phases, resolve_steps(self.phases, per_step, len(self.data.train))
         maybe_compile(self.model, cfg.compile)
         self.sig = run_signature(cfg)
-        self.p1sig = phase1_signature(cfg, planned) if planned[0].kind == 1 else None  # as _phase1_source sees it
+        self.p1sig = phase1_signature(cfg, planned) if planned[0].kind == 1 else None  # as phase1_source sees it
 
     def _measure_flops(self) -> dict[int, float]:
         """Training FLOPs per sample of each phase kind the run has: one measured step on a batch of zeros."""
@@ -191,7 +190,7 @@ class _Run:
         if meta.get("run_signature") != self.sig:
             raise CheckpointError(f"{source} was written by a run with a different config; resume with the same "
                                   "config, or start a new --out")
-        restore_model(self.model, tensors, source)
+        ckpt.load_state(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
 
     # ------------------------------------------------------------ phases
     def run_phase(self, pi: int, resume: tuple[dict, dict] | None) -> None:
@@ -383,7 +382,7 @@ def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple
     if phase1_from is None:
         return 0, None
     path, tensors, meta = phase1_from
-    restore_model(run.model, tensors, path)
+    ckpt.load_state(run.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     status["phase1_from"] = str(path.resolve())
     run.save(0, run.phases[0].epochs, 0, None, None, Stopper.from_state(meta["stopper"]), end=True)
     return 1, None

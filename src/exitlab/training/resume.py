@@ -82,10 +82,6 @@ def checkpoint_tensors(model: torch.nn.Module, opt, best: dict | None, l2w: L2W 
     return tensors, opt_info, l2w_info
 
 
-def restore_model(model: torch.nn.Module, tensors: dict, source: Path) -> None:
-    ckpt.load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, source)
-
-
 def restore_l2w(l2w: L2W, tensors: dict, meta: dict) -> None:
     """L2W's weight net and its optimizer, from the checkpoint resumed."""
     l2w.net.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("l2w.net.")})

@@ -26,7 +26,8 @@ from bench_ic_overhead import interleaved, make_loader, parse_exits, ratios
 
 from exitlab.models import build_foreign
 from exitlab.runs.phase_config import PhaseConfig
-from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, step_flops, train_epoch
+from exitlab.training.loop import PhaseState, make_optimizer, set_modes, set_trainable, step_flops, train_epoch
+from exitlab.training.objective import phase_module
 from exitlab.training.phases import Phase
 
 
@@ -55,7 +56,7 @@ def make_variants(args: argparse.Namespace) -> tuple[dict[str, Callable[[], int]
         def run() -> int:
             set_trainable(model, phase)
             set_modes(model, phase)
-            train_epoch(phase_module(model, phase), phase, loader, opt, step=0, total_steps=args.steps)
+            train_epoch(PhaseState(phase_module(model, phase), phase, loader, opt, total_steps=args.steps))
             return args.steps
 
         return run

@@ -13,7 +13,7 @@ from exitlab.models import build_model
 from exitlab.models.costs import exit_costs
 from exitlab.models.gpf import gpf_imitation_loss
 from exitlab.runs.phase_config import GPFConfig, PhaseConfig
-from exitlab.training.loop import phase_loss
+from exitlab.training.objective import phase_loss
 from exitlab.training.phases import Phase, plan_phases
 
 C = 7

@@ -136,7 +136,7 @@ def test_l2w_is_refused_where_it_does_not_apply(tiny_cfg):
 def test_the_phase_loss_with_sample_weights_is_the_weighted_mean_per_exit():
     from exitlab.models import build_model
     from exitlab.runs.phase_config import PhaseConfig
-    from exitlab.training.loop import phase_loss
+    from exitlab.training.objective import phase_loss
     from exitlab.training.phases import Phase
 
     torch.manual_seed(0)

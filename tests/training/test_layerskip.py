@@ -13,7 +13,7 @@ from exitlab.recipes.train import train
 from exitlab.runs import checkpoint as ckpt
 from exitlab.runs.phase_config import LayerSkipConfig, PhaseConfig
 from exitlab.training.layerskip import curriculum_weights, exit_mask, time_scale
-from exitlab.training.loop import phase_loss
+from exitlab.training.objective import phase_loss
 from exitlab.training.phases import Phase, plan_phases
 from exitlab.training.planning import preflight
 from tests.conftest import train_and_resume

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from exitlab.errors import ConfigError
 from exitlab.runs.components import REGIMES, sdn_weights, uniform_weights
-from exitlab.training.loop import exit_losses, lr_at
+from exitlab.training.loop import lr_at
+from exitlab.training.objective import exit_losses
 from exitlab.training.phases import explicit_weights, loss_weights, split_budget
 
 

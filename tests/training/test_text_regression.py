@@ -21,7 +21,7 @@ from exitlab.models.hf import pack  # noqa: E402
 from exitlab.runs.config import RunConfig  # noqa: E402
 from exitlab.runs.files import read_jsonl  # noqa: E402
 from exitlab.runs.typed import from_dict  # noqa: E402
-from exitlab.training.loop import exit_losses  # noqa: E402
+from exitlab.training.objective import exit_losses  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 

@@ -166,7 +166,7 @@ def test_exitlab_eval_on_a_text_run_trained_in_memory_takes_its_data_back(tmp_pa
         evaluate_run(out)
     assert not (out / "eval.json").exists()
     cfg = RunDir(out).config()
-    data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"), source=_source())
+    data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"), data=_source())
     result = evaluate_run(RunDir(out, data=data), policies=("confidence",))
     assert "per_sample" in result["costs"] and len(result["exits"]) == 3
     assert result["exits"][0]["flops"] < result["exits"][-1]["flops"]
@@ -179,7 +179,7 @@ def test_compute_budgets_loss_weights_and_distillation_work_unchanged_on_text(tm
     import json
 
     from exitlab.runs.phase_config import PhaseConfig
-    from exitlab.training.loop import phase_loss
+    from exitlab.training.objective import phase_loss
     from exitlab.training.phases import Phase
 
     torch.manual_seed(0)

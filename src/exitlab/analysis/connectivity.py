@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ExitlabError
 from ..models.core import MultiExitModel
-from ..training.loop import exit_losses
+from ..training.objective import exit_losses
 from .common import Batches, exit_metrics, exit_names, reestimate_bn
 from .matching import align as weight_match
 from .seeds import scalar_stats

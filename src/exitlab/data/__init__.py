@@ -6,8 +6,8 @@ from __future__ import annotations
 from .catalog import AUGMENTS, DATASETS, is_text_data
 from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, random_crop_flip, stratified_split, stratified_subset
-from .run import Loader, RunData, build_run_data
-from .sources import Source, StreamSource, from_datasets, from_tensors, load_dataset, load_source
+from .run import Loader, RunData, Source, build_run_data
+from .sources import StreamSource, from_datasets, from_tensors, load_dataset, load_source
 from .stream import Samples, StreamLoader
 from .text import TextLoader, TextSource, from_token_tensors
 from .transforms import Recipe

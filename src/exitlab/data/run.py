@@ -20,13 +20,14 @@ from .batching import Batching
 from .catalog import is_text_data
 from .datasets import Dataset
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
-from .sources import Source, StreamSource, as_stream, check_labels, load_source
+from .sources import StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, StreamOptions, resolve_workers, stream_stats
 from .text import TextLoader, TextSource, strata
 from .textfiles import text_source
 from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Source = Dataset | StreamSource | TextSource  # data given to a run (``exitlab.train(..., data=...)``), not by name
 
 
 class Loader(Protocol):
@@ -105,13 +106,12 @@ def split_indices(labels: torch.Tensor, d: DataSettings, seed: int, held_out: bo
 
 
 def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: tuple[int, int] = (0, 1),
-                   channels_last: bool = False, source: Source | None = None) -> RunData:
-    """Load the source named by ``d`` (or use ``source``: a :class:`Dataset` from :func:`from_tensors` or a
-    :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
-    three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
-    if source is None:
-        source = text_source(d) if is_text_data(d.name) else load_source(d)
-    src = source
+                   channels_last: bool = False, data: Source | None = None) -> RunData:
+    """Load the source named by ``d`` (or use ``data``: a :class:`Dataset` from :func:`from_tensors`, a
+    :class:`StreamSource` from :func:`from_datasets`, a :class:`TextSource`), split off a seeded stratified
+    validation set, and build the three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of
+    each global batch."""
+    src = data if data is not None else text_source(d) if is_text_data(d.name) else load_source(d)
     if isinstance(src, TextSource):
         return _text_data(src, d, seed, device, shard)
     if isinstance(src, Dataset) and d.augment == "crop_flip":

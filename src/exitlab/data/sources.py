@@ -31,9 +31,6 @@ class StreamSource:
     val: Samples | None = None
 
 
-Source = Dataset | StreamSource
-
-
 def _integers(y: torch.Tensor, what: str) -> None:
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise DataError(f"{what}: labels must be integers 0..C-1, got {y.dtype}; convert them (e.g. y.astype(int))")
@@ -186,7 +183,7 @@ def load_dataset(name: str, root: str | None = None, *, download: bool = True, i
     raise ConfigError(unknown_name_message(DATASETS, "data.name", name))
 
 
-def load_source(d) -> Source:
+def load_source(d) -> Dataset | StreamSource:
     """The source a config's ``data`` section names: image folders (streamed with ``data.stream``), WebDataset
     shards, or an in-memory data set."""
     if d.name == "imagefolder" and d.stream:

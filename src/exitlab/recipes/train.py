@@ -21,8 +21,8 @@ from ..errors import ConfigError
 from ..models import BuiltinSpec, HFSpec, LibrarySpec, MultiExitModel, rebuildable
 from ..runs.config import RunConfig
 from ..runs.typed import from_dict, to_dict
-from ..training.engine import Probes
-from ..training.engine import train as run_training
+from ..training import engine
+from ..training.probes import Probes
 
 log = logging.getLogger("exitlab")
 
@@ -79,7 +79,7 @@ def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | d
         log.warning(
             "this model wraps a module exitlab cannot build again (from_module without factory=): load the run with "
             "exitlab.load(dir, module=...); the CLI cannot load it")
-    return run_training(cfg, out, resume=resume, phase1_from=phase1_from, model=model, source=data,
+    return engine.train(cfg, out, resume=resume, phase1_from=phase1_from, model=model, data=data,
                         probes=probes_for(cfg))
 
 

@@ -1,9 +1,10 @@
 """Pre-flight: every check of a run that needs no data, made before any data is read or any work starts.
 
-:func:`preflight` resolves the device, checks the data options that can be checked without reading the data,
-builds the model on the side (on the CPU) and runs it forward and backward on a tiny batch, so bad names, head and
-backbone options and exit placements fail at once. Then it plans the phases with their per-exit loss weights, so
-a weight list of the wrong length or a regime that needs ICs where there are none fails before phase 1 trains.
+:func:`preflight` resolves the device (once: the run trains on the device it returns), checks the data options
+that can be checked without reading the data, builds the model on the side (on the CPU) and runs it forward and
+backward on a tiny batch, so bad names, head and backbone options and exit placements fail at once. Then it plans
+the phases with their per-exit loss weights, so a weight list of the wrong length or a regime that needs ICs where
+there are none fails before phase 1 trains.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -142,10 +144,18 @@ def _short(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
-def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase]:
-    """Run every check that needs no data; returns the planned phases with their per-exit loss weights.
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`preflight` found: the phases, planned with their per-exit loss weights, and the device."""
+
+    phases: list[Phase]
+    device: torch.device
+
+
+def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> Plan:
+    """Run every check that needs no data; returns the plan the run follows (the phases and the device).
     With ``model`` (a model passed in, not built from ``cfg.model``) its exits are planned for instead."""
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     check_data_options(cfg)
     exits, skippable = _model_facts(cfg) if model is None else (model.num_exits, len(skippable_blocks(model.backbone)))
     regression = (model.task if model is not None else cfg.data.text.task) == "regression"
@@ -161,4 +171,4 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
             raise ConfigError(f"{p.name}.layerskip.rate is set, but this backbone has no block that can be skipped "
                               "(no residual block with an identity shortcut: VGG and adapted models have none); drop "
                               "layerskip.rate, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
-    return phases
+    return Plan(phases, device)

@@ -12,6 +12,7 @@ import pytest
 from exitlab.cli import main
 from exitlab.data.debian import DebianOptions, build, parse_index
 from exitlab.errors import ConfigError, DataError
+from exitlab.runs.config import load_config
 
 FILL = "apt-get update (as root; or point data.root at a folder of Debian Packages files)"
 
@@ -82,9 +83,9 @@ def test_a_missing_index_is_one_error_naming_the_fix(tmp_path):
 
 def test_bad_options_name_their_key():
     with pytest.raises(ConfigError, match=r"^data.debian.sections must be 0 \(all\) or >= 2"):
-        DebianOptions(sections=1)
+        load_config(None, ["data.name=debian_sections", "data.debian.sections=1"])
     with pytest.raises(ConfigError, match=r"^data.debian.test_fraction must be in \(0, 1\), got 1.5$"):
-        DebianOptions(test_fraction=1.5)
+        load_config(None, ["data.name=debian_sections", "data.debian.test_fraction=1.5"])
 
 
 def test_the_cli_refuses_an_empty_index_in_one_line_and_writes_nothing(tmp_path, capsys):

@@ -12,7 +12,7 @@ from exitlab.data.lee import find_wheel, pair_tokens, read_lee  # noqa: E402
 from exitlab.data.textfiles import word_tokenizer  # noqa: E402
 from exitlab.errors import DataError  # noqa: E402
 from exitlab.runs.config import load_config  # noqa: E402
-from exitlab.runs.rundir import read_status  # noqa: E402
+from exitlab.runs.files import read_status  # noqa: E402
 
 try:
     WHEEL = find_wheel()
@@ -51,7 +51,7 @@ def test_a_pair_regression_trains_on_it_and_records_its_fingerprint(tmp_path):
     status = read_status(out)
     assert status["status"] == "done" and len(status["data_fingerprint"]) == 64
     model = exitlab.load(out)
-    assert model.num_classes == 1 and model.spec["task"] == "regression"
+    assert model.num_classes == 1 and model.spec.task == "regression"
 
 
 def test_pairs_are_cls_a_sep_b_sep_sharing_the_length():

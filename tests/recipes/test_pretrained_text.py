@@ -17,9 +17,9 @@ from exitlab.cli import main  # noqa: E402
 from exitlab.errors import ConfigError  # noqa: E402
 from exitlab.evaluation.evaluate import evaluate_run, format_report  # noqa: E402
 from exitlab.models import pretrained  # noqa: E402
-from exitlab.runs.checkpoint import from_pretrained  # noqa: E402
+from exitlab.runs.checkpoint import load  # noqa: E402
 from exitlab.runs.config import load_config  # noqa: E402
-from exitlab.runs.rundir import read_status  # noqa: E402
+from exitlab.runs.files import read_status  # noqa: E402
 
 MINILM = pretrained.installed_folder(pretrained.MINILM)
 SECTIONS = ("games", "python", "sound")
@@ -68,7 +68,7 @@ def test_each_regime_trains_reloads_and_evaluates_on_minilm(index, tmp_path, reg
     status = read_status(out)
     assert status["status"] == "done" and status["regime_title"] == title
     assert len(status["data_fingerprint"]) == 64
-    model = from_pretrained(out)  # rebuilt from the directory (config and safetensors, no pickle)
+    model = load(out)  # rebuilt from the directory (config and safetensors, no pickle)
     fresh = exitlab.from_hf(str(MINILM), num_labels=3, exits=[1, 3], head="mean")
     untouched = all(torch.equal(v, _encoder(fresh)[k]) for k, v in _encoder(model).items())
     assert untouched == (title == "disjoint (frozen pretrained)")  # only that one leaves the encoder as it was

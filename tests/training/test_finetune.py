@@ -10,11 +10,12 @@ pytest.importorskip("transformers")
 
 from exitlab.errors import ConfigError  # noqa: E402
 from exitlab.models.hf import build_hf  # noqa: E402
-from exitlab.runs.config import PhaseConfig, load_config  # noqa: E402
+from exitlab.runs.config import load_config  # noqa: E402
 from exitlab.runs.finetune import FinetuneConfig  # noqa: E402
+from exitlab.runs.phase_config import PhaseConfig  # noqa: E402
 from exitlab.training.finetune import embedding_params, lr_scales  # noqa: E402
-from exitlab.training.loop import make_optimizer, set_trainable, train_epoch  # noqa: E402
-from exitlab.training.phases import Phase, exit_weights  # noqa: E402
+from exitlab.training.loop import PhaseState, make_optimizer, set_trainable, train_epoch  # noqa: E402
+from exitlab.training.phases import Phase, exit_weights, plan_phases  # noqa: E402
 
 ENC = {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 32,
        "max_position_embeddings": 32}
@@ -34,9 +35,6 @@ def _phase(kind: int, **ft) -> Phase:
     (["phase1.finetune.layer_decay=0"], "phase1.finetune.layer_decay must be in (0, 1] (1: no decay), got 0.0"),
     (["phase2.finetune.backbone_lr=-1"], "phase2.finetune.backbone_lr must be >= 0 (0: the phase's lr), got -1.0"),
     (["phase2.finetune.freeze_embeddings=3"], "phase2.finetune.freeze_embeddings: expected bool, got 3"),
-    (["phase3.finetune.backbone_lr=0.1"], "phase3.finetune: backbone_lr, layer_decay and freeze_embeddings are set, "
-                                          "but phase 3 trains the heads alone on a frozen backbone; remove them "
-                                          "(head_lr applies)"),
     (["phase2.finetune.layer_decay=0.8"], "phase2.finetune.layer_decay/freeze_embeddings apply to text encoders "
                                           "(model.backbone hf:...), not 'resnet8'; remove them"),
     (["phase2.finetune.warmup=1"], "phase2.finetune.warmup: unknown key; valid keys here: backbone_lr, "
@@ -46,6 +44,14 @@ def test_bad_finetune_options_are_one_error_naming_the_key(sets, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, sets)
     assert str(e.value) == message
+
+
+def test_phase3_refuses_the_backbone_options_it_would_ignore():
+    cfg = load_config(None, ["regime=disjoint", "phase3.finetune.backbone_lr=0.1"])
+    with pytest.raises(ConfigError) as e:
+        plan_phases(cfg, num_exits=3)
+    assert str(e.value) == ("phase3.finetune.backbone_lr is set, but phase 3 ignores it: it trains the heads alone "
+                            "on a frozen backbone (head_lr applies); remove it")
 
 
 def test_layer_decay_and_separate_rates_give_each_parameter_its_scale():
@@ -77,7 +83,7 @@ def test_the_training_step_uses_each_groups_scaled_rate_and_frozen_embeddings_st
     ids = torch.randint(5, 50, (8, 6), generator=g)
     x = torch.stack([ids, torch.ones_like(ids), torch.zeros_like(ids)], 1)
     batches = [(x, torch.randint(0, 3, (8,), generator=g))]
-    train_epoch(model, phase, batches_loader(batches), opt, step=0, total_steps=1)
+    train_epoch(PhaseState(model, phase, batches_loader(batches), opt, total_steps=1))
     lrs = sorted((round(grp["lr"], 6), round(grp["lr_scale"], 6)) for grp in opt.param_groups)
     assert lrs == [(0.001, 0.1), (0.01, 1.0)]  # cosine at step 0 is the peak rate
     assert all(torch.equal(a, b) for a, b in zip(emb, embedding_params(model)))

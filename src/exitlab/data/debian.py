@@ -50,14 +50,14 @@ class DebianOptions:
         for key, lo in (("min_per_section", 2), ("sections", 0), ("max_per_section", 0)):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ConfigError(f"data.debian.{key} must be a whole number >= {lo}, got {v!r}")
+                raise ConfigError(f"{key} must be a whole number >= {lo}, got {v!r}")
         if self.sections == 1:
-            raise ConfigError("data.debian.sections must be 0 (all) or >= 2: a classifier needs two classes")
+            raise ConfigError("sections must be 0 (all) or >= 2: a classifier needs two classes")
         if self.max_per_section and self.max_per_section < 2:
-            raise ConfigError(f"data.debian.max_per_section must be 0 (all) or >= 2, got {self.max_per_section}")
+            raise ConfigError(f"max_per_section must be 0 (all) or >= 2, got {self.max_per_section}")
         tf = self.test_fraction
         if not isinstance(tf, (int, float)) or isinstance(tf, bool) or not 0 < tf < 1:
-            raise ConfigError(f"data.debian.test_fraction must be in (0, 1), got {tf!r}")
+            raise ConfigError(f"test_fraction must be in (0, 1), got {tf!r}")
 
 
 @dataclass

@@ -22,7 +22,8 @@ import torch
 from ..errors import ExitlabError
 from ..evaluation.evaluate import evaluate_run
 from ..runs.config import RunConfig, load_config
-from ..runs.rundir import RunDir, check_out_dir
+from ..runs.files import check_out_dir
+from ..runs.rundir import RunDir
 from .train import train
 
 FULL = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01, "warmup_epochs": 0.1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ConfigError
 
@@ -19,6 +20,27 @@ class FinetuneConfig:
     layer_decay: float = 1.0  # in (0, 1]: encoder layer k (0-based) of L: decay^(L - k); embeddings decay^(L + 1)
     freeze_embeddings: bool = False  # encoders: keep the token, position and type embeddings fixed
 
+    IGNORED: ClassVar[dict[int, dict[str, str]]] = {3: {
+        "backbone_lr": "it trains the heads alone on a frozen backbone (head_lr applies)",
+        "layer_decay": "it trains the heads alone on a frozen backbone (head_lr applies)",
+        "freeze_embeddings": "its backbone, embeddings included, is frozen anyway"}}
+
+    def __post_init__(self) -> None:
+        for key in ("backbone_lr", "head_lr"):
+            v = getattr(self, key)
+            if not _number(v) or v < 0:
+                raise ConfigError(f"{key} must be >= 0 (0: the phase's lr), got {v!r}")
+        if not _number(self.layer_decay) or not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay must be in (0, 1] (1: no decay), got {self.layer_decay!r}")
+        if not isinstance(self.freeze_embeddings, bool):
+            raise ConfigError(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
+
+    @property
+    def on(self) -> bool:
+        """Always False: fine-tuning options change the optimizer's groups, not the objective (the gradient
+        analysis and the probes model the objective)."""
+        return False
+
     @property
     def encoder_only(self) -> bool:
         """Whether an option that only an encoder has (layers, embeddings) is set."""
@@ -30,19 +52,7 @@ def _number(v) -> bool:
 
 
 def check_finetune(phase: str, ft: FinetuneConfig, backbone: str) -> None:
-    """Range checks, then refuse fine-tuning options that ``phase`` (phase1, phase2, phase3) or the backbone would
-    ignore. Each error names the dotted key."""
-    for key in ("backbone_lr", "head_lr"):
-        v = getattr(ft, key)
-        if not _number(v) or v < 0:
-            raise ConfigError(f"{phase}.finetune.{key} must be >= 0 (0: the phase's lr), got {v!r}")
-    if not _number(ft.layer_decay) or not 0 < ft.layer_decay <= 1:
-        raise ConfigError(f"{phase}.finetune.layer_decay must be in (0, 1] (1: no decay), got {ft.layer_decay!r}")
-    if not isinstance(ft.freeze_embeddings, bool):
-        raise ConfigError(f"{phase}.finetune.freeze_embeddings must be true or false, got {ft.freeze_embeddings!r}")
-    if phase == "phase3" and (ft.backbone_lr or ft.encoder_only):
-        raise ConfigError(f"{phase}.finetune: backbone_lr, layer_decay and freeze_embeddings are set, but phase 3 "
-                          "trains the heads alone on a frozen backbone; remove them (head_lr applies)")
+    """Refuse the encoder-only fine-tuning options on a backbone that is not a text encoder."""
     if ft.encoder_only and not backbone.startswith("hf:"):
         raise ConfigError(f"{phase}.finetune.layer_decay/freeze_embeddings apply to text encoders (model.backbone "
                           f"hf:...), not {backbone!r}; remove them")

@@ -14,6 +14,7 @@ from .models import (
     build_backbone,
     build_model,
     from_hf,
+    from_hf_causal,
     from_module,
     from_timm,
     from_torchvision,
@@ -36,6 +37,6 @@ MultiExitModel.save_pretrained = save_pretrained
 MultiExitModel.from_pretrained = staticmethod(from_pretrained)
 
 __all__ = ["BACKBONES", "HEADS", "REGIMES", "ExitlabError", "MultiExitModel", "Phase", "RunConfig", "RunDir",
-           "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_hf", "from_module",
-           "from_pretrained", "from_timm", "from_torchvision", "load", "load_config", "make_policy", "plan_phases",
-           "save_pretrained", "train", "__version__"]
+           "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_hf", "from_hf_causal",
+           "from_module", "from_pretrained", "from_timm", "from_torchvision", "load", "load_config", "make_policy",
+           "plan_phases", "save_pretrained", "train", "__version__"]

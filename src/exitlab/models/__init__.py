@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ..errors import ConfigError
 from ..registry import Registry
 from .adapter import HookedBackbone, from_module
+from .causal import from_hf_causal, model_from_causal_spec
 from .contract import BlocksBackbone, ExitPoint
 from .core import MultiExitModel
 from .foreign import build_foreign, from_timm, from_torchvision, tap_candidates
@@ -82,6 +83,8 @@ def model_from_spec(spec: dict, module=None) -> MultiExitModel:
         return build_model(**spec)
     if spec["adapter"] == "hf":
         return model_from_hf_spec(spec)
+    if spec["adapter"] == "hf-causal":
+        return model_from_causal_spec(spec)
     source = spec.get("source") or spec.get("factory")
     if module is None and source:
         return build_foreign(source, num_classes=spec["num_classes"], exits=spec["exits"], head=spec["head"],
@@ -98,10 +101,10 @@ def model_from_spec(spec: dict, module=None) -> MultiExitModel:
 def rebuildable(model: MultiExitModel) -> bool:
     """Whether :func:`model_from_spec` can build ``model`` again from its spec alone."""
     spec = model.spec
-    return bool(spec) and ("adapter" not in spec or spec["adapter"] == "hf" or
+    return bool(spec) and ("adapter" not in spec or spec["adapter"] in ("hf", "hf-causal") or
                            bool(spec.get("source") or spec.get("factory")))
 
 
 __all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "HookedBackbone", "MultiExitModel",
-           "build_backbone", "build_head", "build_model", "from_hf", "from_module", "from_timm", "from_torchvision",
-           "model_from_spec", "rebuildable", "tap_candidates"]
+           "build_backbone", "build_head", "build_model", "from_hf", "from_hf_causal", "from_module", "from_timm",
+           "from_torchvision", "model_from_spec", "rebuildable", "tap_candidates"]

@@ -36,11 +36,12 @@ ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "dist
 
 
 class LMOut(nn.Module):
-    """The final exit: the model's final norm, then its LM head (``[B, T, D]`` -> ``[B, T, V]``)."""
+    """The final exit: the model's final norm, then its LM head (``[B, T, D]`` -> ``[B, T, V]``). Both are the
+    wrapped model's own modules, referenced, not registered again (a checkpoint holds each tensor once)."""
 
     def __init__(self, norm: nn.Module, lm_head: nn.Module):
         super().__init__()
-        self.norm, self.lm_head = norm, lm_head
+        self.__dict__["norm"], self.__dict__["lm_head"] = norm, lm_head
 
     def forward(self, h: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.norm(h))

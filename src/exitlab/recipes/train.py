@@ -40,6 +40,8 @@ def model_section(model: MultiExitModel) -> dict:
     if "adapter" not in spec:
         keys = ("backbone", "exits", "head", "head_kwargs", "backbone_kwargs")
         return {k: spec[k] for k in keys if k in spec}
+    if spec["adapter"] == "hf-causal":
+        return {"backbone": "hf-causal", "exits": list(spec["exits"]), "head": spec["head"], "head_kwargs": {}}
     if spec["adapter"] == "hf":
         return {"backbone": "hf", "exits": list(spec["exits"]), "head": spec.get("head", "text"),
                 "head_kwargs": spec["head_kwargs"]}

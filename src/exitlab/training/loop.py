@@ -44,7 +44,12 @@ def set_modes(model: MultiExitModel, phase: Phase) -> None:
 def exit_losses(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of every exit at once: ``[E]``. Float targets are a regression (one output per exit, as for
     STS-B): the mean squared error of every exit instead."""
-    logits = torch.stack(outs).float()  # [E, B, C]
+    logits = torch.stack(outs).float()  # [E, B, C]; a causal LM's [E, B, T, V] with next-token targets y [B, T]
+    if logits.ndim == 4:
+        E, B, T, V = logits.shape
+        ce = F.cross_entropy(logits.reshape(E * B * T, V), y.repeat(E, 1).reshape(-1), reduction="none",
+                             label_smoothing=label_smoothing)
+        return ce.view(E, B * T).mean(1)
     E, B, C = logits.shape
     if y.is_floating_point():
         if C != 1:
@@ -333,6 +338,8 @@ def _hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     squared errors, so the "accuracy" that validation reports is then the negative mean squared error."""
     if y.is_floating_point():
         return -(logits[..., 0].double() - y.double()[None]).pow(2).sum(1)
+    if logits.ndim == 4:  # a causal LM: per sequence, the fraction of next tokens right (top-1)
+        return (logits.argmax(-1) == y).double().mean(2).sum(1)
     return (logits.argmax(-1) == y).sum(1)
 
 

@@ -110,3 +110,20 @@ def test_bad_input_one_clear_line_each(lm):
     with pytest.raises(ConfigError, match="left-padded"):
         ids = torch.tensor([[1, 2, 0]])
         self_speculative(shared, (ids, torch.tensor([[1, 1, 0]])), 3, draft_layer=1)
+
+
+def test_per_exit_lm_metrics_agree_with_their_definitions(lm):
+    from exitlab.evaluation.lm_metrics import lm_exit_metrics
+
+    m = from_hf_causal(lm, exits=[0, 2])
+    g = torch.Generator().manual_seed(5)
+    seq = torch.randint(0, V, (4, 11), generator=g)
+    x, y = seq[:, :-1], seq[:, 1:]
+    rows = lm_exit_metrics(m, x, y, prompts=3, prompt_tokens=4, new_tokens=6, draft_tokens=2)
+    assert [r["layer"] for r in rows] == [0, 2, 3] and rows[-1]["agreement"] == 1.0 and rows[-1]["acceptance"] is None
+    logits = m(x)
+    ce = torch.nn.functional.cross_entropy(logits[0].reshape(-1, V).float(), y.reshape(-1))
+    assert rows[0]["perplexity"] == pytest.approx(float(ce.exp()), rel=1e-6)
+    assert rows[1]["agreement"] == pytest.approx(float((logits[1].argmax(-1) == logits[2].argmax(-1)).double().mean()))
+    sp = self_speculative(m, x[:3, :4].tolist(), 6, draft_layer=2, draft_tokens=2)
+    assert rows[1]["acceptance"] == sp.acceptance

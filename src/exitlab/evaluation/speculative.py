@@ -133,7 +133,7 @@ def prepare_prompts(model: MultiExitModel, prompts, max_new_tokens: int) -> tupl
     if longest + max_new_tokens > bb.max_length:
         raise ConfigError(f"a prompt of {longest} tokens plus {max_new_tokens} new ones is longer than this model's "
                           f"context ({bb.max_length}); shorten the prompt or ask for fewer tokens")
-    bb.check_ids(ids[mask][None] if mask.any() else ids[:, :0])
+    bb.check_ids(ids)
     return ids.to(device), mask.to(device)
 
 
@@ -170,10 +170,12 @@ def _prefill(bb: HFCausal, ids: torch.Tensor, mask: torch.Tensor) -> _State:
 def _run_layers(bb: HFCausal, h: torch.Tensor, layers: range, state: _State, pos: torch.Tensor) -> torch.Tensor:
     """States ``h [B, Q, D]`` at positions ``pos [B, Q]`` through ``layers``; their slots are already ``valid``."""
     rope = bb.rotary(h, pos)
+    masks: dict[int, torch.Tensor] = {}  # by key count: the layers of one range hold equally many entries
     for i in layers:
         keys = state.cache.get_seq_length(i) + h.shape[1]
-        m = causal_mask(state.valid[:, :keys], h.shape[1], h.dtype)
-        h = bb.layer_step(i, h, m, rope, state.cache)
+        if keys not in masks:
+            masks[keys] = causal_mask(state.valid[:, :keys], h.shape[1], h.dtype)
+        h = bb.layer_step(i, h, masks[keys], rope, state.cache)
     return h
 
 

@@ -1,0 +1,119 @@
+"""Training regimes for a decoder LM with exits, compute-matched, on the Shakespeare corpus (docs/decoders.md).
+
+One small random-init Llama (6 layers, hidden 128, 4 heads, BPE vocabulary 2048, context 128) with exits after
+layers 1 and 3 (0-based; 2 and 4 layers), trained under one measured training-FLOPs budget per run:
+
+- joint, disjoint, mixed: a norm + LM head per exit (``head=lm``, copies of the final ones at the start);
+- layerskip: LayerSkip's shared final norm + LM head at every exit, layer dropout and the rotational curriculum.
+
+Each run is a normal exitlab run directory; then the test plays give per-exit perplexity, top-1 agreement with
+the final exit and the self-speculative acceptance rate (8 test prompts of 32 tokens, 32 new tokens, 4 drafts).
+
+    OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 PYTHONPATH=src python benchmarks/decoder_compare.py \\
+        --out runs/decoders --regimes joint,disjoint,mixed,layerskip --seeds 0,1 --train-chunks 800 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import exitlab
+from exitlab.data.corpus import as_transformers, shakespeare
+from exitlab.data.lm import LMSource
+from exitlab.evaluation.lm_metrics import lm_exit_metrics
+from exitlab.models.causal import from_hf_causal, tiny_llama
+from exitlab.runs.config import RunConfig, from_dict, to_dict
+from exitlab.training.loop import step_flops
+from exitlab.training.phases import Phase, plan_phases
+
+EXITS = [1, 3]
+
+
+def corpus(out: Path, context: int, vocab: int) -> LMSource:
+    """The tokenised corpus, built once and cached in ``out`` (the tokenizer beside it)."""
+    cache = out / "corpus.pt"
+    if not cache.exists():
+        c = shakespeare(context=context, vocab_size=vocab)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"splits": c.splits, "plays": c.plays, "vocab": c.vocab_size}, cache)
+        c.tokenizer.save(str(out / "tokenizer.json"))
+    d = torch.load(cache)
+    return LMSource("shakespeare", d["splits"], d["vocab"])
+
+
+def model(regime: str, seed: int, vocab: int, context: int):
+    head = "shared" if regime == "layerskip" else "lm"
+    lm = tiny_llama(vocab_size=vocab, layers=6, hidden=128, heads=4, context=context, seed=seed)
+    return from_hf_causal(lm, exits=EXITS, head=head)
+
+
+def config(seed: int, budget: float) -> RunConfig:
+    d = to_dict(RunConfig())
+    d["data"].update(batch_size=16, eval_batch_size=64)
+    phase = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0}
+    d.update(seed=seed, budget_flops=budget, progress=False, threads=1, device="cpu", checkpoint_every=100,
+             phase1=dict(phase), phase2=dict(phase), phase3=dict(phase))
+    return from_dict(RunConfig, d)
+
+
+def joint_epoch_flops(src: LMSource, vocab: int, context: int, n_train: int) -> float:
+    """Measured training FLOPs of one joint epoch (the unit of the budget)."""
+    m = model("joint", 0, vocab, context)
+    cfg = config(0, 0.0)
+    d = to_dict(cfg)
+    d["regime"] = "joint"
+    phase = plan_phases(from_dict(RunConfig, d), m.num_exits)[0]
+    x, y = src.splits["train"][0][:16], src.splits["train"][1][:16]
+    return step_flops(m, Phase(2, 1, phase.options, phase.weights), x, y) / 16 * n_train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/decoders")
+    ap.add_argument("--regimes", default="joint,disjoint,mixed,layerskip")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--train-chunks", type=int, default=800)
+    ap.add_argument("--epochs", type=float, default=3.0, help="budget: this many joint epochs of training FLOPs")
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--test-chunks", type=int, default=200)
+    ap.add_argument("--val-chunks", type=int, default=128, help="validation chunks evaluated after every epoch")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    src = corpus(out, a.context, a.vocab)
+    tx, ty = src.splits["train"]
+    vx, vy = src.splits["val"]
+    src = LMSource(src.name, {**src.splits, "train": (tx[: a.train_chunks], ty[: a.train_chunks]),
+                              "val": (vx[: a.val_chunks], vy[: a.val_chunks])}, src.vocab_size)
+    budget = a.epochs * joint_epoch_flops(src, a.vocab, a.context, min(a.train_chunks, len(tx)))
+    test_x, test_y = (t[: a.test_chunks] for t in src.splits["test"])
+    for seed in map(int, a.seeds.split(",")):
+        for regime in a.regimes.split(","):
+            run = out / f"{regime}-s{seed}"
+            if (run / "decoder_metrics.json").exists():
+                continue
+            start = time.perf_counter()
+            exitlab.train(model(regime, seed, a.vocab, a.context), run, data=src, config=config(seed, budget),
+                          regime=regime)
+            seconds = time.perf_counter() - start
+            trained = exitlab.load(run)
+            rows = lm_exit_metrics(trained, test_x, test_y, prompts=8, prompt_tokens=32, new_tokens=32)
+            record = {"regime": regime, "seed": seed, "budget_flops": budget, "train_seconds": seconds,
+                      "train_chunks": len(src.splits["train"][0]), "exits": rows}
+            (run / "decoder_metrics.json").write_text(json.dumps(record, indent=1))
+            print(json.dumps({"regime": regime, "seed": seed, "s": round(seconds),
+                              "ppl": [round(r["perplexity"], 2) for r in rows],
+                              "accept": [r["acceptance"] and round(r["acceptance"], 3) for r in rows]}), flush=True)
+    tok = out / "tokenizer.json"
+    if tok.exists():
+        as_transformers(__import__("tokenizers").Tokenizer.from_file(str(tok))).save_pretrained(out / "tokenizer")
+
+
+if __name__ == "__main__":
+    main()

@@ -95,3 +95,16 @@ def test_flops_per_token_against_flop_counter_mode(lm):
     assert got == [(j + 1) * layer + head for j in range(3)] + [4 * layer + head]
     assert got == sorted(got)
     torch.testing.assert_close(exit_logits(m, ids, 1), m(ids)[1])
+
+
+def test_a_tied_lm_head_is_untied_with_the_same_values_and_saves(tmp_path):
+    import exitlab
+
+    lm = tiny_llama(vocab_size=V, layers=2, hidden=16, heads=2, context=8, tie=True)
+    ids = torch.randint(0, V, (1, 5))
+    before = lm(ids).logits
+    m = from_hf_causal(lm, exits=[0])
+    assert lm.lm_head.weight is not lm.model.embed_tokens.weight
+    torch.testing.assert_close(m(ids)[-1], before, rtol=0, atol=0)
+    exitlab.save_pretrained(m, tmp_path / "m")
+    torch.testing.assert_close(exitlab.load(tmp_path / "m")(ids)[-1], before, rtol=0, atol=0)

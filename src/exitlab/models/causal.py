@@ -199,7 +199,7 @@ def from_hf_causal(model, *, exits="every:1", head: str = "shared", init: str = 
         raise ConfigError(f"head {head!r}: a causal LM's exits use head 'shared' (LayerSkip) or 'lm' (one per exit)")
     if init not in ("copy", "random"):
         raise ConfigError(f"init {init!r}: choose copy (the final norm and LM head) or random")
-    module = load_causal(model)
+    module = untie(load_causal(model))
     backbone = HFCausal(module)
     blocks = exit_layers(exits, len(backbone.layers))
     spec = {"adapter": "hf-causal", "config": module.config.to_dict(), "num_classes": backbone.num_classes,
@@ -214,6 +214,17 @@ def from_hf_causal(model, *, exits="every:1", head: str = "shared", init: str = 
             h.lm_head.weight.data.copy_(backbone.final.lm_head.weight.data)
             h.norm.eps = getattr(backbone.final.norm, "variance_epsilon", h.norm.eps)
     return multi
+
+
+def untie(module: nn.Module) -> nn.Module:
+    """A model whose LM head shares the token embeddings' weights gets its own copy (the same values): exits then
+    train the head alone, and a checkpoint holds each tensor once (safetensors refuses shared ones). The config
+    says so, so the model rebuilt from it has the same parameters."""
+    head, emb = module.get_output_embeddings(), module.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is emb.weight:
+        head.weight = nn.Parameter(head.weight.detach().clone())
+        module.config.tie_word_embeddings = False
+    return module
 
 
 def model_from_causal_spec(spec: dict) -> MultiExitModel:

@@ -1,7 +1,8 @@
 """Training regimes for a decoder LM with exits, compute-matched, on the Shakespeare corpus (docs/decoders.md).
 
-One small random-init Llama (6 layers, hidden 128, 4 heads, BPE vocabulary 2048, context 128) with exits after
-layers 1 and 3 (0-based; 2 and 4 layers), trained under one measured training-FLOPs budget per run:
+One small random-init Llama (by default 4 layers, hidden 64, 4 heads, BPE vocabulary 512, context 64: sized for a
+shared 2-core CPU) with exits after layers 0 and 1 (0-based; 1 and 2 layers), trained under one measured
+training-FLOPs budget per run (``--epochs`` joint epochs):
 
 - joint, disjoint, mixed: a norm + LM head per exit (``head=lm``, copies of the final ones at the start);
 - layerskip: LayerSkip's shared final norm + LM head at every exit, layer dropout and the rotational curriculum.
@@ -10,7 +11,7 @@ Each run is a normal exitlab run directory; then the test plays give per-exit pe
 the final exit and the self-speculative acceptance rate (8 test prompts of 32 tokens, 32 new tokens, 4 drafts).
 
     OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 PYTHONPATH=src python benchmarks/decoder_compare.py \\
-        --out runs/decoders --regimes joint,disjoint,mixed,layerskip --seeds 0,1 --train-chunks 800 --epochs 3
+        --out runs/decoders --regimes joint,disjoint,mixed,layerskip --seeds 0,1 --train-chunks 4000 --epochs 2
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from exitlab.runs.config import RunConfig, from_dict, to_dict
 from exitlab.training.loop import step_flops
 from exitlab.training.phases import Phase, plan_phases
 
-EXITS = [1, 3]
-
 
 def corpus(out: Path, context: int, vocab: int) -> LMSource:
     """The tokenised corpus, built once and cached in ``out`` (the tokenizer beside it)."""
@@ -46,24 +45,24 @@ def corpus(out: Path, context: int, vocab: int) -> LMSource:
     return LMSource("shakespeare", d["splits"], d["vocab"])
 
 
-def model(regime: str, seed: int, vocab: int, context: int):
+def model(regime: str, seed: int, a: argparse.Namespace):
     head = "shared" if regime == "layerskip" else "lm"
-    lm = tiny_llama(vocab_size=vocab, layers=6, hidden=128, heads=4, context=context, seed=seed)
-    return from_hf_causal(lm, exits=EXITS, head=head)
+    lm = tiny_llama(vocab_size=a.vocab, layers=a.layers, hidden=a.hidden, heads=4, context=a.context, seed=seed)
+    return from_hf_causal(lm, exits=[int(e) for e in a.exits.split(",")], head=head)
 
 
 def config(seed: int, budget: float) -> RunConfig:
     d = to_dict(RunConfig())
     d["data"].update(batch_size=16, eval_batch_size=64)
-    phase = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "grad_clip": 1.0}
+    phase = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01, "grad_clip": 1.0}
     d.update(seed=seed, budget_flops=budget, progress=False, threads=1, device="cpu", checkpoint_every=100,
              phase1=dict(phase), phase2=dict(phase), phase3=dict(phase))
     return from_dict(RunConfig, d)
 
 
-def joint_epoch_flops(src: LMSource, vocab: int, context: int, n_train: int) -> float:
+def joint_epoch_flops(src: LMSource, a: argparse.Namespace, n_train: int) -> float:
     """Measured training FLOPs of one joint epoch (the unit of the budget)."""
-    m = model("joint", 0, vocab, context)
+    m = model("joint", 0, a)
     cfg = config(0, 0.0)
     d = to_dict(cfg)
     d["regime"] = "joint"
@@ -77,10 +76,13 @@ def main() -> None:
     ap.add_argument("--out", default="runs/decoders")
     ap.add_argument("--regimes", default="joint,disjoint,mixed,layerskip")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--train-chunks", type=int, default=800)
+    ap.add_argument("--train-chunks", type=int, default=4000)
     ap.add_argument("--epochs", type=float, default=3.0, help="budget: this many joint epochs of training FLOPs")
-    ap.add_argument("--context", type=int, default=128)
-    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--exits", default="0,1", help="0-based layers the exits read")
     ap.add_argument("--test-chunks", type=int, default=200)
     ap.add_argument("--val-chunks", type=int, default=128, help="validation chunks evaluated after every epoch")
     a = ap.parse_args()
@@ -91,7 +93,7 @@ def main() -> None:
     vx, vy = src.splits["val"]
     src = LMSource(src.name, {**src.splits, "train": (tx[: a.train_chunks], ty[: a.train_chunks]),
                               "val": (vx[: a.val_chunks], vy[: a.val_chunks])}, src.vocab_size)
-    budget = a.epochs * joint_epoch_flops(src, a.vocab, a.context, min(a.train_chunks, len(tx)))
+    budget = a.epochs * joint_epoch_flops(src, a, min(a.train_chunks, len(tx)))
     test_x, test_y = (t[: a.test_chunks] for t in src.splits["test"])
     for seed in map(int, a.seeds.split(",")):
         for regime in a.regimes.split(","):
@@ -99,7 +101,7 @@ def main() -> None:
             if (run / "decoder_metrics.json").exists():
                 continue
             start = time.perf_counter()
-            exitlab.train(model(regime, seed, a.vocab, a.context), run, data=src, config=config(seed, budget),
+            exitlab.train(model(regime, seed, a), run, data=src, config=config(seed, budget),
                           regime=regime)
             seconds = time.perf_counter() - start
             trained = exitlab.load(run)

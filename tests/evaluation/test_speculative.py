@@ -128,3 +128,21 @@ def test_per_exit_lm_metrics_agree_with_their_definitions(lm):
     assert rows[1]["agreement"] == pytest.approx(float((logits[1].argmax(-1) == logits[2].argmax(-1)).double().mean()))
     sp = self_speculative(m, x[:3, :4].tolist(), 6, draft_layer=2, draft_tokens=2)
     assert rows[1]["acceptance"] == sp.acceptance
+
+
+def test_texts_through_a_tokenizer_are_left_padded_and_bad_tokenizers_refused(lm):
+    from transformers import PreTrainedTokenizerFast
+
+    from exitlab.data.corpus import as_transformers, train_tokenizer
+    from exitlab.evaluation.speculative import encode_prompts
+
+    texts = ["Who's there?", "Nay, answer me: stand, and unfold yourself."]
+    tok = train_tokenizer(texts * 20, 300)
+    big = from_hf_causal(tiny_llama(vocab_size=320, layers=2, hidden=16, heads=2, context=64), exits=[0])
+    ids, mask = encode_prompts(big, as_transformers(tok), texts)
+    assert bool(mask[:, -1].all()) and not bool(mask[0, 0])  # left-padded: the short text starts late
+    assert self_speculative(big, (ids, mask), 4, draft_layer=0).tokens == greedy(big, (ids, mask), 4).tokens
+    with pytest.raises(ConfigError, match="no padding token"):
+        encode_prompts(big, PreTrainedTokenizerFast(tokenizer_object=tok), texts)
+    with pytest.raises(ConfigError, match="does not fit the model"):
+        encode_prompts(from_hf_causal(lm, exits=[1]), as_transformers(tok), texts[:1])

@@ -71,6 +71,33 @@ def joint_epoch_flops(src: LMSource, a: argparse.Namespace, n_train: int) -> flo
     return step_flops(m, Phase(2, 1, phase.options, phase.weights), x, y) / 16 * n_train
 
 
+def table(out: Path) -> str:
+    """A markdown table of every run's per-exit metrics in ``out``: mean and spread (min-max) over seeds."""
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*/decoder_metrics.json"))]
+    by_regime: dict[str, list[dict]] = {}
+    for r in records:
+        by_regime.setdefault(r["regime"], []).append(r)
+    lines = ["| regime | seeds | exit (layers) | test perplexity | top-1 agreement with final | acceptance (k=4) |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(values: list[float], digits: int) -> str:
+        mean = sum(values) / len(values)
+        spread = f" ({min(values):.{digits}f}-{max(values):.{digits}f})" if len(values) > 1 else ""
+        return f"{mean:.{digits}f}{spread}"
+
+    for regime in ("joint", "disjoint", "mixed", "layerskip"):
+        runs = by_regime.get(regime, [])
+        if not runs:
+            continue
+        for j, ex in enumerate(runs[0]["exits"]):
+            ppl = [r["exits"][j]["perplexity"] for r in runs]
+            agree = [r["exits"][j]["agreement"] for r in runs]
+            acc = [r["exits"][j]["acceptance"] for r in runs if r["exits"][j]["acceptance"] is not None]
+            lines.append(f"| {regime} | {len(runs)} | {ex['layer'] + 1} | {cell(ppl, 1)} | {cell(agree, 3)} | "
+                         f"{cell(acc, 3) if acc else '-'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/decoders")
@@ -85,9 +112,13 @@ def main() -> None:
     ap.add_argument("--exits", default="0,1", help="0-based layers the exits read")
     ap.add_argument("--test-chunks", type=int, default=200)
     ap.add_argument("--val-chunks", type=int, default=128, help="validation chunks evaluated after every epoch")
+    ap.add_argument("--table", action="store_true", help="only print the markdown table of the finished runs")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
+    if a.table:
+        print(table(out))
+        return
     src = corpus(out, a.context, a.vocab)
     tx, ty = src.splits["train"]
     vx, vy = src.splits["val"]

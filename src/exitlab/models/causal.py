@@ -114,7 +114,9 @@ class HFCausal(nn.Module):
         if ids.shape[1] > self.max_length:
             raise ConfigError(f"a sequence of {ids.shape[1]} tokens is longer than this model's context "
                               f"({self.max_length}); truncate it or use a model with a longer context")
-        if ids.numel() and (int(ids.max()) >= self.num_classes or int(ids.min()) < 0):
+        # the id range is read back only on the CPU: on an accelerator it would stall every step (LMSource checks
+        # its data once, and embedding lookups fail loudly on a bad id)
+        if ids.device.type == "cpu" and ids.numel() and (int(ids.max()) >= self.num_classes or int(ids.min()) < 0):
             raise ConfigError(f"token id {int(ids.max())} is outside this model's vocabulary of {self.num_classes}; "
                               "the tokenizer does not fit the model (use the tokenizer it was trained with)")
         return ids.long()

@@ -2,7 +2,7 @@
 
 One small random-init Llama (by default 4 layers, hidden 64, 4 heads, BPE vocabulary 512, context 64: sized for a
 shared 2-core CPU) with exits after layers 0 and 1 (0-based; 1 and 2 layers), trained under one measured
-training-FLOPs budget per run (``--epochs`` joint epochs):
+training-FLOPs budget per run (``--epochs`` joint epochs, 3 by default):
 
 - joint, disjoint, mixed: a norm + LM head per exit (``head=lm``, copies of the final ones at the start);
 - layerskip: LayerSkip's shared final norm + LM head at every exit, layer dropout and the rotational curriculum.
@@ -11,7 +11,7 @@ Each run is a normal exitlab run directory; then the test plays give per-exit pe
 the final exit and the self-speculative acceptance rate (8 test prompts of 32 tokens, 32 new tokens, 4 drafts).
 
     OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 PYTHONPATH=src python benchmarks/decoder_compare.py \\
-        --out runs/decoders --regimes joint,disjoint,mixed,layerskip --seeds 0,1 --train-chunks 4000 --epochs 2
+        --out runs/decoders --regimes joint,disjoint,mixed,layerskip --seeds 0,1 --val-chunks 64 --test-chunks 200
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ import torch
 from bench_ic_overhead import interleaved, make_loader, parse_exits, ratios
 
 from exitlab.models import build_foreign
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, step_flops, train_epoch
+from exitlab.runs.phase_config import PhaseConfig
+from exitlab.training.loop import PhaseState, make_optimizer, set_modes, set_trainable, step_flops, train_epoch
+from exitlab.training.objective import phase_module
 from exitlab.training.phases import Phase
 
 
@@ -55,7 +56,7 @@ def make_variants(args: argparse.Namespace) -> tuple[dict[str, Callable[[], int]
         def run() -> int:
             set_trainable(model, phase)
             set_modes(model, phase)
-            train_epoch(phase_module(model, phase), phase, loader, opt, step=0, total_steps=args.steps)
+            train_epoch(PhaseState(phase_module(model, phase), phase, loader, opt, total_steps=args.steps))
             return args.steps
 
         return run
@@ -87,7 +88,7 @@ def profile_exits(variants: dict[str, Callable[[], int]]) -> None:
 
 def report(args: argparse.Namespace, model, flops: tuple[int, int], clocks) -> dict:
     """Print the table and return the raw times and ratios."""
-    taps = model.spec["exits"]
+    taps = list(model.spec.exits)
     print(f"{args.source} {args.kwargs}, {len(taps)} {args.head} ICs after {taps}, batch {args.batch_size}x3x"
           f"{args.img_size}x{args.img_size}, {args.threads} thread(s), {args.steps} step(s) x {args.repeats} "
           f"interleaved repeats, torch {torch.__version__}")

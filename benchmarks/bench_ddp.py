@@ -34,8 +34,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from exitlab.data import TensorLoader
 from exitlab.models import build_model
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import make_optimizer, set_modes, set_trainable, train_epoch
+from exitlab.runs.phase_config import PhaseConfig
+from exitlab.training.loop import PhaseState, make_optimizer, set_modes, set_trainable, train_epoch
 from exitlab.training.phases import Phase
 
 
@@ -78,7 +78,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: mp.S
         for r in range(args.repeats + 1):  # chunk 0 is warm-up
             dist.barrier()
             t0, c0 = time.perf_counter(), time.process_time()
-            train_epoch(net, phase, loader, opt, step=0, total_steps=args.steps)
+            train_epoch(PhaseState(net, phase, loader, opt, total_steps=args.steps))
             c1 = time.process_time()
             dist.barrier()
             if r:

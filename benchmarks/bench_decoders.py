@@ -28,7 +28,8 @@ from exitlab.evaluation.calm import confident_decode
 from exitlab.evaluation.speculative import greedy, self_speculative
 from exitlab.models.causal import from_hf_causal, tiny_llama
 from exitlab.runs.config import RunConfig, from_dict, to_dict
-from exitlab.training.loop import make_optimizer, phase_loss, phase_module, set_modes, set_trainable
+from exitlab.training.loop import make_optimizer, set_modes, set_trainable
+from exitlab.training.objective import phase_loss, phase_module
 from exitlab.training.phases import plan_phases
 
 

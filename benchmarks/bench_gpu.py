@@ -40,9 +40,10 @@ from exitlab.evaluation.bench import batch1_latency, batched_speedups  # noqa: E
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.models import build_model  # noqa: E402
 from exitlab.models.costs import exit_costs  # noqa: E402
-from exitlab.runs.config import PhaseConfig  # noqa: E402
+from exitlab.runs.phase_config import PhaseConfig  # noqa: E402
 from exitlab.training.compile import maybe_compile  # noqa: E402
-from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch  # noqa: E402
+from exitlab.training.loop import PhaseState, make_optimizer, set_modes, set_trainable, train_epoch  # noqa: E402
+from exitlab.training.objective import phase_module  # noqa: E402
 from exitlab.training.phases import Phase  # noqa: E402
 
 
@@ -119,11 +120,12 @@ class Trainer:
         set_modes(self.model, phase)
         net = phase_module(self.model, phase)
         t0 = time.perf_counter()
-        _, step = train_epoch(net, phase, loader, opt, step=0, total_steps=10**6, amp=amp, max_steps=sz.warmup)
+        state = PhaseState(net, phase, loader, opt, total_steps=10**6, amp=amp)
+        train_epoch(state, max_steps=sz.warmup)
         sync(self.device)
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        train_epoch(net, phase, loader, opt, step=step, total_steps=10**6, amp=amp, max_steps=sz.steps)
+        train_epoch(state, max_steps=sz.steps)
         sync(self.device)
         took = time.perf_counter() - t0
         return {"model": self.name, "img_per_s": batch * sz.steps / took, "ms_per_step": took / sz.steps * 1e3,

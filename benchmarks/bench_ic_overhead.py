@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from exitlab.data import TensorLoader
 from exitlab.models import build_model
 from exitlab.models.heads import SDNHead
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import make_optimizer, phase_module, set_modes, set_trainable, train_epoch
+from exitlab.runs.phase_config import PhaseConfig
+from exitlab.training.loop import PhaseState, make_optimizer, set_modes, set_trainable, train_epoch
+from exitlab.training.objective import phase_module
 from exitlab.training.phases import Phase
 
 Clocks = dict[str, dict[str, list[float]]]  # clock ("cpu" or "wall") -> variant -> seconds per unit, per repeat
@@ -121,7 +122,7 @@ def make_variants(args: argparse.Namespace) -> dict[str, Callable[[], int]]:
                     (_fixed_pool_forward if pool == "fixed" else _old_mix_forward).__get__(h)
             set_trainable(model, phase)
             set_modes(model, phase)
-            train_epoch(phase_module(model, phase), phase, loader, opt, step=0, total_steps=args.steps)
+            train_epoch(PhaseState(phase_module(model, phase), phase, loader, opt, total_steps=args.steps))
             return args.steps
 
         return run
@@ -146,7 +147,7 @@ def nopool_variant(args: argparse.Namespace) -> Callable[[], int]:
 
     def run() -> int:
         set_modes(model, phase)
-        train_epoch(model, phase, loader, opt, step=0, total_steps=args.steps)
+        train_epoch(PhaseState(model, phase, loader, opt, total_steps=args.steps))
         return args.steps
 
     return run

@@ -36,9 +36,9 @@ from bench_ic_overhead import interleaved, ratios
 
 from exitlab.data import TensorLoader
 from exitlab.models import build_model
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.compile import maybe_compile
-from exitlab.training.loop import evaluate, make_optimizer, set_modes, set_trainable, train_epoch
+from exitlab.training.loop import PhaseState, evaluate, make_optimizer, set_modes, set_trainable, train_epoch
 from exitlab.training.phases import Phase
 
 Timers = dict[str, Callable[[], int]]  # variant name -> a call that does some work and returns its units
@@ -186,11 +186,11 @@ def exitlab_variants(args: argparse.Namespace, name: str, options: set[str]) -> 
                          **common)
     xe, ye = make_data(args, args.eval_images, 1)
     val = TensorLoader(xe.permute(0, 3, 1, 2), ye, args.eval_batch_size, **common)
-    step = [0]
+    state = PhaseState(model, phase, train, opt, total_steps=10_000, amp=amp)  # its step carries over
 
     def train_run() -> int:
         set_modes(model, phase)
-        _, step[0] = train_epoch(model, phase, train, opt, step=step[0], total_steps=10_000, amp=amp)
+        train_epoch(state)
         return len(train)
 
     def eval_run() -> int:

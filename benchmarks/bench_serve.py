@@ -116,8 +116,8 @@ def load_run(url: str, bodies: list, requests: int, concurrency: int) -> tuple[f
 
 def direct_ms(export: Path, bodies: list, repeats: int) -> float:
     """Median latency of the same inputs through the runtime in-process, 1 thread, no HTTP."""
+    from exitlab.deploy.decode import normalise
     from exitlab.deploy.export import OnnxModel
-    from exitlab.deploy.serve import normalise
 
     model = OnnxModel(export, threads=1)
     xs = [normalise(px, model) for _, px in bodies]

@@ -76,7 +76,7 @@ def train_step_ratio(model, x, repeats: int, clock: str) -> dict:
     """Median forward + backward time of the phase-2 objective (every exit) against phase 1 (the bare encoder), the
     two interleaved; dropout on, as in training."""
     from exitlab.evaluation.bench import CLOCKS
-    from exitlab.training.loop import exit_losses
+    from exitlab.training.objective import exit_losses
 
     tick, y = CLOCKS[clock], torch.zeros(len(x), dtype=torch.long)
     model.train()

@@ -20,23 +20,14 @@ from .models import (
     from_torchvision,
 )
 from .recipes.train import train
-from .runs.checkpoint import from_pretrained, save_pretrained
+from .runs.checkpoint import load, save_pretrained
+from .runs.components import REGIMES
 from .runs.config import RunConfig, load_config
 from .runs.rundir import RunDir
 from .runs.version import __version__
-from .training.phases import REGIMES, Phase, plan_phases
-
-
-def load(run_dir, *, module=None) -> MultiExitModel:
-    """Load the trained model of a finished run directory (or any folder written by ``save_pretrained``).
-    ``module``: for a model adapted with ``from_module`` and no ``factory``, the module to load the weights into."""
-    return from_pretrained(run_dir, module=module)
-
-
-MultiExitModel.save_pretrained = save_pretrained
-MultiExitModel.from_pretrained = staticmethod(from_pretrained)
+from .training.phases import Phase, plan_phases
 
 __all__ = ["BACKBONES", "HEADS", "REGIMES", "ExitlabError", "MultiExitModel", "Phase", "RunConfig", "RunDir",
            "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_hf", "from_hf_causal",
-           "from_module", "from_pretrained", "from_timm", "from_torchvision", "load", "load_config", "make_policy",
-           "plan_phases", "save_pretrained", "train", "__version__"]
+           "from_module", "from_timm", "from_torchvision", "load", "load_config", "make_policy", "plan_phases",
+           "save_pretrained", "train", "__version__"]

@@ -1,6 +1,7 @@
 """Gradient contributions: per-exit contributions add up to the gradient of the phase objective the optimiser sees
 (weights, self-distillation, gradient equilibrium), frozen parts are null, and the model is left untouched."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,9 +12,10 @@ from exitlab.analysis.common import block_groups
 from exitlab.analysis.gradients import gradient_contributions, objective_phase, per_exit_gradients
 from exitlab.errors import ExitlabError
 from exitlab.models import build_model, from_module
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import exit_losses, phase_loss, phase_module
-from exitlab.training.phases import Phase, exit_weights, loss_weights
+from exitlab.runs.phase_config import GPFConfig, PhaseConfig
+from exitlab.training.loop import set_trainable
+from exitlab.training.objective import exit_losses, exit_terms, phase_loss, phase_module
+from exitlab.training.phases import Phase, exit_weights, loss_weights, plan_phases
 
 
 def _model():
@@ -170,3 +172,47 @@ def test_adapter_models_group_parameters_by_the_block_they_run_in():
     assert groups["final"] == list(net[5].parameters())
     out = gradient_contributions(model, [(torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,)))])
     assert out["norm"][0][1] == 0.0 and out["norm"][2][1] > 0
+
+
+def _assert_total_is_the_training_gradient(model, phase, x, y):
+    """The analysis's total (its per-exit contributions summed) against torch.autograd.grad of the real phase loss,
+    over every parameter the optimiser updates in the phase."""
+    params = set_trainable(model, phase)
+    per_exit = per_exit_gradients(model, [(x, y)], params, phase)
+    loss, _ = phase_loss(phase_module(model, phase), phase, x, y)
+    ref = torch.autograd.grad(loss, params, allow_unused=True)
+    for i, (p, r) in enumerate(zip(params, ref)):
+        total = sum(per_exit[k][i] for k in range(model.num_exits)).float()
+        assert torch.allclose(total, torch.zeros_like(p) if r is None else r, atol=1e-6, rtol=1e-4), (phase.name, i)
+    return ref
+
+
+@pytest.mark.parametrize("regime, extra", [
+    ("joint", {"phase2.loss_weights": "sdn"}),
+    ("[1, 2, 3]", {"phase2.label_smoothing": 0.1, "phase2.distill": 0.7, "phase2.distill_temperature": 2.0,
+                   "phase3.distill": 0.5}),
+])
+def test_the_analysis_total_is_the_gradient_of_the_training_loss_in_every_planned_phase(tiny_cfg, regime, extra):
+    model = _model().train()  # BatchNorm batch statistics, as in training
+    ((x, y),) = _batches(1)
+    phases = plan_phases(tiny_cfg(regime=regime, **extra), model.num_exits)
+    assert [p.kind for p in phases] == ([2] if regime == "joint" else [1, 2, 3])
+    assert regime == "joint" or [bool(p.options.distill) for p in phases] == [False, True, True]
+    for phase in phases:
+        ref = _assert_total_is_the_training_gradient(model, phase, x, y)
+        if phase.options.distill:  # the distillation term is in it: without it the gradient is another one
+            plain = dataclasses.replace(phase, options=dataclasses.replace(phase.options, distill=0.0))
+            without = torch.autograd.grad(phase_loss(model, plain, x, y)[0], set_trainable(model, plain))
+            assert any(not torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(ref, without))
+
+
+def test_the_analysis_total_includes_gpf_imitation():
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=7, in_chans=1, img_size=16, exits=[0, 1], head="gpf",
+                        head_kwargs={"inner": "pooled", "dim": 5}).train()
+    ((x, y),) = _batches(1)
+    phase = _phase(2, gpf=GPFConfig(imitation=1.0))
+    _assert_total_is_the_training_gradient(model, phase, x, y)
+    terms = exit_terms(model, phase, x, y)
+    assert len(terms.imitation) == 1 and float(terms.imitation[0].detach()) > 0  # IC 0 imitates IC 1
+    torch.testing.assert_close(terms.per_exit(3).sum(), terms.loss(), rtol=1e-6, atol=1e-6)

@@ -15,7 +15,7 @@ from exitlab.analysis.landscape import (
 )
 from exitlab.errors import ExitlabError
 from exitlab.models import build_model
-from exitlab.training.loop import exit_losses
+from exitlab.training.objective import exit_losses
 
 
 def _trained_ish_model():

@@ -13,7 +13,8 @@ def test_new_data_keys_have_working_defaults():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["data.augment=randaugment"], "data.augment: unknown recipe 'randaugment'; choose crop_flip or imagenet"),
+    (["data.augment=randaugment"],
+     "data.augment: unknown augmentation 'randaugment'; choose one of: crop_flip, imagenet"),
     (["data.crop_fraction=0"], "data.crop_fraction must be in (0, 1], got 0.0"),
     (["data.crop_fraction=1.2"], "data.crop_fraction must be in (0, 1], got 1.2"),
     (["data.workers=-2"], "data.workers must be >= -1, got -2"),

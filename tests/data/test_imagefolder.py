@@ -61,7 +61,7 @@ def test_train_subset_keeps_every_class_share_in_a_folder_sorted_by_class(tmp_pa
 
 def test_train_subset_is_stratified_for_tensors_too_and_seeded():
     src = synthetic(num_classes=7, n_train=700, n_test=70, size=4)
-    picks = [build_run_data(data_config(train_subset=70), seed, CPU, source=src).train for seed in (0, 0, 1)]
+    picks = [build_run_data(data_config(train_subset=70), seed, CPU, data=src).train for seed in (0, 0, 1)]
     assert torch.bincount(picks[0].y).tolist() == [10] * 7
     assert torch.equal(picks[0].x, picks[1].x) and not torch.equal(picks[0].x, picks[2].x)
 

@@ -30,10 +30,10 @@ def _same(a, b, atol=0.0):
 def test_from_tensors_is_the_in_memory_path_for_torch_and_numpy_in_either_layout():
     tx, ty, vx, vy = _arrays()
     d = data_config(batch_size=16, eval_batch_size=32)
-    ref = build_run_data(d, 0, CPU, source=synthetic(num_classes=7, n_train=70, n_test=35, size=8))
+    ref = build_run_data(d, 0, CPU, data=synthetic(num_classes=7, n_train=70, n_test=35, size=8))
     nhwc = from_tensors(tx.permute(0, 2, 3, 1).numpy(), ty.numpy(), vx.permute(0, 2, 3, 1).numpy(), vy.numpy())
     for src in (from_tensors(tx, ty, vx, vy), nhwc):
-        rd = build_run_data(d, 0, CPU, source=src)
+        rd = build_run_data(d, 0, CPU, data=src)
         assert isinstance(rd.train, TensorLoader) and rd.shape == (3, 8, 8) and rd.classes == [str(i) for i in range(7)]
         for split in ("train", "val", "test"):
             assert _same(_batches(getattr(rd, split)), _batches(getattr(ref, split)))
@@ -49,7 +49,7 @@ def test_one_channel_images_and_an_explicit_layout():
 
 def test_uint8_images_are_divided_by_255_then_normalised():
     tx, ty, vx, vy = _arrays()
-    rd = build_run_data(data_config(), 0, CPU, source=from_tensors(tx, ty, vx, vy))
+    rd = build_run_data(data_config(), 0, CPU, data=from_tensors(tx, ty, vx, vy))
     mean = torch.tensor(rd.normalize["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(rd.normalize["std"]).view(1, 3, 1, 1)
     assert 0 < rd.normalize["mean"][0] < 1
@@ -60,7 +60,7 @@ def test_uint8_images_are_divided_by_255_then_normalised():
 def test_float_images_are_used_as_given_not_divided_by_255():
     tx, ty, vx, vy = _arrays()
     fx, fvx = tx.double() * 4 - 300, vx.double() * 4 - 300  # values in [-300, 720], not pixels
-    rd = build_run_data(data_config(crop_padding=0, flip=False), 0, CPU, source=from_tensors(fx, ty, fvx, vy))
+    rd = build_run_data(data_config(crop_padding=0, flip=False), 0, CPU, data=from_tensors(fx, ty, fvx, vy))
     assert rd.train.x.dtype == torch.float32 and rd.normalize["mean"][0] > 100
     mean = torch.tensor(rd.normalize["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(rd.normalize["std"]).view(1, 3, 1, 1)
@@ -128,9 +128,9 @@ class Pictures(torch.utils.data.Dataset):
 def test_map_style_datasets_of_tensors_arrays_and_pil_images_give_the_same_batches():
     tx, ty, vx, vy = _arrays()
     d = data_config(img_size=8, batch_size=16, eval_batch_size=20, workers=0)
-    runs = {k: build_run_data(d, 0, CPU, source=from_datasets(Pictures(tx, ty, k), Pictures(vx, vy, k)))
+    runs = {k: build_run_data(d, 0, CPU, data=from_datasets(Pictures(tx, ty, k), Pictures(vx, vy, k)))
             for k in ("tensor", "array", "pil")}
-    ref = build_run_data(d, 0, CPU, source=from_tensors(tx, ty, vx, vy))
+    ref = build_run_data(d, 0, CPU, data=from_tensors(tx, ty, vx, vy))
     for rd in runs.values():
         assert isinstance(rd.train, StreamLoader) and rd.shape == (3, 8, 8)
         rd.train.set_epoch_seed(5)
@@ -151,10 +151,10 @@ def test_labels_come_from_targets_or_are_read_once():
 def test_the_split_of_a_map_style_dataset_is_stratified_and_a_given_val_is_used():
     tx, ty, vx, vy = _arrays(n=140)
     d = data_config(img_size=8, val_fraction=0.2, workers=0)
-    rd = build_run_data(d, 0, CPU, source=from_datasets(Pictures(tx, ty, "tensor"), Pictures(vx, vy, "tensor")))
+    rd = build_run_data(d, 0, CPU, data=from_datasets(Pictures(tx, ty, "tensor"), Pictures(vx, vy, "tensor")))
     val_labels = ty[rd.val.indices]
     assert rd.val.num_samples == 28 and torch.bincount(val_labels).tolist() == [4] * 7
-    given = build_run_data(d, 0, CPU, source=from_datasets(Pictures(tx, ty, "tensor"), Pictures(vx, vy, "tensor"),
+    given = build_run_data(d, 0, CPU, data=from_datasets(Pictures(tx, ty, "tensor"), Pictures(vx, vy, "tensor"),
                                                            val=Pictures(vx[:14], vy[:14], "tensor")))
     assert given.train.num_samples == 140 and given.val.num_samples == 14
 
@@ -175,7 +175,7 @@ def test_map_style_labels_out_of_range_and_iterable_datasets_are_refused():
 def test_imagenet_recipe_on_in_memory_data_streams_at_img_size():
     tx, ty, vx, vy = _arrays(size=16)
     d = data_config(augment="imagenet", img_size=12, batch_size=10, workers=0)
-    rd = build_run_data(d, 0, CPU, source=from_tensors(tx, ty, vx, vy))
+    rd = build_run_data(d, 0, CPU, data=from_tensors(tx, ty, vx, vy))
     assert isinstance(rd.train, StreamLoader) and rd.shape == (3, 12, 12)
     x, y = next(iter(rd.train))
     assert x.shape == (10, 3, 12, 12) and y.shape == (10,)

@@ -78,7 +78,7 @@ def test_sample_and_unaugmented_are_fixed_and_in_order(folder):
     a, b = run.val.sample(3, seed=1, batch_size=2), run.val.sample(3, seed=1, batch_size=2)
     assert [len(y) for _, y in a] == [2, 1] and _equal(a, b)
     plain = run.train.unaugmented(batch_size=10)
-    assert plain.num_samples == run.train.num_samples and not plain.shuffle and plain.shard == (0, 1)
+    assert plain.num_samples == run.train.num_samples and not plain.batching.shuffle and plain.batching.shard == (0, 1)
     assert _equal(_epoch(plain, 1), _epoch(plain, 2))  # neither shuffled nor augmented
     with pytest.raises(Exception, match="asked for 99 samples but the split holds only 3"):
         run.val.sample(99)

@@ -105,3 +105,33 @@ def test_the_spam_assassin_corpus_reads_complete():
     src, tok = spam_assassin(root=SPAM, max_length=64, vocab_size=2000)
     assert len(src.train_y) + len(src.test_y) == 6046 and src.classes == ["ham", "spam"]
     assert src.train_x.shape[-1] == 64 and tok.vocab_size == 2000
+
+
+def test_labels_and_rows_that_would_become_silent_classes_are_refused(tmp_path, tok):
+    """An empty label cell used to become a class '', a ragged TSV row a class 'None', 0.5 a class '0.5'."""
+    rows = _rows(12)
+    rows[3]["label"] = ""
+    with pytest.raises(DataError, match=r"b\.csv: row 4 has an empty label \(1 empty in all\); fill or drop"):
+        from_text_files(_write(tmp_path / "b.csv", rows), tokenizer=tok)
+    numbers = [{"text": "a cat", "label": [0, 1, 0.5][i % 3]} for i in range(9)]
+    with pytest.raises(DataError, match=r"label 0\.5 is a number that is not a whole class index; for a regression "
+                                        r"task set data.text.task: regression"):
+        from_text_files(_write(tmp_path / "n.jsonl", numbers), tokenizer=tok)
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("text\tlabel\na cat\tpos\na dog\n" + "".join(f"a mat\t{c}\n" for c in ["neg", "pos"] * 4))
+    with pytest.raises(DataError, match=r"r\.tsv line 3 has 1 fields but the header has 2; fix the row"):
+        from_text_files(tsv, tokenizer=tok)
+    tsv.write_text("text\tlabel\na cat\tpos\textra\n")
+    with pytest.raises(DataError, match=r"r\.tsv line 2 has 3 fields but the header has 2"):
+        from_text_files(tsv, tokenizer=tok)
+
+
+def test_a_file_that_is_not_utf8_and_a_plain_folder_get_one_clear_line(tmp_path, tok):
+    bad = tmp_path / "latin.csv"
+    bad.write_bytes("text,label\ncaf\xe9 noir,pos\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.csv is not UTF-8 text \(byte 0xe9 at offset \d+\); save it as UTF-8"):
+        from_text_files(bad, tokenizer=tok)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match=r"folder is a folder but not a save_to_disk dataset \(no state\.json\); give "
+                                        r"a \.csv, \.tsv or \.jsonl file"):
+        from_text_files(tmp_path / "folder", tokenizer=tok)

@@ -129,6 +129,10 @@ def test_compressed_shards_and_labels_out_of_range_are_refused(tmp_path):
     make_shards(tmp_path / "val", [3], start=103, num_classes=5)  # labels 0..4, but train only has 0..2
     with pytest.raises(DataError, match=r"held-out shards: labels must be 0..2 \(one per class\), found 3, 4"):
         _data(tmp_path)
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")  # too short: blamed on classes.txt, not on the labels
+    with pytest.raises(DataError, match=r"classes.txt names 3 classes but the shards hold label 4; add the missing "
+                                        r"class names to classes.txt \(one per line, label 0 first\)"):
+        _data(tmp_path)
     (tmp_path / "classes.txt").write_text("a\nb\nc\nd\ne\n")
     assert _data(tmp_path).classes == ["a", "b", "c", "d", "e"]
     p = tmp_path / "train" / "shard-000.tar"
@@ -153,3 +157,18 @@ def test_brace_expansion():
     assert expand_braces("s-{00..02}.tar") == ["s-00.tar", "s-01.tar", "s-02.tar"]
     assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
     assert expand_braces("plain.tar") == ["plain.tar"]
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.8, 0.93])
+def test_a_truncated_shard_is_refused_not_read_in_part(tmp_path, cut):
+    """A copy cut short (inside a sample, or inside the next header) used to be read up to the cut, silently."""
+    from exitlab.data.shards import index_shard
+
+    (path,) = make_shards(tmp_path / "train", [24])
+    assert len(index_shard(path, ["jpg"], "cls")) == 24  # the whole shard reads
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(DataError, match=r"shard-000\.tar is truncated: (it ends inside a tar member after sample "
+                                         r"'0000\d\d' \(\d+ complete samples read, |[a-z ]+ \()\d+ "
+                                         r"bytes\); copy the shard again or rebuild it"):
+        index_shard(path, ["jpg"], "cls")

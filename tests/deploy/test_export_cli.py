@@ -69,7 +69,7 @@ def test_policy_saved_with_the_model_is_exported(run, tmp_path):
     run_dir, _ = run
     model = exitlab.load(run_dir)
     folder = tmp_path / "pretrained"
-    model.save_pretrained(folder, classes=model.info["classes"], policy=make_policy("patience", threshold=2),
+    exitlab.save_pretrained(model, folder, classes=model.info["classes"], policy=make_policy("patience", threshold=2),
                           normalize={"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]})
     out = exitlab.deploy.export.export_run(folder, tmp_path / "o", layout="all")
     man = read_manifest(out)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from exitlab.deploy.serve import create_app  # noqa: E402
-from tests.deploy.test_serve import LIMITS, SHAPE, export_tiny, npy_header, png_header, running_server  # noqa: E402
+from tests.deploy.serving import LIMITS, SHAPE, export_tiny, npy_header, png_header, running_server  # noqa: E402
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

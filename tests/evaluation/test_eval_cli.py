@@ -30,8 +30,15 @@ def test_eval_writes_eval_json_and_prints_the_budget_table(run_dir, capsys):
     assert res["budget_table"] == res["policies"]["patience"]["budget_table"]
     assert "25%" in out and "100%" in out and "AUC" in out and f"{res['auc']:.4f}" in out
     for e in res["exits"]:
-        assert set(e) >= {"exit", "block", "flops", "macs", "params", "fraction", "accuracy", "ece"}
+        assert set(e) >= {"exit", "block", "flops", "macs", "params", "fraction", "accuracy", "ece", "auroc", "aurc"}
         assert f"{e['accuracy']:.2%}" in out
+        auroc = "n/a" if e["auroc"] is None else f"{e['auroc']:.3f}"
+        assert f"{e['ece']:>6.3f} {auroc:>6} {e['aurc']:>6.3f}" in out  # beside ECE in the exit table
+    assert "ECE" in out and "AUROC" in out and "AURC" in out
+    failure = res["policies"]["patience"]["failure"]  # every policy's own score, per exit
+    assert len(failure) == len(res["exits"]) and "failure prediction by each policy's score on val" in out
+    assert "  patience    " + "  ".join(
+        f"{'n/a' if f['auroc'] is None else format(f['auroc'], '.3f')}/{f['aurc']:.3f}" for f in failure) in out
     assert res["costs"]["convention"].startswith("FLOPs = 2 x MACs")
 
 

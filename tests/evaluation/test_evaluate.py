@@ -185,6 +185,25 @@ def test_evaluate_run_writes_a_consistent_eval_json(run_dir):
     assert curve["accuracy"][0] == pytest.approx(res["exits"][0]["accuracy"])
 
 
+def test_eval_json_has_failure_prediction_per_exit_for_the_max_softmax_and_every_policy(run_dir):
+    from exitlab.evaluation.evaluate import cached_logits, evaluate_run
+    from exitlab.evaluation.failure import aurc, mann_whitney
+    from exitlab.evaluation.policies import make_policy
+
+    res = evaluate_run(run_dir, split="test", write=False)
+    logits, labels = cached_logits(run_dir, "test")
+    conf, pred = logits.float().softmax(-1).max(-1)
+    for k, e in enumerate(res["exits"]):
+        right = pred[k] == labels
+        assert e["aurc"] == pytest.approx(aurc(conf[k], right))
+        assert e["auroc"] == pytest.approx(mann_whitney(conf[k][right], conf[k][~right]))
+    scores, preds = make_policy("entropy").scores(logits)
+    for k, f in enumerate(res["policies"]["entropy"]["failure"]):
+        right = preds[k] == labels
+        assert f["aurc"] == pytest.approx(aurc(-scores[k], right))  # low entropy = sure
+    assert res["policies"]["confidence"]["failure"] == [{"auroc": e["auroc"], "aurc": e["aurc"]} for e in res["exits"]]
+
+
 def test_selected_thresholds_come_from_val_and_are_reported_on_test(run_dir):
     from exitlab import load
     from exitlab.evaluation.evaluate import cached_logits, evaluate_run

@@ -188,3 +188,11 @@ def test_a_user_written_policy_plugs_into_the_sweep():
     naive = [next((j for j in range(E - 1) if s[j, n] >= 0.3), E - 1) for n in range(N)]
     assert idx.tolist() == naive
     assert set(POLICIES.names()) >= {"confidence", "entropy", "patience", "ztw"}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.9", True])
+def test_a_threshold_that_is_not_a_finite_number_is_refused_when_the_policy_is_made(bad):
+    with pytest.raises(ConfigError, match=r"policy 'confidence': threshold .* is not a finite number; give a number "
+                                          r"in the policy's range, or None to sweep thresholds"):
+        make_policy("confidence", threshold=bad)
+    assert make_policy("confidence", threshold=0.9).threshold == 0.9

@@ -126,7 +126,7 @@ def test_exits_on_a_stage_list_by_index_every_and_flops():
 
     def taps(exits, factory="tests.models.factories:make_seq"):
         m = build_model("x", num_classes=7, in_chans=3, img_size=16, exits=exits, head="pooled", factory=factory)
-        return m.spec["exits"]
+        return list(m.spec.exits)
 
     assert taps([0, 2]) == ["blocks.0", "blocks.2"]
     assert taps("every:2") == ["blocks.1"]  # places: blocks.0..2 (blocks.3 feeds the final exit)
@@ -149,3 +149,41 @@ def test_a_bad_factory_is_one_clear_error(factory, message):
 
     with pytest.raises(ConfigError, match=message):
         build_model("x", num_classes=7, exits=["a"], factory=factory)
+
+
+class _TupleNet(Net):
+    def forward(self, x):
+        return super().forward(x), x
+
+
+def test_from_module_refuses_wrong_shapes_and_outputs_before_torch_does():
+    """A wrong input_shape, a forward that returns a tuple, and a classifier of the wrong size each used to fail
+    inside torch (or train silently); now each is one line naming the fix."""
+    with pytest.raises(ConfigError, match=r"a dry run of Net on input_shape \(1, 16, 16\) failed \(.*\); give "
+                                          r"input_shape as the shape of one sample that the module accepts"):
+        exitlab.from_module(Net(in_chans=3), ["stage1"], num_classes=7, input_shape=(1, 16, 16))
+    with pytest.raises(ConfigError, match=r"_TupleNet.forward returns a tuple, not a tensor; the module's output is "
+                                          r"the final exit"):
+        exitlab.from_module(_TupleNet(), ["stage1"], num_classes=7, input_shape=(3, 16, 16))
+    with pytest.raises(ConfigError, match=r"Net.forward gives 7 logits but num_classes is 10; replace its classifier "
+                                          r"with one of 10 outputs, or set num_classes to match"):
+        exitlab.from_module(Net(), ["stage1"], num_classes=10, input_shape=(3, 16, 16))
+    assert exitlab.from_module(Net(), ["stage1"], num_classes=None, input_shape=(3, 16, 16)).num_classes == 7
+
+
+def test_a_factory_whose_classifier_does_not_fit_the_data_is_refused(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(regime="joint", **{"model.factory": FACTORY, "model.backbone_kwargs": "{num_classes: 5}",
+                                      "model.exits": "[stage1, stage2]", "model.head": "pooled"})
+    with pytest.raises(ConfigError, match=r"the model predicts 5 classes but the data has 7; build it with "
+                                          r"num_classes=7"):
+        exitlab.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_model_built_for_other_channels_than_the_data_is_refused_in_one_line(tmp_path):
+    model = exitlab.build_model("resnet8", num_classes=7, in_chans=3, img_size=16, exits=[0, 1], head="pooled")
+    x = torch.rand(70, 1, 16, 16)  # one channel, the model takes three
+    y = torch.arange(70) % 7
+    with pytest.raises(ConfigError, match=r"the model does not take the data's samples of shape \(1, 16, 16\) \(.*\); "
+                                          r"build it for that input \(in_chans=1, its image size\)"):
+        exitlab.train(model, tmp_path / "run", data=exitlab.data.from_tensors(x, y, x, y), regime="joint", budget=1)

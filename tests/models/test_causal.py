@@ -54,7 +54,7 @@ def test_rebuilt_from_spec_with_the_weights_gives_the_same_logits(lm):
 def test_a_folder_holding_a_causal_lm_loads_and_an_encoder_is_refused(lm, tmp_path):
     lm.save_pretrained(tmp_path / "lm")
     m = from_hf_causal(str(tmp_path / "lm"), exits="every:2")
-    assert m.exits == [1] and m.spec["source"] == str(tmp_path / "lm")
+    assert m.exits == [1] and m.spec.source == str(tmp_path / "lm")
     ids = torch.randint(0, V, (1, 4))
     torch.testing.assert_close(m(ids)[-1], lm(ids).logits)
     import transformers
@@ -108,3 +108,11 @@ def test_a_tied_lm_head_is_untied_with_the_same_values_and_saves(tmp_path):
     torch.testing.assert_close(m(ids)[-1], before, rtol=0, atol=0)
     exitlab.save_pretrained(m, tmp_path / "m")
     torch.testing.assert_close(exitlab.load(tmp_path / "m")(ids)[-1], before, rtol=0, atol=0)
+
+
+def test_the_model_description_round_trips_through_json(lm):
+    from exitlab.models import CausalSpec, spec_from_json
+
+    m = from_hf_causal(lm, exits=[0, 2], head="lm", init="random")
+    assert isinstance(m.spec, CausalSpec) and m.spec.rebuildable
+    assert spec_from_json(m.spec.to_json()) == m.spec

@@ -124,7 +124,7 @@ def test_cumulative_costs_strictly_increase(backbone, kwargs, head):
 def test_adapted_models_record_their_input_shape_and_a_model_without_one_needs_it():
     model = from_module(_chain(), ["1"], num_classes=5, input_shape=(3, 8, 8))
     assert model.input_shape == (3, 8, 8) and exit_costs(model).input_shape == (3, 8, 8)
-    model.spec = {}
+    model.spec = None
     with pytest.raises(ConfigError, match="input_shape"):
         exit_costs(model)
 

@@ -109,7 +109,7 @@ def test_the_contract_holds_for_every_architecture(source):
 def test_a_foreign_model_trains_reloads_and_exits_early_like_the_simulation(source, regime, tmp_path):
     options, taps = ARCHS[source]
     model = _build(source, **options)
-    assert model.spec["exits"] == taps and model.spec["input_shape"] == [3, SIZE, SIZE]
+    assert list(model.spec.exits) == taps and model.spec.input_shape == (3, SIZE, SIZE)
     run = exitlab.train(model, tmp_path / "run", regime=regime, **OPTIONS)
     status = json.loads((run / "run.json").read_text())
     assert status["status"] == "done" and [p["kind"] for p in status["phases"]] == list(exitlab.REGIMES.get(regime))
@@ -135,7 +135,7 @@ def test_real_early_exit_refuses_a_tap_inside_a_residual_block():
 
 def test_exits_by_index_every_flops_and_name_on_a_stage_list():
     def taps(exits):
-        return _build("torchvision:mobilenet_v3_small", exits=exits, input_shape=SMALL).spec["exits"]
+        return list(_build("torchvision:mobilenet_v3_small", exits=exits, input_shape=SMALL).spec.exits)
 
     stages = exitlab.models.tap_candidates(_build("torchvision:mobilenet_v3_small", exits=[0]).backbone.module)
     assert stages == [f"features.{i}" for i in range(13)]  # features.12 feeds the final exit: 12 places
@@ -157,20 +157,20 @@ def test_stage_lists_come_from_timm_feature_info_and_torchvision_layouts():
     effnet = _build("timm:efficientnet_b0", exits=[0], input_shape=SMALL).backbone.module
     assert exitlab.models.tap_candidates(effnet) == [d["module"] for d in effnet.feature_info]
     vit = _build("torchvision:vit_b_16", exits=[10], image_size=SIZE)
-    assert vit.spec["exits"] == ["encoder.layers.encoder_layer_10"]
+    assert vit.spec.exits == ("encoder.layers.encoder_layer_10",)
     assert vit.backbone.feature_info[0].kind == "tokens"
     regnet = _build("torchvision:regnet_y_400mf", exits="every:1", input_shape=SMALL)
-    assert regnet.spec["exits"] == ["trunk_output.block1", "trunk_output.block2", "trunk_output.block3"]
+    assert regnet.spec.exits == ("trunk_output.block1", "trunk_output.block2", "trunk_output.block3")
     shufflenet = _build("torchvision:shufflenet_v2_x0_5", exits="every:1", input_shape=SMALL)
-    assert shufflenet.spec["exits"] == ["stage2", "stage3", "stage4"]
+    assert shufflenet.spec.exits == ("stage2", "stage3", "stage4")
     for model in (regnet, shufflenet):
         model.backbone.check_compaction()  # stage outputs: real early exit allowed
 
 
 def test_the_input_shape_follows_the_image_size_the_model_was_built_for():
-    assert _build("timm:vit_small_patch16_224", exits=[0], img_size=48, depth=2).spec["input_shape"] == [3, 48, 48]
-    assert _build("torchvision:vit_b_16", exits=[0], image_size=SIZE).spec["input_shape"] == [3, SIZE, SIZE]
-    assert _build("timm:convnext_atto", exits=[0], in_chans=1, input_shape=None).spec["input_shape"] == [1, 224, 224]
+    assert _build("timm:vit_small_patch16_224", exits=[0], img_size=48, depth=2).spec.input_shape == (3, 48, 48)
+    assert _build("torchvision:vit_b_16", exits=[0], image_size=SIZE).spec.input_shape == (3, SIZE, SIZE)
+    assert _build("timm:convnext_atto", exits=[0], in_chans=1, input_shape=None).spec.input_shape == (1, 224, 224)
     with pytest.raises(ConfigError, match=r"^timm:vit_small_patch16_224: a dry run on one sample of shape "
                                           r"\[3, 32, 32\] failed \(AssertionError: .*img_size=\.\.\."):
         _build("timm:vit_small_patch16_224", exits=[0], depth=2, input_shape=SMALL)

@@ -127,7 +127,7 @@ def test_a_local_save_pretrained_folder_loads_with_its_weights(tmp_path):
     ids, mask = batch()
     with torch.no_grad():
         assert torch.allclose(model(pack(ids, mask))[-1], hf(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
-    assert model.spec["source"] == str(tmp_path / "enc")
+    assert model.spec.source == str(tmp_path / "enc")
 
 
 def test_padding_columns_leave_with_the_samples_that_filled_them():

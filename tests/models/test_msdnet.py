@@ -99,7 +99,7 @@ def test_real_early_exit_runs_every_scale_of_later_blocks_on_the_survivors_only(
 
 def test_its_own_classifiers_are_the_default_head_and_other_heads_read_the_coarsest_scale():
     model = _tiny()
-    assert model.head_name == "msdnet" and model.spec["head"] == "msdnet"
+    assert model.head_name == "msdnet" and model.spec.head == "msdnet"
     assert all(isinstance(h, MSDNetHead) for h in model.heads) and isinstance(model.backbone.final, MSDNetHead)
     assert [h.fc.in_features for h in [*model.heads, model.backbone.final]] == [8] * 5  # head_width, ICs too
     assert _tiny(head_kwargs={"width": 16}).heads[0].fc.in_features == 16
@@ -134,7 +134,7 @@ def test_bad_options_and_token_exits_are_one_line_errors():
 @pytest.mark.parametrize("regime", ["joint", "disjoint", "mixed"])
 def test_the_regimes_train_msdnet_end_to_end(tiny_cfg, tmp_path, regime):
     from exitlab.recipes.train import train
-    from exitlab.runs.rundir import read_jsonl
+    from exitlab.runs.files import read_jsonl
 
     cfg = tiny_cfg(regime=regime, **{"model.backbone": "msdnet", "model.exits": "every:1",
                                      "model.backbone_kwargs": json.dumps(TINY).replace('"', ""),

@@ -6,7 +6,7 @@ import torch
 
 from exitlab.recipes.grid import plan_grid, run_grid
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 
 
 def test_disjoint_and_mixed_share_one_phase1(tiny_cfg, tmp_path):

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 import exitlab  # noqa: E402
 from exitlab.recipes.compare import load_compare_config  # noqa: E402
 from exitlab.runs.config import load_config  # noqa: E402
-from exitlab.runs.rundir import read_jsonl  # noqa: E402
+from exitlab.runs.files import read_jsonl  # noqa: E402
 from tests.data.test_text_files import _rows  # noqa: E402
 
 TEXT = Path(__file__).parents[2] / "configs" / "paper" / "text"
@@ -62,4 +62,4 @@ def test_the_stsb_config_trains_a_pair_regression(tmp_path):
     out = exitlab.train(cfg, tmp_path / "run")
     (rec,) = read_jsonl(out / "metrics.jsonl")
     assert len(rec["val_acc"]) == 3 and all(v <= 0 for v in rec["val_acc"])  # negative MSE per exit
-    assert exitlab.load(out).spec["task"] == "regression"
+    assert exitlab.load(out).spec.task == "regression"

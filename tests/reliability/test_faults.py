@@ -12,7 +12,7 @@ import torch
 
 from exitlab.runs import checkpoint as ckpt
 from exitlab.runs.config import load_config
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import train
 from tests.conftest import tiny_overrides
 

@@ -13,7 +13,7 @@ from exitlab.training.engine import train
 
 def test_a_second_process_on_the_same_run_directory_is_refused(tiny_cfg, tmp_path):
     out = tmp_path / "run"
-    hold = "import sys, time; from pathlib import Path; from exitlab.runs.rundir import RunLock\n" \
+    hold = "import sys, time; from pathlib import Path; from exitlab.runs.files import RunLock\n" \
            "with RunLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -14,13 +14,13 @@ import pytest
 import yaml
 
 from exitlab.errors import ExitlabError
-from exitlab.runs.rundir import RunLock
+from exitlab.runs.files import RunLock
 from tests.recipes.compare.test_compare import TINY
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from exitlab.runs.rundir import RunLock
+from exitlab.runs.files import RunLock
 from tests.recipes.compare.test_compare import TINY
 with RunLock(Path(sys.argv[1])):
     print("locked", flush=True)

@@ -8,12 +8,12 @@ import torch
 
 from exitlab import cli
 from exitlab.errors import ExitlabError
-from exitlab.evaluation.evaluate import compute_logits
 from exitlab.evaluation.inference import early_exit
 from exitlab.evaluation.policies import make_policy
 from exitlab.evaluation.sweep import simulate
 from exitlab.models import build_model
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
+from exitlab.runs.rundir import compute_logits
 from exitlab.training.engine import seed_epoch, train
 
 

@@ -1,7 +1,8 @@
 import pytest
 
 from exitlab.errors import ConfigError
-from exitlab.runs.config import RunConfig, apply_overrides, load_config
+from exitlab.runs.config import RunConfig, load_config
+from exitlab.runs.typed import apply_overrides
 
 
 def test_defaults_and_typed_overrides():

@@ -1,4 +1,4 @@
-"""save_pretrained / from_pretrained: bit-identical outputs in a fresh process, metadata kept, and no pickle on load."""
+"""save_pretrained / load: bit-identical outputs in a fresh process, metadata kept, and no pickle on load."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import exitlab
 from exitlab.errors import CheckpointError
 from exitlab.evaluation.policies import make_policy, policy_from_dict
 from exitlab.models import MultiExitModel, build_model
+from exitlab.runs.checkpoint import save_pretrained
 
 CLASSES = ["a", "b", "c", "d", "e", "f", "g"]  # 7: an odd class count shows shape bugs
 
@@ -23,8 +24,7 @@ _CHILD = r"""
 import sys, pickle
 import torch
 from safetensors.torch import load_file, save_file
-import exitlab  # noqa: F401  (attaches from_pretrained); imported first: only loading must not unpickle
-from exitlab.models import MultiExitModel
+import exitlab  # imported first: only loading must not unpickle
 def _no_pickle(event, args):
     if event == "pickle.find_class":
         raise RuntimeError(f"unpickled {args}")
@@ -34,7 +34,7 @@ def _refuse(*a, **k):
 pickle.load = pickle.loads = pickle.Unpickler = _refuse
 torch.load = _refuse
 torch.set_num_threads(1)
-model = MultiExitModel.from_pretrained(sys.argv[1]).eval()
+model = exitlab.load(sys.argv[1]).eval()
 x = load_file(sys.argv[2])["x"]
 with torch.no_grad():
     outs = model(x)
@@ -58,7 +58,7 @@ def test_round_trip_in_fresh_process_is_bit_identical(tmp_path):
     for h in model.heads[1:]:  # the first IC has nothing to cascade from
         torch.nn.init.normal_(h.cascade.weight, std=0.3)  # cascade weights start at 0: make them matter
     policy = make_policy("confidence", threshold=0.625)
-    model.save_pretrained(tmp_path / "m", classes=CLASSES, policy=policy, normalize={"mean": [0.3], "std": [0.2]})
+    save_pretrained(model, tmp_path / "m", classes=CLASSES, policy=policy, normalize={"mean": [0.3], "std": [0.2]})
     x = torch.randn(5, 1, 16, 16)
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     with torch.no_grad():
@@ -75,11 +75,11 @@ def test_round_trip_in_fresh_process_is_bit_identical(tmp_path):
 def test_metadata_round_trip(tmp_path):
     model = _model()
     policy = make_policy("patience", threshold=2)
-    model.save_pretrained(tmp_path, classes=CLASSES, policy=policy, extra={"dataset": "synthetic"})
-    loaded = exitlab.MultiExitModel.from_pretrained(tmp_path)
+    save_pretrained(model, tmp_path, classes=CLASSES, policy=policy, extra={"dataset": "synthetic"})
+    loaded = exitlab.load(tmp_path)
     info = loaded.info
     assert info["classes"] == CLASSES and info["dataset"] == "synthetic"
-    assert info["spec"] == model.spec and loaded.exits == model.exits
+    assert info["spec"] == model.spec.to_json() and loaded.spec == model.spec and loaded.exits == model.exits
     back = policy_from_dict(info["policy"])
     assert type(back) is type(policy) and back.threshold == 2
     for k, v in model.state_dict().items():
@@ -90,29 +90,29 @@ def test_policy_with_tensor_params_survives_json(tmp_path):
     model = _model()
     E, C = model.num_exits, 7
     ztw = make_policy("ztw", weight=torch.rand(E - 1, E - 1), bias=torch.randn(E - 1, C), threshold=0.5)
-    model.save_pretrained(tmp_path, policy=ztw)
+    save_pretrained(model, tmp_path, policy=ztw)
     back = policy_from_dict(json.loads((tmp_path / "model.json").read_text())["policy"])
     assert torch.equal(back.weight, ztw.weight) and torch.equal(back.bias, ztw.bias)
 
 
 def test_pickle_file_is_rejected_not_loaded(tmp_path, monkeypatch):
     model = _model()
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     torch.save(model.state_dict(), tmp_path / "model.safetensors")  # a pickle where safetensors should be
     called = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: called.append(a))
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        exitlab.from_pretrained(tmp_path)
+        exitlab.load(tmp_path)
     assert not called
 
 
 def test_metadata_must_be_json(tmp_path):
     with pytest.raises(CheckpointError, match="plain JSON"):
-        _model().save_pretrained(tmp_path, extra={"bad": object()})
+        save_pretrained(_model(), tmp_path, extra={"bad": object()})
 
 
 def test_model_json_without_spec_is_a_clear_error(tmp_path):
-    _model().save_pretrained(tmp_path)
+    save_pretrained(_model(), tmp_path)
     (tmp_path / "model.json").write_text(json.dumps({"classes": CLASSES}))
     with pytest.raises(CheckpointError, match="no model spec"):
-        exitlab.from_pretrained(tmp_path)
+        exitlab.load(tmp_path)

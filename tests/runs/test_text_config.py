@@ -22,8 +22,9 @@ from exitlab.evaluation.inference import early_exit  # noqa: E402
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.evaluation.sweep import simulate  # noqa: E402
 from exitlab.models.costs import exit_costs, length_costs, length_table  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
 from exitlab.runs.rundir import RunDir  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
 from tests.models.test_hf import tiny  # noqa: E402
 
 GOOD, BAD = "good great fine happy nice".split(), "bad awful poor sad nasty".split()
@@ -73,7 +74,7 @@ def test_a_text_config_trains_saves_its_tokenizer_and_rebuilds_the_same_data(tex
     tok = run.tokenizer()
     assert tok("good day")["input_ids"][0] == tok.cls_token_id
     model = run.model()
-    assert model.spec["adapter"] == "hf" and model.num_exits == 3
+    assert model.spec.kind == "hf" and model.num_exits == 3
     assert model.backbone.model.get_input_embeddings().num_embeddings == len(tok)  # sized to the tokenizer
     # the rebuilt test split holds the texts of test.csv tokenised by the saved tokenizer, in file order
     texts = [r["text"] for r in csv.DictReader(open(root / "test.csv"))]
@@ -247,8 +248,8 @@ def test_a_local_folder_gives_its_weights_with_pretrained_and_only_its_config_wi
 def test_a_config_puts_gpf_heads_on_an_encoder(tmp_path, text_run):
     root, _ = text_run
     cfg = text_config(root, model={"head": "gpf", "head_kwargs": {"dim": 8}}, regime="joint",
-                      phase2={"gpf_imitation": 1.0})
+                      phase2={"gpf": {"imitation": 1.0}})
     out = exitlab.train(from_dict(RunConfig, cfg), tmp_path / "gpf")
     model = RunDir(out).model()
-    assert model.spec["head"] == "gpf" and model.spec["head_kwargs"]["dim"] == 8
+    assert model.spec.head == "gpf" and model.spec.head_kwargs["dim"] == 8
     assert evaluate_run(out, policies=("confidence",), write=False)["exits"][0]["flops"] > 0

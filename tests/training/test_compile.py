@@ -13,9 +13,10 @@ from torch import nn
 from exitlab.data import TensorLoader
 from exitlab.errors import ConfigError
 from exitlab.models import build_model, from_module
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import PhaseConfig
 from exitlab.training.compile import VARIANTS_PER_SHAPE, compile_parts, is_compiled, maybe_compile, recompiles_needed
-from exitlab.training.loop import exit_losses, train_epoch
+from exitlab.training.loop import PhaseState, train_epoch
+from exitlab.training.objective import exit_losses
 from exitlab.training.phases import Phase
 
 NUM_CLASSES = 7  # odd on purpose: shape bugs show up
@@ -57,9 +58,10 @@ def _short_training(model: nn.Module, *, amp: str = "none", channels_last: bool 
         model = model.to(memory_format=torch.channels_last)
     before = _flat(model.state_dict()).clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    stats, step = train_epoch(model, Phase(2, 1, PhaseConfig(lr=0.05)), _loader(channels_last), opt, step=0,
-                              total_steps=STEPS, amp=amp)
-    assert step == STEPS
+    state = PhaseState(model, Phase(2, 1, PhaseConfig(lr=0.05)), _loader(channels_last), opt, total_steps=STEPS,
+                       amp=amp)
+    stats = train_epoch(state)
+    assert state.step == STEPS
     return stats.loss, _flat(model.state_dict()) - before
 
 

@@ -7,10 +7,11 @@ import torch
 
 from exitlab.recipes.grid import plan_grid, run_grid
 from exitlab.recipes.train import train
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import _Run
 from exitlab.training.loop import step_flops
 from exitlab.training.phases import Phase
+from exitlab.training.planning import preflight
 
 
 def _status(run):
@@ -21,7 +22,7 @@ def test_recorded_training_flops_are_the_measured_step_flops_times_the_steps(tin
     cfg = tiny_cfg(regime="[1, 2, 3]", **{"phase1.epochs": 1, "phase2.epochs": 1, "phase3.epochs": 2})
     out = train(cfg, tmp_path / "run")
     compute = _status(out)["compute"]
-    probe = _Run(cfg, tmp_path / "probe")
+    probe = _Run(cfg, tmp_path / "probe", preflight(cfg))
     b = cfg.data.batch_size
     x, y = torch.zeros(b, *probe.data.shape), torch.zeros(b, dtype=torch.long)
     per_step = {k: step_flops(probe.model, Phase(k, 1, getattr(cfg, f"phase{k}")), x, y) for k in (1, 2, 3)}
@@ -39,7 +40,8 @@ def test_recorded_training_flops_are_the_measured_step_flops_times_the_steps(tin
 
 
 def test_measuring_a_step_leaves_the_model_untouched(tiny_cfg, tmp_path):
-    run = _Run(tiny_cfg(regime="joint"), tmp_path / "probe")
+    cfg = tiny_cfg(regime="joint")
+    run = _Run(cfg, tmp_path / "probe", preflight(cfg))
     run.model.train()
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     flags = [p.requires_grad for p in run.model.parameters()]

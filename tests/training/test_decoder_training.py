@@ -10,7 +10,7 @@ from exitlab.data.lm import LMSource  # noqa: E402
 from exitlab.errors import ConfigError, DataError  # noqa: E402
 from exitlab.models.causal import from_hf_causal, tiny_llama  # noqa: E402
 from exitlab.runs.config import RunConfig, from_dict, to_dict  # noqa: E402
-from exitlab.training.loop import exit_losses  # noqa: E402
+from exitlab.training.objective import exit_losses  # noqa: E402
 from tests.conftest import interrupt_after  # noqa: E402
 
 V, T = 23, 12

@@ -8,10 +8,11 @@ import torch
 from exitlab.errors import ExitlabError, TrainingError
 from exitlab.recipes.train import train
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import _Run
-from exitlab.training.loop import set_modes, set_trainable, train_epoch
+from exitlab.training.loop import PhaseState, set_modes, set_trainable, train_epoch
 from exitlab.training.phases import plan_phases
+from exitlab.training.planning import preflight
 from tests.conftest import interrupt_after
 
 
@@ -20,15 +21,16 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _run_one_phase(cfg, tmp_path, kind):
-    run = _Run(cfg, tmp_path)
+    run = _Run(cfg, tmp_path, preflight(cfg))
     (phase,) = [p for p in plan_phases(cfg) if p.kind == kind]
-    from exitlab.training.loop import make_optimizer, phase_module
+    from exitlab.training.loop import make_optimizer
+    from exitlab.training.objective import phase_module
 
     params = set_trainable(run.model, phase)
     opt = make_optimizer(params, phase)
     set_modes(run.model, phase)
     before_bb, before_heads = _snapshot(run.model.backbone), _snapshot(run.model.heads)
-    train_epoch(phase_module(run.model, phase), phase, run.data.train, opt, step=0, total_steps=100)
+    train_epoch(PhaseState(phase_module(run.model, phase), phase, run.data.train, opt, total_steps=100))
     return run.model, before_bb, before_heads
 
 

@@ -12,8 +12,8 @@ from exitlab.evaluation.sweep import exit_indices
 from exitlab.models import build_model
 from exitlab.models.costs import exit_costs
 from exitlab.models.gpf import gpf_imitation_loss
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import phase_loss
+from exitlab.runs.phase_config import GPFConfig, PhaseConfig
+from exitlab.training.objective import phase_loss
 from exitlab.training.phases import Phase, plan_phases
 
 C = 7
@@ -58,7 +58,7 @@ def test_gpf_logits_and_combined_loss_equal_the_formulas_by_hand():
     torch.testing.assert_close(gpf_imitation_loss(model.heads, feats), imitation, rtol=1e-5, atol=1e-6)
     assert imitation.item() > 0.01
     # the combined loss: depth-weighted cross-entropies, sum (i + 1) L_i / (n (n + 1) / 2), plus lambda * imitation
-    o = PhaseConfig(loss_weights="sdn", gpf_imitation=0.7)
+    o = PhaseConfig(loss_weights="sdn", gpf=GPFConfig(imitation=0.7))
     loss, per_exit = phase_loss(model, Phase(2, 1, o), x, y)
     ce = torch.stack([F.cross_entropy(z, y) for z in outs])
     n = len(outs)
@@ -98,14 +98,14 @@ def test_gpf_trains_and_reloads_from_a_config(tiny_cfg, tmp_path):
     from exitlab.recipes.train import train
 
     cfg = tiny_cfg(regime="mixed", **{"model.head": "gpf", "model.head_kwargs": "{dim: 8}",
-                                      "phase2.gpf_imitation": 1.0, "phase2.loss_weights": "sdn"})
+                                      "phase2.gpf.imitation": 1.0, "phase2.loss_weights": "sdn"})
     out = train(cfg, tmp_path / "run")
     model = load(out).eval()
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         assert [o.shape for o in model(x)] == [(3, C)] * 3
-    with pytest.raises(ConfigError, match=r"phase2.gpf_imitation is set, but model.head is 'sdn'; set model.head=gpf"):
-        plan_phases(tiny_cfg(regime="joint", **{"phase2.gpf_imitation": 1.0}), 3)
+    with pytest.raises(ConfigError, match=r"phase2.gpf.imitation is set, but model.head is 'sdn'; set model.head=gpf"):
+        plan_phases(tiny_cfg(regime="joint", **{"phase2.gpf.imitation": 1.0}), 3)
 
 
 def test_gpf_on_a_hugging_face_encoder():
@@ -122,7 +122,7 @@ def test_gpf_on_a_hugging_face_encoder():
     mask = torch.ones(4, 10, dtype=torch.long)
     mask[1, 6:] = 0
     y = torch.randint(0, C, (4,))
-    loss, per_exit = phase_loss(model, Phase(2, 1, PhaseConfig(loss_weights="sdn", gpf_imitation=1.0)),
+    loss, per_exit = phase_loss(model, Phase(2, 1, PhaseConfig(loss_weights="sdn", gpf=GPFConfig(imitation=1.0))),
                                 {"input_ids": ids, "attention_mask": mask}, y)
     assert per_exit.shape == (4,) and torch.isfinite(loss)
     loss.backward()

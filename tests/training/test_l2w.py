@@ -110,7 +110,7 @@ def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cf
     from exitlab.recipes.train import train
     from exitlab.runs import checkpoint as ckpt
 
-    over = {"phase2.epochs": 2, "phase2.l2w_epsilon": 0.8, "phase2.l2w_meta_lr": 0.01, "phase2.l2w_hidden": 8,
+    over = {"phase2.epochs": 2, "phase2.l2w.epsilon": 0.8, "phase2.l2w.meta_lr": 0.01, "phase2.l2w.hidden": 8,
             "data.synthetic": "{size: 16, n_train: 280, n_test: 70}"}  # 4 steps per epoch: enough, and fast
     cfg = tiny_cfg(regime="joint", **over)
     full, part = train_and_resume(cfg, tmp_path, "00-phase2-e001.safetensors")
@@ -119,7 +119,7 @@ def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cf
     assert all(torch.equal(a[k], b[k]) for k in a)
     mid, _ = ckpt.load_tensors(part / "checkpoints" / "00-phase2-e001.safetensors")
     assert any(k.startswith("l2w.net.") for k in mid) and any(k.startswith("l2w.optim.") for k in mid)
-    plain = train(tiny_cfg(regime="joint", **{**over, "phase2.l2w_epsilon": 0.0}), tmp_path / "plain")
+    plain = train(tiny_cfg(regime="joint", **{**over, "phase2.l2w.epsilon": 0.0}), tmp_path / "plain")
     c, _ = ckpt.load_tensors(plain / "model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the weights changed what was trained
 
@@ -127,16 +127,16 @@ def test_l2w_trains_from_a_config_resumes_exactly_and_weights_the_losses(tiny_cf
 def test_l2w_is_refused_where_it_does_not_apply(tiny_cfg):
     from exitlab.training.phases import plan_phases
 
-    with pytest.raises(ConfigError, match=r"phase3.l2w_epsilon is set, but phase 3 ignores it"):
-        plan_phases(tiny_cfg(regime="disjoint", **{"phase3.l2w_epsilon": 0.5}), 3)
-    with pytest.raises(ConfigError, match=r"phase2.l2w_meta_subsets: 'all'; choose disjoint or overlapping"):
-        tiny_cfg(**{"phase2.l2w_meta_subsets": "all"})
+    with pytest.raises(ConfigError, match=r"phase3.l2w.epsilon is set, but phase 3 ignores it"):
+        plan_phases(tiny_cfg(regime="disjoint", **{"phase3.l2w.epsilon": 0.5}), 3)
+    with pytest.raises(ConfigError, match=r"phase2.l2w.meta_subsets: 'all'; choose disjoint or overlapping"):
+        tiny_cfg(**{"phase2.l2w.meta_subsets": "all"})
 
 
 def test_the_phase_loss_with_sample_weights_is_the_weighted_mean_per_exit():
     from exitlab.models import build_model
-    from exitlab.runs.config import PhaseConfig
-    from exitlab.training.loop import phase_loss
+    from exitlab.runs.phase_config import PhaseConfig
+    from exitlab.training.objective import phase_loss
     from exitlab.training.phases import Phase
 
     torch.manual_seed(0)

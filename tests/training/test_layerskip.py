@@ -11,9 +11,9 @@ from exitlab.models import build_model
 from exitlab.models.layerdrop import block_rates, layer_dropout, skippable_blocks
 from exitlab.recipes.train import train
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.config import PhaseConfig
+from exitlab.runs.phase_config import LayerSkipConfig, PhaseConfig
 from exitlab.training.layerskip import curriculum_weights, exit_mask, time_scale
-from exitlab.training.loop import phase_loss
+from exitlab.training.objective import phase_loss
 from exitlab.training.phases import Phase, plan_phases
 from exitlab.training.planning import preflight
 from tests.conftest import train_and_resume
@@ -94,21 +94,21 @@ def test_layer_dropout_is_off_in_eval_mode_and_after_the_context():
 
 
 def test_rotational_curriculum_rotates_every_rth_exit_and_keeps_the_final():
-    o = PhaseConfig(exit_curriculum="rotational", curriculum_rotation=2)
+    o = LayerSkipConfig(curriculum="rotational", rotation=2)
     assert [exit_mask(o, 5, t, 100) for t in range(3)] == [
         [True, False, True, False, True], [False, True, False, True, True], [True, False, True, False, True]]
-    o3 = PhaseConfig(exit_curriculum="rotational", curriculum_rotation=3)
+    o3 = LayerSkipConfig(curriculum="rotational", rotation=3)
     assert exit_mask(o3, 5, 4, 100) == [False, True, False, False, True]  # (j - 4) % 3 == 0 at IC 1 only
     assert [sum(exit_mask(o3, 5, t, 100)[:-1]) for t in range(6)] == [2, 1, 1, 2, 1, 1]
 
 
 def test_gradual_curriculum_switches_exits_on_from_the_last_to_the_first():
-    o = PhaseConfig(exit_curriculum="gradual", curriculum_fraction=0.5)
+    o = LayerSkipConfig(curriculum="gradual", fraction=0.5)
     # IC j of E = 5 exits is on once t / T >= 0.5 (5 - j) / 5: IC 3 at 20%, IC 2 at 30%, IC 1 at 40%, IC 0 at 50%
     on_from = {j: next(t for t in range(101) if exit_mask(o, 5, t, 100)[j]) for j in range(4)}
     assert on_from == {3: 20, 2: 30, 1: 40, 0: 50}
     assert exit_mask(o, 5, 0, 100) == [False] * 4 + [True]
-    assert exit_mask(PhaseConfig(), 5, 0, 100) == [True] * 5
+    assert exit_mask(LayerSkipConfig(), 5, 0, 100) == [True] * 5
 
 
 def test_curriculum_weights_renormalise_the_exits_that_are_on():
@@ -120,7 +120,7 @@ def test_only_the_curriculums_exits_get_a_loss_at_each_step():
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=7, img_size=16, exits=[0, 2, 4, 6], head="pooled").train()
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 7, (6,))
-    o = PhaseConfig(exit_curriculum="rotational", curriculum_rotation=2)
+    o = PhaseConfig(layerskip=LayerSkipConfig(curriculum="rotational", rotation=2))
     phase = Phase(2, 1, o, (0.2,) * 5)
     for step, on in ((0, [0, 2]), (1, [1, 3])):
         model.zero_grad()
@@ -134,36 +134,37 @@ def test_only_the_curriculums_exits_get_a_loss_at_each_step():
 def test_the_layerskip_regime_is_joint_training_with_its_preset(tiny_cfg):
     (p,) = plan_phases(tiny_cfg(regime="layerskip"), 3)
     assert p.kind == 2 and p.trains == "all"
-    assert (p.options.layer_drop, p.options.layer_drop_scale, p.options.exit_curriculum) == (0.2, "exp", "rotational")
-    (p,) = plan_phases(tiny_cfg(regime="layerskip", **{"phase2.layer_drop": 0.1,
-                                                      "phase2.exit_curriculum": "gradual"}), 3)
-    assert (p.options.layer_drop, p.options.exit_curriculum) == (0.1, "gradual")  # the config's own values win
+    ls = p.options.layerskip
+    assert (ls.rate, ls.depth_scale, ls.curriculum) == (0.2, "exp", "rotational")
+    (p,) = plan_phases(tiny_cfg(regime="layerskip", **{"phase2.layerskip.rate": 0.1,
+                                                      "phase2.layerskip.curriculum": "gradual"}), 3)
+    assert (p.options.layerskip.rate, p.options.layerskip.curriculum) == (0.1, "gradual")  # the config's own win
     (p,) = plan_phases(tiny_cfg(regime="joint"), 3)
-    assert (p.options.layer_drop, p.options.exit_curriculum) == (0.0, "none")  # the preset is layerskip's only
+    assert (p.options.layerskip.rate, p.options.layerskip.curriculum) == (0.0, "none")  # the preset: layerskip's
 
 
 def test_settings_a_phase_cannot_use_are_refused(tiny_cfg):
-    with pytest.raises(ConfigError, match=r"phase3.layer_drop is set, but phase 3 ignores it: its backbone is frozen"):
-        plan_phases(tiny_cfg(regime="disjoint", **{"phase3.layer_drop": 0.1}), 3)
-    with pytest.raises(ConfigError, match=r"phase1.exit_curriculum is set, but phase 1 ignores it"):
-        plan_phases(tiny_cfg(regime="mixed", **{"phase1.exit_curriculum": "gradual"}), 3)
-    with pytest.raises(ConfigError, match=r"phase2.layer_drop is set, but this backbone has no block that can be "):
+    with pytest.raises(ConfigError, match=r"phase3.layerskip.rate is set, but phase 3 ignores it: its backbone is "):
+        plan_phases(tiny_cfg(regime="disjoint", **{"phase3.layerskip.rate": 0.1}), 3)
+    with pytest.raises(ConfigError, match=r"phase1.layerskip.curriculum is set, but phase 1 ignores it"):
+        plan_phases(tiny_cfg(regime="mixed", **{"phase1.layerskip.curriculum": "gradual"}), 3)
+    with pytest.raises(ConfigError, match=r"phase2.layerskip.rate is set, but this backbone has no block that can be "):
         preflight(tiny_cfg(regime="layerskip", **{"model.backbone": "vgg16_bn", "model.exits": "[2]"}))
-    with pytest.raises(ConfigError, match=r"phase2.layer_drop must be in \[0, 1\), got 1.0"):
-        tiny_cfg(**{"phase2.layer_drop": 1.0})
-    with pytest.raises(ConfigError, match=r"phase2.exit_curriculum: 'rot'; choose none, rotational or gradual"):
-        tiny_cfg(**{"phase2.exit_curriculum": "rot"})
+    with pytest.raises(ConfigError, match=r"phase2.layerskip.rate must be in \[0, 1\), got 1.0"):
+        tiny_cfg(**{"phase2.layerskip.rate": 1.0})
+    with pytest.raises(ConfigError, match=r"phase2.layerskip.curriculum: 'rot'; choose none, rotational or gradual"):
+        tiny_cfg(**{"phase2.layerskip.curriculum": "rot"})
 
 
 def test_layer_dropout_changes_training_and_an_interrupted_run_resumes_exactly(tiny_cfg, tmp_path):
-    over = {"phase2.epochs": 2, "phase2.layer_drop": 0.5, "phase2.layer_drop_scale": "uniform",
-            "phase2.exit_curriculum": "rotational"}
+    over = {"phase2.epochs": 2, "phase2.layerskip.rate": 0.5, "phase2.layerskip.depth_scale": "uniform",
+            "phase2.layerskip.curriculum": "rotational"}
     cfg = tiny_cfg(regime="layerskip", **over)
     full, part = train_and_resume(cfg, tmp_path, "00-phase2-e001.safetensors")
     a, _ = ckpt.load_tensors(full / "model.safetensors")
     b, _ = ckpt.load_tensors(part / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    plain = train(tiny_cfg(regime="joint", **{**over, "phase2.layer_drop": 0.0}), tmp_path / "plain")
+    plain = train(tiny_cfg(regime="joint", **{**over, "phase2.layerskip.rate": 0.0}), tmp_path / "plain")
     c, _ = ckpt.load_tensors(plain / "model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)  # layer dropout did act in the training loop
 

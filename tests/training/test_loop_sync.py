@@ -18,8 +18,9 @@ import torch
 from exitlab.data import TensorLoader
 from exitlab.errors import TrainingError
 from exitlab.models import build_model
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import lr_at, phase_loss, train_epoch
+from exitlab.runs.phase_config import PhaseConfig
+from exitlab.training.loop import PhaseState, lr_at, train_epoch
+from exitlab.training.objective import phase_loss
 from exitlab.training.phases import Phase, exit_weights
 
 NUM_CLASSES = 7
@@ -77,9 +78,9 @@ def _epoch(steps: int, check_every: int, clip: float = 0.0, **kwargs):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loader = _loader(steps)
     with counting_syncs() as counts:
-        stats, step = train_epoch(model, phase, loader, opt, step=0, total_steps=steps, check_every=check_every,
-                                  **kwargs)
-    return model, stats, step, counts
+        state = PhaseState(model, phase, loader, opt, total_steps=steps, check_every=check_every, **kwargs)
+        stats = train_epoch(state)
+    return model, stats, state.step, counts
 
 
 @pytest.mark.parametrize("clip", [0.0, 1.0])
@@ -159,7 +160,7 @@ def test_the_error_names_the_first_bad_step_even_when_found_later(where):
     message = r"non-finite loss at here step 2 \(exit 2 of the phase's 3\); lower the learning rate" \
         if where == "loss" else r"non-finite gradient at here step 2 \(the loss was finite: per-exit losses \[\d"
     with pytest.raises(TrainingError, match=message):
-        train_epoch(model, phase, _loader(8), opt, step=0, total_steps=8, where="here", check_every=4)
+        train_epoch(PhaseState(model, phase, _loader(8), opt, total_steps=8, check_every=4), where="here")
 
 
 def test_a_bad_last_step_is_caught_by_the_end_of_epoch_check():
@@ -167,5 +168,5 @@ def test_a_bad_last_step_is_caught_by_the_end_of_epoch_check():
     _poison(model, at_call=6, where="loss")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with pytest.raises(TrainingError, match=r"step 5 \(exit 2"):
-        train_epoch(model, Phase(2, 1, PhaseConfig(lr=0.05)), _loader(6), opt, step=0, total_steps=6,
-                    check_every=100)
+        train_epoch(PhaseState(model, Phase(2, 1, PhaseConfig(lr=0.05)), _loader(6), opt, total_steps=6,
+                               check_every=100))

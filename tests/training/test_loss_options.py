@@ -4,9 +4,9 @@ import torch
 
 from exitlab.models import build_model
 from exitlab.runs import checkpoint as ckpt
-from exitlab.runs.rundir import read_jsonl
+from exitlab.runs.files import read_jsonl
 from exitlab.training.engine import train
-from exitlab.training.loop import distill_loss, exit_losses
+from exitlab.training.objective import distill_loss, exit_losses
 
 
 def _grads(model, x, y, k, ge):

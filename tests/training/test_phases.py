@@ -5,9 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exitlab.errors import ConfigError
-from exitlab.runs.components import sdn_weights, uniform_weights
-from exitlab.training.loop import exit_losses, lr_at
-from exitlab.training.phases import REGIMES, explicit_weights, loss_weights, split_budget
+from exitlab.runs.components import REGIMES, sdn_weights, uniform_weights
+from exitlab.training.loop import lr_at
+from exitlab.training.objective import exit_losses
+from exitlab.training.phases import explicit_weights, loss_weights, split_budget
 
 
 def test_regimes_are_the_papers():

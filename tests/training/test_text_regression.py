@@ -18,9 +18,10 @@ from exitlab.evaluation.inference import early_exit  # noqa: E402
 from exitlab.evaluation.policies import make_policy  # noqa: E402
 from exitlab.evaluation.sweep import exit_indices  # noqa: E402
 from exitlab.models.hf import pack  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
-from exitlab.runs.rundir import read_jsonl  # noqa: E402
-from exitlab.training.loop import exit_losses  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
+from exitlab.runs.files import read_jsonl  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
+from exitlab.training.objective import exit_losses  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def test_a_regression_model_has_one_output_per_exit_and_its_final_exit_is_the_hf
         outs = model(pack(ids, mask))
         assert all(o.shape == (5, 1) for o in outs)
         assert torch.allclose(outs[-1], hf(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
-    assert model.spec["task"] == "regression"
+    assert model.spec.task == "regression"
 
 
 def test_the_loss_of_every_exit_is_its_mean_squared_error():

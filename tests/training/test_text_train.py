@@ -12,8 +12,9 @@ pytest.importorskip("transformers")
 import exitlab  # noqa: E402
 from exitlab.data import TextLoader, from_token_tensors  # noqa: E402
 from exitlab.errors import DataError  # noqa: E402
-from exitlab.runs.config import RunConfig, from_dict  # noqa: E402
-from exitlab.runs.rundir import read_jsonl  # noqa: E402
+from exitlab.runs.config import RunConfig  # noqa: E402
+from exitlab.runs.files import read_jsonl  # noqa: E402
+from exitlab.runs.typed import from_dict  # noqa: E402
 from tests.models.test_hf import batch, tiny  # noqa: E402
 
 OPT = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0}
@@ -165,7 +166,7 @@ def test_exitlab_eval_on_a_text_run_trained_in_memory_takes_its_data_back(tmp_pa
         evaluate_run(out)
     assert not (out / "eval.json").exists()
     cfg = RunDir(out).config()
-    data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"), source=_source())
+    data = build_run_data(cfg.data, cfg.seed_split, torch.device("cpu"), data=_source())
     result = evaluate_run(RunDir(out, data=data), policies=("confidence",))
     assert "per_sample" in result["costs"] and len(result["exits"]) == 3
     assert result["exits"][0]["flops"] < result["exits"][-1]["flops"]
@@ -177,8 +178,8 @@ def test_compute_budgets_loss_weights_and_distillation_work_unchanged_on_text(tm
     import dataclasses
     import json
 
-    from exitlab.runs.config import PhaseConfig
-    from exitlab.training.loop import phase_loss
+    from exitlab.runs.phase_config import PhaseConfig
+    from exitlab.training.objective import phase_loss
     from exitlab.training.phases import Phase
 
     torch.manual_seed(0)
@@ -200,3 +201,17 @@ def test_compute_budgets_loss_weights_and_distillation_work_unchanged_on_text(tm
     trained = exitlab.load(out).eval()
     with torch.no_grad():
         assert float(phase_loss(trained, kd, x, y)[0]) > float(phase_loss(trained, plain, x, y)[0])
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_training(tmp_path):
+    """Ids past the embedding table used to fail inside torch's embedding lookup."""
+    model = exitlab.from_hf(tiny("bert"), exits=[0, 2])
+    rows = tiny("bert").config.vocab_size
+    ids, mask = batch(72, width=8, seed=1)
+    ids[3, 1] = rows + 5
+    y = torch.arange(72) % 7
+    data = from_token_tensors(ids, y, ids, y, train_mask=mask, test_mask=mask)
+    with pytest.raises(exitlab.ExitlabError, match=rf"the data holds token id {rows + 5} but the encoder's embedding "
+                                                   rf"table has {rows} rows; tokenize with the model's own tokenizer"):
+        exitlab.train(model, tmp_path / "run", data=data, regime="joint", budget=1)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from exitlab.models import build_model
 from exitlab.models.placement import nearest_distinct
-from exitlab.runs.config import PhaseConfig
-from exitlab.training.loop import _clip_and_check, exit_losses, lr_at, make_optimizer
+from exitlab.runs.phase_config import PhaseConfig
+from exitlab.training.loop import _clip_and_check, lr_at, make_optimizer
+from exitlab.training.objective import exit_losses
 from exitlab.training.phases import Phase
 
 
@@ -79,7 +80,7 @@ def test_decay_on_weights_only_spares_norms_biases_position_embeddings_and_cls_t
 
 
 def test_training_with_every_option_on_runs_and_clips(tiny_cfg, tmp_path):
-    from exitlab.runs.rundir import read_jsonl
+    from exitlab.runs.files import read_jsonl
     from exitlab.training.engine import train
 
     cfg = tiny_cfg(regime="joint", **{"phase2.grad_clip": 0.5, "phase2.warmup_epochs": 0.5,
@@ -126,7 +127,7 @@ def test_stop_rules_and_plateau_cuts():
 
 
 def test_plateau_schedule_scales_the_learning_rate_it_records(tiny_cfg, tmp_path):
-    from exitlab.runs.rundir import read_jsonl
+    from exitlab.runs.files import read_jsonl
     from exitlab.training.engine import train
 
     cfg = tiny_cfg(regime="joint", **{"phase2.schedule": "plateau", "phase2.plateau_patience": 1,
@@ -140,10 +141,14 @@ def test_plateau_schedule_scales_the_learning_rate_it_records(tiny_cfg, tmp_path
 
 def test_seeds_for_init_data_order_and_split_can_be_set_apart(tiny_cfg, tmp_path):
     from exitlab.training.engine import _Run
+    from exitlab.training.planning import preflight
 
-    base = _Run(tiny_cfg(regime="joint"), tmp_path / "a")
-    init = _Run(tiny_cfg(regime="joint", init_seed=5), tmp_path / "b")
-    split = _Run(tiny_cfg(regime="joint", split_seed=5), tmp_path / "c")
+    def run(cfg, out):
+        return _Run(cfg, out, preflight(cfg))
+
+    base = run(tiny_cfg(regime="joint"), tmp_path / "a")
+    init = run(tiny_cfg(regime="joint", init_seed=5), tmp_path / "b")
+    split = run(tiny_cfg(regime="joint", split_seed=5), tmp_path / "c")
     w = lambda r: next(r.model.parameters())  # noqa: E731
     assert not torch.equal(w(base), w(init)) and torch.equal(w(base), w(split))  # init_seed: the weights only
     assert torch.equal(base.data.val.y, init.data.val.y)  # the same split

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ExitlabError
-from ..runs.rundir import RunDir, check_out_dir, read_json
+from ..runs.files import check_out_dir, read_json
+from ..runs.rundir import RunDir
 from ..training.phases import Phase, exit_weights, loss_weights
 from .common import Run, check_blocks, fixed_batches, load_run, split_loader, write_json
 from .connectivity import check_same_architecture, connectivity

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..data import RunData
 from ..errors import ExitlabError
-from ..models.contract import TextFeature
-from ..models.core import BlocksBackbone, MultiExitModel, MultiScaleFeature
+from ..models.contract import BlocksBackbone, MultiScaleFeature, TextFeature
+from ..models.core import MultiExitModel
 from ..runs.checkpoint import load_state, load_tensors
 from ..runs.config import RunConfig
 from ..runs.rundir import RunDir, checkpoints
@@ -118,10 +118,6 @@ def fixed_batches(loader, n: int, batch_size: int = 500, seed: int = 0, what: st
     return loader.sample(n, seed, batch_size)
 
 
-def cat_batches(batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-
-
 # ---------------------------------------------------------------- state that analyses must give back
 
 
@@ -178,7 +174,7 @@ def block_outputs(model: MultiExitModel, x: torch.Tensor, blocks: list[int]) -> 
     got: dict[int, torch.Tensor] = {}
     taps = set(blocks) & set(tap_points(model))
     last = max(taps) if taps == set(blocks) else None  # stop early unless the model's output is wanted too
-    pool = (model.spec.get("head_kwargs") or {}).get("pool", "cls")
+    pool = model.head_kwargs.get("pool", "cls")
 
     def on_tap(i: int, h) -> torch.Tensor | None:
         rep = h.pooled(pool) if isinstance(h, TextFeature) else h  # text: the vector the heads read

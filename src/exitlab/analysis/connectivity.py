@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ExitlabError
 from ..models.core import MultiExitModel
-from ..training.loop import exit_losses
+from ..training.objective import exit_losses
 from .common import Batches, exit_metrics, exit_names, reestimate_bn
 from .matching import align as weight_match
 from .seeds import scalar_stats
@@ -59,9 +59,10 @@ def check_same_architecture(models: list[MultiExitModel], names: list[str]) -> N
     """Connectivity needs one architecture: the same spec (when recorded) and the same parameter names and shapes."""
     ref, ref_name = models[0], names[0]
     for m, name in zip(models[1:], names[1:]):
-        if ref.spec and m.spec and ref.spec != m.spec:
-            diff = sorted(k for k in set(ref.spec) | set(m.spec) if ref.spec.get(k) != m.spec.get(k))
-            detail = ", ".join(f"{k}: {ref.spec.get(k)!r} vs {m.spec.get(k)!r}" for k in diff[:3])
+        if ref.spec is not None and m.spec is not None and ref.spec != m.spec:
+            a, b = ref.spec.to_json(), m.spec.to_json()
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            detail = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diff[:3])
             raise ExitlabError(f"{ref_name} and {name} have different architectures ({detail}); connectivity needs "
                                "models of one architecture, e.g. the joint, disjoint and mixed runs of one comparison")
         a, b = ref.state_dict(), m.state_dict()

@@ -1,17 +1,20 @@
 """Gradient contributions: how hard each exit's part of the training objective pulls on each part of the backbone.
 
-The objective is the one the optimiser sees in a phase (:func:`exitlab.loop.phase_loss`): per-exit cross-entropies
+The objective is the one the optimiser sees in a phase: the training loss's own per-exit terms
+(:func:`exitlab.training.objective.exit_terms`, whose weighted sum is ``phase_loss``): per-exit cross-entropies
 (with the phase's label smoothing) weighted by ``phase.weights``, plus ``distill`` times the mean KL from the
-detached final exit to each IC, computed through the phase's forward (the bare backbone in phase 1, gradient
-equilibrium in phase 2 when set). It is a sum of one term per exit,
+detached final exit to each IC, plus ``gpf.imitation`` times the mean of the ICs' GPF imitation losses, computed
+through the phase's forward (the bare backbone in phase 1, gradient equilibrium in phase 2 when set). It is a sum
+of one term per exit,
 
-    L = sum_k T_k,   T_k = w_k CE_k + distill / (E - 1) * KL_k   (ICs),   T_final = w_final CE_final,
+    L = sum_k T_k,   T_k = w_k CE_k + distill / (E - 1) * KL_k + gpf / (K - 1) * I_k   (ICs),
+    T_final = w_final CE_final,
 
-(the distillation target is detached, so the KL terms send nothing through the final exit), and ``c_kj``, the
-gradient of ``T_k`` averaged over a fixed set of batches with respect to backbone part ``j`` (stem, block 0..n-1,
-final), is exit ``k``'s contribution to the phase gradient ``G_j = sum_k c_kj`` exactly. Exit ``k``'s share of it is
-reported two ways: by norm, ``||c_kj|| / sum_k' ||c_k'j||`` (in [0, 1]), and by projection onto the total,
-``<c_kj, G_j> / ||G_j||^2`` (the shares of a part sum to exactly 1; a negative one pulls against the update).
+(the distillation and imitation targets are detached, so those terms send nothing through later exits), and
+``c_kj``, the gradient of ``T_k`` averaged over a fixed set of batches with respect to backbone part ``j`` (stem,
+block 0..n-1, final), is exit ``k``'s contribution to the phase gradient ``G_j = sum_k c_kj`` exactly. Exit ``k``'s
+share of it is reported two ways: by norm, ``||c_kj|| / sum_k' ||c_k'j||`` (in [0, 1]), and by projection onto the
+total, ``<c_kj, G_j> / ||G_j||^2`` (the shares of a part sum to exactly 1; a negative one pulls against the update).
 Parts the phase does not train (the whole backbone in phase 3) get ``null`` everywhere: the optimiser never sees
 their gradient.
 """
@@ -23,10 +26,11 @@ from torch import nn
 
 from ..errors import ExitlabError
 from ..models.core import MultiExitModel
-from ..runs.config import PhaseConfig
 from ..runs.files import append_jsonl
+from ..runs.phase_config import PhaseConfig
 from ..runs.rundir import RunDir
-from ..training.loop import distill_loss, exit_losses, set_modes
+from ..training.loop import set_modes
+from ..training.objective import exit_terms, phase_module
 from ..training.phases import Phase, exit_weights
 from .common import Batches, block_groups, exit_names, finite, preserved
 
@@ -42,32 +46,15 @@ def objective_phase(num_exits: int, weights=None) -> Phase:
     return Phase(2, 1, PhaseConfig(), tuple(w.tolist()))
 
 
-def phase_outputs(model: MultiExitModel, phase: Phase, x: torch.Tensor) -> list[torch.Tensor]:
-    """What the phase's forward returns (as :func:`exitlab.loop.phase_loss` runs it); phase 1: the final exit only."""
-    if phase.kind == 1:
-        return [model.backbone(x)]
-    if phase.kind == 2:
-        return model(x, grad_equilibrium=phase.options.grad_equilibrium)
-    return model(x)
-
-
-def exit_terms(outs: list[torch.Tensor], y: torch.Tensor, phase: Phase, num_exits: int) -> torch.Tensor:
-    """Each exit's additive term ``T_k`` of the phase objective, ``[num_exits]``; they sum to ``phase_loss``."""
+def phase_terms(model: MultiExitModel, phase: Phase, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each exit's additive term ``T_k`` of the phase objective on a batch, ``[num_exits]``: the training loss's own
+    terms (:func:`exitlab.training.objective.exit_terms`), so they sum to ``phase_loss``."""
     opts = phase.options
-    if opts.layer_drop or opts.gpf_imitation or opts.l2w_epsilon or opts.exit_curriculum != "none":
-        raise ExitlabError(f"{phase.name}: the per-exit gradient terms do not model layer dropout, the exit "
-                           "curriculum, GPF's imitation loss or L2W's sample weights yet")
-    ce = exit_losses(outs, y, opts.label_smoothing)
-    if phase.kind == 1:  # the backbone alone: the final exit's loss, nothing from the ICs
-        return torch.cat([ce.new_zeros(num_exits - 1), ce])
-    weights = phase.weights or exit_weights(phase.kind, opts, len(ce))
-    if len(weights) != num_exits:
-        raise ExitlabError(f"{phase.name} has {len(weights)} loss weights but the model has {num_exits} exits")
-    terms = torch.tensor(weights, device=ce.device, dtype=ce.dtype) * ce
-    if opts.distill > 0 and len(outs) > 1:
-        kl = distill_loss(outs, opts.distill_temperature)  # [E-1]
-        terms = terms + torch.cat([opts.distill * kl / len(kl), kl.new_zeros(1)])
-    return terms
+    changing = [m for m in opts.methods_on() if m != "gpf"]  # GPF's imitation terms are split per exit
+    if changing:
+        raise ExitlabError(f"{phase.name}.{changing[0]}: the per-exit gradient terms do not model LayerSkip's layer "
+                           "dropout and exit curriculum or L2W's sample weights yet (they change from step to step)")
+    return exit_terms(phase_module(model, phase), phase, x, y).per_exit(model.num_exits)
 
 
 def per_exit_gradients(model: MultiExitModel, batches: Batches, params: list[nn.Parameter],
@@ -86,7 +73,7 @@ def per_exit_gradients(model: MultiExitModel, batches: Batches, params: list[nn.
         raise ExitlabError("gradient contributions need at least one non-empty batch")
     sums = [[torch.zeros_like(p, dtype=torch.float64) for p in params] for _ in range(E)]
     for x, y in batches:
-        terms = exit_terms(phase_outputs(model, phase, x), y, phase, E)  # [E]
+        terms = phase_terms(model, phase, x, y)  # [E]
         live = [k for k in range(E) if terms[k].requires_grad]  # a zero-weight exit of phase 1 is a constant
         for i, k in enumerate(live):
             grads = torch.autograd.grad(terms[k], params, retain_graph=i < len(live) - 1, allow_unused=True)

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExitlabError
-from ..models.core import MultiExitModel, MultiScaleFeature
+from ..models.contract import MultiScaleFeature
+from ..models.core import MultiExitModel
 from .common import Batches, block_outputs, check_blocks, exit_names, pool_feature, preserved
 
 LN2 = math.log(2)
@@ -287,7 +288,7 @@ def mi_profile(model: MultiExitModel, batches: Batches, *, blocks: list[int] | N
                max_features: int | None = 4096, seed: int = 0) -> dict:
     """All estimators on every block (or ``blocks``) and every exit of ``model`` over ``batches``, in eval mode."""
     blocks = check_blocks(model, blocks)
-    if (getattr(model, "spec", None) or {}).get("task") == "regression":
+    if model.task == "regression":
         raise ExitlabError("analyze mi estimates I(Z;Y) over classes; a regression run has none (its target is a "
                            "number); use rank, gradients, landscape or connectivity")
     n = sum(len(y) for _, y in batches)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import ConfigError
+from .batching import Batched, Batching, draw_positions, seeded
 from .datasets import Dataset
 
 
@@ -79,24 +80,21 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) 
     return x
 
 
-class TensorLoader:
+class TensorLoader(Batched):
     """Batches from images on ``device`` (uint8, or float used as given), normalised on the fly; shuffling and
-    augmentation are seeded."""
+    augmentation are seeded (one generator per pass: the order, then the augmentation)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, mean: torch.Tensor, std: torch.Tensor,
                  device: str | torch.device = "cpu", shuffle: bool = False, pad: int = 0, flip: bool = False,
                  drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batching = Batching(batch_size, shuffle, drop_last, shard)  # shard: each rank's slice of every batch
         self.x = x.to(device)
         self.y = y.to(device)
-        self.batch_size = batch_size
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
-        self.shuffle, self.pad, self.flip, self.drop_last = shuffle, pad, flip, drop_last
+        self.pad, self.flip = pad, flip
         self.scaled = self.x.dtype == torch.uint8  # uint8 pixels are divided by 255; float data is used as given
         self.channels_last = channels_last
-        self.shard = shard  # (rank, world): each rank takes its slice of every global batch
         self.seed = 0
         self.device = self.x.device
 
@@ -106,10 +104,7 @@ class TensorLoader:
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``n`` samples drawn once with ``seed``, in index order, normalised but never augmented, in batches."""
-        if n > len(self.y):
-            raise ConfigError(f"asked for {n} samples but the split holds only {len(self.y)}")
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self.y), generator=g)[:n].sort().values.to(self.device)
+        idx = draw_positions(len(self.y), n, seed).to(self.device)
         sub = TensorLoader(self.x[idx], self.y[idx], batch_size, mean=self.mean.flatten(), std=self.std.flatten(),
                            device=self.device, channels_last=self.channels_last)
         return list(sub)
@@ -119,44 +114,25 @@ class TensorLoader:
         return TensorLoader(self.x, self.y, batch_size or self.batch_size, mean=self.mean.flatten(),
                             std=self.std.flatten(), device=self.device, channels_last=self.channels_last)
 
-    def set_epoch_seed(self, seed: int) -> None:
-        """Fix the order and augmentation of the next pass (exact resume depends on it)."""
-        self.seed = seed
-
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def batch_indices(self) -> list[torch.Tensor]:
         """Positions in the split of every batch this rank gets in the next pass (for checks; nothing is read)."""
-        n, order = len(self.y), self._order(torch.Generator().manual_seed(self.seed))
-        idx = order.cpu() if order is not None else torch.arange(n)
-        rank, world = self.shard
-        out = []
-        for i in range(len(self)):
-            b = idx[i * self.batch_size : (i + 1) * self.batch_size]
-            chunk = -(-len(b) // world)
-            out.append(b[rank * chunk : (rank + 1) * chunk])
-        return out
-
-    def _order(self, g: torch.Generator) -> torch.Tensor | None:
-        return to_device(torch.randperm(len(self.y), generator=g), self.x.device) if self.shuffle else None
+        order = self.batching.order(len(self.y), seeded(self.seed))
+        return self.batching.rank_batches(order if order is not None else torch.arange(len(self.y)))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed)
-        n = len(self.y)
-        order = self._order(g)
+        g = seeded(self.seed)  # the order first, then the augmentation of every batch
+        order = self.batching.order(len(self.y), g)
+        order = to_device(order, self.x.device) if order is not None else None
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
-            idx = order[sl] if order is not None else sl
+            window = self.batching.window(i)
+            idx = order[window] if order is not None else window
             xb = self.x[idx].float().div_(255) if self.scaled else self.x[idx].float()
             if self.pad or self.flip:
                 xb = random_crop_flip(xb, self.pad, self.flip, g)
             xb, yb = (xb - self.mean) / self.std, self.y[idx]
-            rank, world = self.shard
-            if world > 1:  # augment the global batch on every rank, then slice: identical to one process
-                chunk = -(-len(yb) // world)
-                xb, yb = xb[rank * chunk : (rank + 1) * chunk], yb[rank * chunk : (rank + 1) * chunk]
+            if self.batching.shard[1] > 1:  # augment the global batch on every rank, then slice (as one process)
+                part = self.batching.rank_slice(len(yb))
+                xb, yb = xb[part], yb[part]
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, yb

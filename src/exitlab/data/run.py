@@ -16,16 +16,19 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConfigError
+from .batching import Batching
+from .catalog import is_text_data
 from .datasets import Dataset
 from .lm import LMLoader, LMSource
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
-from .sources import Source, StreamSource, as_stream, check_labels, load_source
-from .stream import StreamLoader, resolve_workers, stream_stats
+from .sources import StreamSource, as_stream, check_labels, load_source
+from .stream import StreamLoader, StreamOptions, resolve_workers, stream_stats
 from .text import TextLoader, TextSource, strata
-from .textfiles import TEXT_DATA, text_source
+from .textfiles import text_source
 from .transforms import Recipe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Source = Dataset | StreamSource | TextSource  # data given to a run (``exitlab.train(..., data=...)``), not by name
 
 
 class Loader(Protocol):
@@ -106,13 +109,12 @@ def split_indices(labels: torch.Tensor, d: DataSettings, seed: int, held_out: bo
 
 
 def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: tuple[int, int] = (0, 1),
-                   channels_last: bool = False, source: Source | None = None) -> RunData:
-    """Load the source named by ``d`` (or use ``source``: a :class:`Dataset` from :func:`from_tensors` or a
-    :class:`StreamSource` from :func:`from_datasets`), split off a seeded stratified validation set, and build the
-    three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of each global batch."""
-    if source is None:
-        source = text_source(d) if d.name in TEXT_DATA else load_source(d)
-    src = source
+                   channels_last: bool = False, data: Source | None = None) -> RunData:
+    """Load the source named by ``d`` (or use ``data``: a :class:`Dataset` from :func:`from_tensors`, a
+    :class:`StreamSource` from :func:`from_datasets`, a :class:`TextSource`), split off a seeded stratified
+    validation set, and build the three loaders. ``shard`` is (rank, world) under DDP: every rank takes its slice of
+    each global batch."""
+    src = data if data is not None else text_source(d) if is_text_data(d.name) else load_source(d)
     if isinstance(src, LMSource):
         return _lm_data(src, d, device, shard)
     if isinstance(src, TextSource):
@@ -183,15 +185,15 @@ def _stream_data(src: StreamSource, d: DataSettings, seed: int, device: torch.de
     recipe = Recipe(d.augment, d.img_size, train=True, pad=d.crop_padding, flip=d.flip, crop_fraction=d.crop_fraction)
     workers, n_cls = resolve_workers(d.workers), len(src.classes)
     mean, std, shape, scaled = stream_stats(src.train, tr, recipe.evaluation(), seed, workers, n_cls)
-    common = dict(shape=shape, mean=mean, std=std, device=device, channels_last=channels_last, shard=shard,
-                  workers=workers, scaled=scaled, num_classes=n_cls)
+    options = StreamOptions(shape, mean, std, device=device, channels_last=channels_last, workers=workers,
+                            scaled=scaled, num_classes=n_cls)
+    train = Batching(d.batch_size, shuffle=True, drop_last=len(tr) > d.batch_size, shard=shard)
+    held_out = Batching(d.eval_batch_size, shard=shard)
     val, va = (src.val, torch.arange(len(src.val))) if src.val is not None else (src.train, va)
     return RunData(
-        train=StreamLoader(src.train, tr, d.batch_size, recipe=recipe, shuffle=True, drop_last=len(tr) > d.batch_size,
-                           **common),
-        val=StreamLoader(val, va, d.eval_batch_size, recipe=recipe.evaluation(), **common),
-        test=StreamLoader(src.test, torch.arange(len(src.test)), d.eval_batch_size, recipe=recipe.evaluation(),
-                          **common),
+        train=StreamLoader(src.train, tr, recipe, train, options),
+        val=StreamLoader(val, va, recipe.evaluation(), held_out, options),
+        test=StreamLoader(src.test, torch.arange(len(src.test)), recipe.evaluation(), held_out, options),
         classes=src.classes,
         shape=shape,
         normalize={"mean": mean.tolist(), "std": std.tolist()},

@@ -104,7 +104,13 @@ def index_shard(path: Path, image_exts: list[str], label_ext: str) -> list[tuple
                         "them as plain .tar (gunzip a .tar.gz)") from None
     rows = []
     with tar:
-        for key, members in _members(tar):
+        try:
+            samples = _members(tar)
+        except tarfile.ReadError as e:  # a cut inside a member's data, seen while skipping over it
+            raise DataError(f"{path} is truncated: {e} ({path.stat().st_size} bytes); copy the shard again or "
+                            "rebuild it") from None
+        check_complete(path, tar, samples)
+        for key, members in samples:
             img = _pick(path, key, members, image_exts, "image", "data.wds_image")
             cls = _pick(path, key, members, [label_ext], "label", "data.wds_label")
             text = tar.extractfile(cls).read().decode("utf-8", "replace").strip()
@@ -113,6 +119,20 @@ def index_shard(path: Path, image_exts: list[str], label_ext: str) -> list[tuple
                                 "integers 0..C-1 written as text")
             rows.append((key, img.offset_data, img.size, int(text)))
     return rows
+
+
+def check_complete(path: Path, tar: tarfile.TarFile, samples: list) -> None:
+    """Refuse a truncated shard. Python's tarfile stops reading silently where a copy was cut, so check that every
+    member's data lies inside the file and that the archive ends with its end-of-archive block (512 zero bytes)."""
+    size = path.stat().st_size
+    complete = [k for k, members in samples if all(m.offset_data + m.size <= size for m in members.values())]
+    with open(path, "rb") as f:
+        f.seek(tar.offset)
+        end = f.read(tarfile.BLOCKSIZE)
+    if len(complete) < len(samples) or len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
+        last = f" after sample {complete[-1]!r}" if complete else ""
+        raise DataError(f"{path} is truncated: it ends inside a tar member{last} ({len(complete)} complete samples "
+                        f"read, {size} bytes); copy the shard again or rebuild it")
 
 
 def build_index(paths: list[Path], image_exts: list[str], label_ext: str) -> ShardIndex:
@@ -210,4 +230,8 @@ def webdataset_splits(root: str | None, pattern: str, image: str, label: str,
     test = read_split(r, held_out, pattern, exts, label.strip().lstrip("."), buffer)
     names = r / "classes.txt"
     classes = [c.strip() for c in names.read_text().splitlines() if c.strip()] if names.is_file() else None
+    top = max(int(s.labels.max()) for s in (train, test) if len(s.labels))
+    if classes is not None and top >= len(classes):
+        raise DataError(f"{names} names {len(classes)} classes but the shards hold label {top}; add the missing class "
+                        f"names to classes.txt (one per line, label 0 first) or fix the shards' labels")
     return train, test, classes

@@ -12,13 +12,11 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .catalog import DATASETS, is_text_data, unknown_name_message
 from .datasets import Dataset, load_cifar, load_idx, synthetic
 from .imagefolder import list_folder, load_image_folder
 from .shards import webdataset_splits
 from .stream import Samples
-
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "webdataset", "text",
-            "spam_assassin")
 
 
 @dataclass
@@ -31,9 +29,6 @@ class StreamSource:
     test: Samples
     classes: list[str]
     val: Samples | None = None
-
-
-Source = Dataset | StreamSource
 
 
 def _integers(y: torch.Tensor, what: str) -> None:
@@ -183,12 +178,12 @@ def load_dataset(name: str, root: str | None = None, *, download: bool = True, i
         return synthetic(**dict(synthetic_kwargs or {}))
     if name == "webdataset":
         raise ConfigError("data.name webdataset is streamed, not loaded into memory; use load_source")
-    if name in ("text", "spam_assassin"):
+    if is_text_data(name):
         raise ConfigError(f"data.name {name} is text; it is read by exitlab.data.textfiles.text_source")
-    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    raise ConfigError(unknown_name_message(DATASETS, "data.name", name))
 
 
-def load_source(d) -> Source:
+def load_source(d) -> Dataset | StreamSource:
     """The source a config's ``data`` section names: image folders (streamed with ``data.stream``), WebDataset
     shards, or an in-memory data set."""
     if d.name == "imagefolder" and d.stream:

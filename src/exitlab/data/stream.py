@@ -12,11 +12,12 @@ import functools
 import os
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from .batching import Batched, Batching, draw_positions, seeded
 from .transforms import Recipe, sample_rng, view
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -133,24 +134,32 @@ class _Batches:
             yield [(seed, int(i)) for i in base[b]]
 
 
-class StreamLoader:
-    """Batches of ``samples[indices]`` read in DataLoader workers, normalised on ``device``; follows ``Loader``."""
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a streamed split's samples are read and normalised; its train, validation and test loaders share them."""
 
-    def __init__(self, samples: Samples, indices: torch.Tensor, batch_size: int, *, recipe: Recipe,
-                 shape: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor, device: str | torch.device = "cpu",
-                 shuffle: bool = False, drop_last: bool = False, channels_last: bool = False,
-                 shard: tuple[int, int] = (0, 1), workers: int = 0, scaled: bool = True, num_classes: int = 0):
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+    shape: tuple[int, int, int]  # every sample's [C, H, W] after its recipe
+    mean: torch.Tensor  # [C] normalisation
+    std: torch.Tensor  # [C]
+    device: str | torch.device = "cpu"
+    channels_last: bool = False
+    workers: int = 0  # DataLoader worker processes (0: read in this process)
+    scaled: bool = True  # uint8 pixels are divided by 255; float images are used as given
+    num_classes: int = 0  # labels must be 0..num_classes-1 (0: the largest label + 1)
+
+
+class StreamLoader(Batched):
+    """Batches of ``samples[indices]`` read in DataLoader workers through ``recipe``, cut by ``batching``, normalised
+    on the options' device; follows ``Loader``."""
+
+    def __init__(self, samples: Samples, indices: torch.Tensor, recipe: Recipe, batching: Batching,
+                 options: StreamOptions):
         self.samples, self.indices = samples, torch.as_tensor(indices, dtype=torch.long)
-        self.batch_size, self.recipe, self.shape = batch_size, recipe, shape
-        self.device = torch.device(device)
-        self.mean = mean.to(self.device).view(1, -1, 1, 1)
-        self.std = std.to(self.device).view(1, -1, 1, 1)
-        self.shuffle, self.drop_last, self.channels_last = shuffle, drop_last, channels_last
-        self.shard, self.workers = shard, workers  # shard: (rank, world); each rank takes its slice of every batch
-        self.scaled = scaled  # uint8 pixels are divided by 255; float images are used as given
-        self.num_classes = num_classes or int(samples.labels.max()) + 1
+        self.recipe, self.batching, self.options = recipe, batching, options
+        self.device = torch.device(options.device)
+        self.mean = options.mean.to(self.device).view(1, -1, 1, 1)
+        self.std = options.std.to(self.device).view(1, -1, 1, 1)
+        self.num_classes = options.num_classes or int(samples.labels.max()) + 1
         self.seed = 0
         self._dl: torch.utils.data.DataLoader | None = None
 
@@ -158,43 +167,29 @@ class StreamLoader:
     def num_samples(self) -> int:
         return len(self.indices)
 
-    def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Fix the order and augmentation of the next pass (exact resume depends on it)."""
-        self.seed = seed
-
     def _order(self) -> torch.Tensor:
         """Positions in the split, in the order of the next pass."""
         n = len(self.indices)
-        if not self.shuffle:
-            return torch.arange(n)
-        if hasattr(self.samples.data, "epoch_order"):
+        if self.batching.shuffle and hasattr(self.samples.data, "epoch_order"):
             return torch.as_tensor(self.samples.data.epoch_order(self.indices, self.seed), dtype=torch.long)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        order = self.batching.order(n, seeded(self.seed))
+        return order if order is not None else torch.arange(n)
 
     def batch_indices(self) -> list[torch.Tensor]:
         """Positions in the split of every batch this rank gets in the next pass (for checks; nothing is read)."""
-        order, (rank, world) = self._order(), self.shard
-        out = []
-        for i in range(len(self)):
-            b = order[i * self.batch_size : (i + 1) * self.batch_size]
-            chunk = -(-len(b) // world)
-            out.append(b[rank * chunk : (rank + 1) * chunk])
-        return out
+        return self.batching.rank_batches(self._order())
 
     def _make(self, persistent: bool) -> torch.utils.data.DataLoader:
         views = _Views(self.samples.data, self.recipe, self.num_classes)
-        collate = functools.partial(_collate, shape=self.shape, dtype=torch.uint8 if self.scaled else torch.float32)
+        dtype = torch.uint8 if self.options.scaled else torch.float32
+        collate = functools.partial(_collate, shape=self.options.shape, dtype=dtype)
         return torch.utils.data.DataLoader(views, batch_sampler=_Batches(self), collate_fn=collate,
-                                           **loader_options(self.device, self.workers, persistent))
+                                           **loader_options(self.device, self.options.workers, persistent))
 
     def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
         xb = xb.to(self.device, non_blocking=True).float()  # [B, C, H, W]
-        xb = (xb.div_(255) if self.scaled else xb).sub_(self.mean).div_(self.std)
-        return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
+        xb = (xb.div_(255) if self.options.scaled else xb).sub_(self.mean).div_(self.std)
+        return xb.contiguous(memory_format=torch.channels_last) if self.options.channels_last else xb
 
     def _iterate(self, dl: torch.utils.data.DataLoader) -> Iterator[Batch]:
         try:
@@ -208,19 +203,14 @@ class StreamLoader:
             self._dl = self._make(persistent=True)
         return self._iterate(self._dl)
 
-    def _subset(self, positions: torch.Tensor, batch_size: int, workers: int | None = None) -> StreamLoader:
+    def _subset(self, positions: torch.Tensor, batch_size: int) -> StreamLoader:
         """The same samples at ``positions``, in order, unaugmented and unsharded."""
-        return StreamLoader(self.samples, self.indices[positions], batch_size, recipe=self.recipe.evaluation(),
-                            shape=self.shape, mean=self.mean.flatten(), std=self.std.flatten(), device=self.device,
-                            channels_last=self.channels_last, workers=self.workers if workers is None else workers,
-                            scaled=self.scaled, num_classes=self.num_classes)
+        return StreamLoader(self.samples, self.indices[positions], self.recipe.evaluation(), Batching(batch_size),
+                            replace(self.options, num_classes=self.num_classes))
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 500) -> list[Batch]:
         """``n`` samples drawn once with ``seed``, in index order, normalised but never augmented, in batches."""
-        if n > len(self.indices):
-            raise ConfigError(f"asked for {n} samples but the split holds only {len(self.indices)}")
-        pos = torch.randperm(len(self.indices), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        sub = self._subset(pos, batch_size)
+        sub = self._subset(draw_positions(len(self.indices), n, seed), batch_size)
         return list(sub._iterate(sub._make(persistent=False)))
 
     def unaugmented(self, batch_size: int | None = None) -> StreamLoader:
@@ -232,12 +222,13 @@ def stream_stats(samples: Samples, positions: torch.Tensor, recipe: Recipe, seed
                  num_classes: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int], bool]:
     """Per-channel mean and std (uint8 on the [0, 1] scale, float as given) of at most ``STATS_SAMPLES`` training
     samples drawn with ``seed``, in their evaluation view; also the image shape and whether pixels are uint8."""
-    pick = positions[torch.randperm(len(positions), generator=torch.Generator().manual_seed(seed))[:STATS_SAMPLES]]
+    pick = positions[torch.randperm(len(positions), generator=seeded(seed))[:STATS_SAMPLES]]
     first, _ = _Views(samples.data, recipe, num_classes)[(0, int(pick[0]))]
     shape, scaled = tuple(first.shape), first.dtype == torch.uint8
     ones = torch.ones(shape[0])
-    probe = StreamLoader(samples, pick.sort().values, 250, recipe=recipe, shape=shape, mean=ones * 0, std=ones,
-                         workers=min(workers, -(-len(pick) // 250)), scaled=scaled, num_classes=num_classes)
+    options = StreamOptions(shape, mean=ones * 0, std=ones, workers=min(workers, -(-len(pick) // 250)), scaled=scaled,
+                            num_classes=num_classes)
+    probe = StreamLoader(samples, pick.sort().values, recipe, Batching(250), options)
     s1 = s2 = torch.zeros(shape[0], dtype=torch.float64)
     count = 0
     for xb, _ in probe._iterate(probe._make(persistent=False)):

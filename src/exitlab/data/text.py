@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, DataError
+from .batching import Batched, Batching, draw_positions, seeded
 from .sources import resolve_classes
 
 
@@ -94,58 +95,41 @@ def from_token_tensors(train_ids, train_y, test_ids, test_y, *, train_mask=None,
     return TextSource(name, tx, ty, vx, vy, names, length_buckets)
 
 
-class TextLoader:
+class TextLoader(Batched):
     """Batches of packed tokens on ``device``, each cut to its longest sequence; the order is seeded (see the
     ``Loader`` protocol in :mod:`exitlab.data.run`)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device: str | torch.device = "cpu",
                  shuffle: bool = False, drop_last: bool = False, length_buckets: int = 0,
                  shard: tuple[int, int] = (0, 1)):
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batching = Batching(batch_size, shuffle, drop_last, shard)
         self.x, self.y = x.to(device), y.to(device)
         self.lengths = lengths(x).cpu()  # [N], on the CPU: batches are cut on the host
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.length_buckets, self.shard, self.seed = length_buckets, shard, 0
+        self.length_buckets, self.seed = length_buckets, 0
         self.device = self.x.device
 
     @property
     def num_samples(self) -> int:
         return len(self.y)
 
-    def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Fix the order of the next pass (exact resume depends on it)."""
-        self.seed = seed
-
     def _order(self) -> torch.Tensor:
-        n = len(self.y)
-        if not self.shuffle:
-            return torch.arange(n)
-        g = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(n, generator=g)
+        g = seeded(self.seed)
+        order = self.batching.order(len(self.y), g)
+        if order is None:
+            return torch.arange(len(self.y))
         if self.length_buckets > 0:  # sort by length inside each bucket, then shuffle the batches
             size = self.length_buckets * self.batch_size
             parts = [b[torch.argsort(self.lengths[b], stable=True)] for b in order.split(size)]
             order = torch.cat(parts)
             batches = list(order.split(self.batch_size))
-            keep = batches if not self.drop_last or len(batches[-1]) == self.batch_size else batches[:-1]
+            keep = batches if not self.batching.drop_last or len(batches[-1]) == self.batch_size else batches[:-1]
             perm = torch.randperm(len(keep), generator=g).tolist()
             order = torch.cat([keep[i] for i in perm] + batches[len(keep):])
         return order
 
     def batch_indices(self) -> list[torch.Tensor]:
         """Positions in the split of every batch this rank gets in the next pass."""
-        order, (rank, world) = self._order(), self.shard
-        out = []
-        for i in range(len(self)):
-            b = order[i * self.batch_size : (i + 1) * self.batch_size]
-            chunk = -(-len(b) // world)
-            out.append(b[rank * chunk : (rank + 1) * chunk])
-        return out
+        return self.batching.rank_batches(self._order())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for idx in self.batch_indices():
@@ -155,11 +139,8 @@ class TextLoader:
 
     def sample(self, n: int, seed: int = 0, batch_size: int = 500) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``n`` samples drawn once with ``seed``, in index order, in batches."""
-        if n > len(self.y):
-            raise ConfigError(f"asked for {n} samples but the split holds only {len(self.y)}")
-        idx = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return list(TextLoader(self.x[idx.to(self.device)], self.y[idx.to(self.device)], batch_size,
-                               device=self.device))
+        idx = draw_positions(len(self.y), n, seed).to(self.device)
+        return list(TextLoader(self.x[idx], self.y[idx], batch_size, device=self.device))
 
     def unaugmented(self, batch_size: int | None = None) -> TextLoader:
         """The same split in order, unsharded."""

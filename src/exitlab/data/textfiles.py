@@ -22,7 +22,6 @@ from .loader import stratified_split
 from .text import TextSource, from_token_tensors, strata
 
 log = logging.getLogger("exitlab")
-TEXT_DATA = ("text", "spam_assassin")  # the data.name values this module reads
 SPAM_GROUPS = {"easy-ham-1": 0, "easy-ham-2": 0, "hard-ham-1": 0, "spam-1": 1, "spam-2": 1}
 
 
@@ -37,15 +36,38 @@ def read_rows(path: str | Path) -> list[dict]:
     """The rows of a .csv, .tsv, .jsonl (or .json lines) file, or of a ``datasets`` folder from ``save_to_disk``."""
     p = Path(path).expanduser()
     if p.is_dir():
-        ds = _extra("datasets", "nlp").load_from_disk(str(p))
+        if not (p / "state.json").is_file() and not (p / "dataset_dict.json").is_file():
+            raise DataError(f"{p} is a folder but not a save_to_disk dataset (no state.json); give a .csv, .tsv or "
+                            ".jsonl file, or the folder Dataset.save_to_disk wrote")
+        try:
+            datasets = importlib.import_module("datasets")
+        except ImportError:
+            raise ConfigError(f"{p} is a save_to_disk folder: reading it needs the datasets package "
+                              "(pip install datasets)") from None
+        ds = datasets.load_from_disk(str(p))
         if hasattr(ds, "keys") and not hasattr(ds, "column_names"):  # a DatasetDict: name the split's folder instead
             raise DataError(f"{p} holds several splits ({', '.join(ds.keys())}); give the folder of one split")
         return [dict(r) for r in ds]
     if not p.is_file():
         raise DataError(f"text data {p} not found; give a .csv, .tsv, .jsonl file or a save_to_disk folder")
+    try:
+        return _read_file(p)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as "
+                        "UTF-8") from None
+
+
+def _read_file(p: Path) -> list[dict]:
     if p.suffix in (".csv", ".tsv"):
         with p.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ","))
+            reader = csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ",")
+            rows = list(reader)
+        for i, row in enumerate(rows, 2):  # a ragged row: extra fields under None, missing fields as None
+            if None in row or None in row.values():
+                n = len(row) - (None in row) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                raise DataError(f"{p} line {i} has {n} fields but the header has {len(reader.fieldnames)}; fix the "
+                                "row (quote fields that hold the delimiter)")
+        return rows
     if p.suffix in (".jsonl", ".json"):
         rows = []
         with p.open(encoding="utf-8") as f:
@@ -79,7 +101,17 @@ def columns(rows: list[dict], where: str, text: str, label: str, text_pair: str 
 
 def label_ids(raw: list, classes: list[str] | None, where: str) -> tuple[torch.Tensor, list[str] | None]:
     """Integer labels: integers as given (checked against the classes later); other labels by their class names
-    (sorted, or ``classes`` when given)."""
+    (sorted, or ``classes`` when given). Empty labels, and numbers that are not whole (without ``classes``), are
+    refused: they would otherwise become classes such as ``''`` or ``'0.5'``."""
+    empty = [i for i, v in enumerate(raw) if v is None or (isinstance(v, str) and not v.strip())]
+    if empty:
+        raise DataError(f"{where}: row {empty[0] + 1} has an empty label ({len(empty)} empty in all); fill or drop "
+                        "those rows")
+    if classes is None and all(_is_number(v) and not isinstance(v, bool) for v in raw) and \
+            not all(float(v) == int(float(v)) for v in raw):
+        odd = next(v for v in raw if float(v) != int(float(v)))
+        raise DataError(f"{where}: label {odd!r} is a number that is not a whole class index; for a regression task "
+                        "set data.text.task: regression, for classes use integers 0..C-1 or names")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
         return torch.tensor(raw), classes
     if all(isinstance(v, str) and v.strip().lstrip("-").isdigit() for v in raw) and classes is None:

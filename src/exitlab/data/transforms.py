@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 
-AUGMENTS = ("crop_flip", "imagenet")
 _MASK = (1 << 64) - 1
 
 

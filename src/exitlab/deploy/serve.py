@@ -5,9 +5,7 @@ array, ``{"inputs": [...]}``, or a ``.npy`` file) and answers, per sample, the c
 and the FLOPs spent. ``GET /health`` describes the loaded model. Every bad request gets a 4xx JSON ``{"error": ...}``
 and the server goes on serving. Needs ``pip install 'exitlab[serve]'`` (FastAPI, uvicorn, python-multipart, Pillow).
 
-Input conventions: images and ``uint8`` arrays are raw pixels, scaled to [0, 1] and normalised with the statistics
-in the export manifest (16-bit grey images are scaled by 65535, not clipped); float arrays are model inputs as they
-are (already normalised, like the PyTorch path's).
+Input conventions and the checks on every body are in :mod:`exitlab.deploy.decode`.
 
 Bodies are decoded in a small pool of decode threads (``Limits.max_decodes``), never on the event loop: a large or
 slow image cannot stall ``/health`` or other clients, and requests beyond the pool's size wait their turn.
@@ -16,7 +14,6 @@ slow image cannot stall ``/health`` or other clients, and requests beyond the po
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import math
@@ -28,6 +25,7 @@ import numpy as np
 
 from ..errors import ExitlabError
 from ..evaluation.policies import Policy
+from .decode import NPY_MAGIC, BadRequest, decode_request
 from .export.runtime import OnnxModel
 
 try:  # the [serve] extra; create_app names what is missing
@@ -40,16 +38,6 @@ log = logging.getLogger("exitlab")
 MAX_BODY_BYTES = 8 << 20  # 8 MiB
 MAX_BATCH = 256
 MAX_DECODES = 4  # bodies decoded at once; more requests wait for a free decode thread
-PIXEL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-NPY_MAGIC = b"\x93NUMPY"
-
-
-class BadRequest(Exception):
-    """A request the server refuses: ``status`` (4xx) and a message naming what is wrong."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _whole(value) -> bool:
@@ -86,156 +74,6 @@ def check_port(port: int) -> int:
     if not _whole(port) or not 1 <= port <= 65535:
         raise ExitlabError(f"--port must be a whole number in 1..65535, got {port!r}")
     return port
-
-
-# ------------------------------------------------------------------ decoding (runs in the decode threads)
-def _clip(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e)[:200]}"
-
-
-def _open_image(data: bytes):
-    """PIL's lazy open: reads the header (format, mode, size) and no pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise BadRequest(415, "the upload is not a PNG or JPEG image") from None
-    except Image.DecompressionBombError as e:
-        raise BadRequest(413, f"image is too large to decode ({e})") from None
-    except Exception as e:  # PIL's plugins raise many types (OSError, SyntaxError, ValueError, struct.error...)
-        raise BadRequest(422, f"corrupt or truncated image ({_clip(e)})") from None
-
-
-def _check_header(img, shape: tuple[int, ...]) -> None:
-    """Format, size and channels from the header alone, before a single pixel is decoded."""
-    c, h, w = shape
-    if img.format not in ("PNG", "JPEG"):
-        raise BadRequest(415, f"unsupported image format {img.format}; send PNG or JPEG")
-    if (img.height, img.width) != (h, w):
-        raise BadRequest(422, f"wrong shape: image is {img.width}x{img.height}, the model takes {w}x{h} images")
-    if c not in (1, 3):
-        raise BadRequest(422, f"wrong shape: the model takes {c}-channel inputs; send them as .npy or JSON")
-
-
-def _pixels(img, c: int) -> np.ndarray:
-    """Decoded image -> pixels ``[C, H, W]``: uint8, or uint16 for 16-bit grey (``convert("L")`` would clip it)."""
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535).astype(np.uint16)  # [H, W]
-        return np.repeat(grey[None], c, 0)
-    arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.uint8)  # [H, W] or [H, W, 3]
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def decode_image(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """PNG or JPEG bytes -> pixels ``[1, C, H, W]``; the header must declare the model's size, else no decoding."""
-    img = _open_image(data)
-    _check_header(img, shape)
-    try:
-        img.load()
-        return _pixels(img, shape[0])[None]
-    except Exception as e:  # as in _open_image: corrupt pixel data fails in many ways
-        raise BadRequest(422, f"corrupt or truncated {img.format} image ({_clip(e)})") from None
-
-
-def _npy_header(f: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
-    from numpy.lib import format as npy
-
-    try:
-        version = npy.read_magic(f)
-        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-        header = read(f) if read else None
-    except Exception as e:  # a malformed header raises ValueError, SyntaxError, EOFError...
-        raise BadRequest(422, f"not a valid .npy file ({_clip(e)})") from None
-    if header is None:
-        raise BadRequest(422, f"not a valid .npy file (format version {version} is not supported; use np.save)")
-    return header
-
-
-def decode_npy(data: bytes) -> np.ndarray:
-    """A ``.npy`` file -> array, checked from its header before anything is allocated; never unpickles."""
-    if data[:2] == b"PK":
-        raise BadRequest(422, "not a valid .npy file: the body is a zip archive (.npz?); send one array as .npy")
-    f = io.BytesIO(data)
-    shape, fortran, dtype = _npy_header(f)
-    if dtype.kind not in "uf":
-        raise BadRequest(422, f"wrong dtype {dtype.name}: send float32/float64 model inputs or uint8 pixels (object "
-                              "arrays are never unpickled)")
-    count, have = math.prod(shape), len(data) - f.tell()
-    if count * dtype.itemsize > have:
-        raise BadRequest(422, f"not a valid .npy file: the header declares {count} values of {dtype} "
-                              f"({count * dtype.itemsize} bytes), the body holds {have} bytes")
-    try:
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell())
-        return arr.reshape(shape, order="F" if fortran else "C")
-    except ValueError as e:
-        raise BadRequest(422, f"not a valid .npy file ({_clip(e)})") from None
-
-
-def decode_json(data: bytes) -> np.ndarray:
-    """A JSON array (nested lists of numbers), or ``{"inputs": array, "pixels": bool}`` -> array."""
-    try:
-        obj = json.loads(data)
-    except RecursionError:
-        raise BadRequest(400, "invalid JSON (nested too deeply)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of over 4300 digits
-        raise BadRequest(400, f"invalid JSON ({str(e)[:200]})") from None
-    pixels = False
-    if isinstance(obj, dict):
-        if "inputs" not in obj:
-            raise BadRequest(422, 'a JSON object must hold the batch under "inputs"')
-        pixels = bool(obj.get("pixels", False))
-        obj = obj["inputs"]
-    try:
-        arr = np.asarray(obj)
-    except (ValueError, TypeError, RecursionError):
-        raise BadRequest(422, "wrong shape: the JSON array is ragged (rows of different lengths) or nested too "
-                              "deeply") from None
-    if arr.dtype.kind not in "iuf":
-        raise BadRequest(422, f"wrong dtype: the JSON array must hold numbers only, got {arr.dtype.name} values")
-    if pixels:
-        if arr.dtype.kind == "f" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
-            raise BadRequest(422, "wrong dtype: pixels must be whole numbers in 0..255")
-        return arr.astype(np.uint8)
-    return arr.astype(np.float64)
-
-
-def to_model_input(arr: np.ndarray, model: OnnxModel, limits: Limits) -> np.ndarray:
-    """Check dtype and shape, add the batch dimension to a single sample, normalise pixels: ``[B, C, H, W]``."""
-    shape = model.input_shape
-    if arr.dtype.kind not in "uf" or (arr.dtype.kind == "u" and arr.dtype != np.uint8):
-        raise BadRequest(422, f"wrong dtype {arr.dtype.name}: send float32/float64 model inputs or uint8 pixels")
-    if arr.ndim == len(shape):
-        arr = arr[None]
-    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
-        want = ", ".join(map(str, shape))
-        raise BadRequest(422, f"wrong shape {list(arr.shape)}: expected [{want}] or [batch, {want}]")
-    if len(arr) > limits.max_batch:
-        raise BadRequest(413, f"batch of {len(arr)} samples is over the limit of {limits.max_batch}")
-    if arr.dtype == np.uint8:
-        return normalise(arr, model)
-    x = arr.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise BadRequest(422, "inputs contain NaN or infinity (or values beyond float32's range)")
-    return x
-
-
-def normalise(pixels: np.ndarray, model: OnnxModel) -> np.ndarray:
-    """uint8 (or 16-bit) pixels ``[B, C, H, W]`` -> float32 model inputs, with the export's normalisation if any."""
-    x = pixels.astype(np.float32) / PIXEL_SCALE[pixels.dtype]  # [0, 1]; v * 257 in 16 bits gives v / 255 exactly
-    norm = model.manifest.normalize
-    if norm:
-        mean = np.asarray(norm["mean"], np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(norm["std"], np.float32).reshape(1, -1, 1, 1)
-        x = (x - mean) / std
-    return x
-
-
-def decode_request(kind: str, data: bytes, model: OnnxModel, limits: Limits) -> np.ndarray:
-    """A request body of ``kind`` ("image", "npy" or "json") -> model inputs ``[B, C, H, W]``."""
-    if kind == "image":
-        return normalise(decode_image(data, model.input_shape), model)
-    return to_model_input(decode_npy(data) if kind == "npy" else decode_json(data), model, limits)
 
 
 def _answer(model: OnnxModel, x: np.ndarray) -> dict:
@@ -389,7 +227,8 @@ def create_app(export_dir: str | Path, *, policy: Policy | None = None, limits: 
     async def predict(request: Request) -> dict:
         kind, data = await _read_body(request)
         loop = asyncio.get_running_loop()
-        x = await loop.run_in_executor(decoder, decode_request, kind, data, model, limits)  # waits for a free thread
+        # waits for a free decode thread
+        x = await loop.run_in_executor(decoder, decode_request, kind, data, model, limits.max_batch)
         return await run_in_threadpool(_answer, model, x)
 
     app.state.model = model

@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..models import HFSpec
 from ..models.costs import ExitCosts, exit_costs, length_table, text_costs
 from ..runs.files import atomic_write
-from ..runs.rundir import SPLITS, RunDir, compute_logits  # noqa: F401  (compute_logits: re-exported)
+from ..runs.rundir import SPLITS, RunDir
 from .extras import ExtraOptions, add_extras, format_extras_report
+from .failure import confidence_failure, failure_metrics
 from .policies import POLICIES, Policy, make_policy
 from .sweep import (
     BUDGETS,
@@ -52,6 +54,9 @@ NOTES = {
     "test_frontier": "the Pareto frontier of this split's own sweep: thresholds chosen on the split they are reported "
                      "on, so optimistic",
     "thresholds": "every distinct running-maximum score (at most 4096 quantiles of them), not an even grid",
+    "failure": "per exit, how well the score tells right from wrong answers on this split: auroc = P(right scores "
+               "higher than wrong) with ties as half (null when the exit is all right or all wrong); aurc = mean "
+               "error rate among the k most confident over k = 1..N, ties by expectation (lower is better)",
 }  # ztw is added when asked for (it needs a fitting phase)
 
 
@@ -107,6 +112,8 @@ def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds
                 "note": "thresholds chosen on this split itself: an optimistic upper bound"}
     out = {**sw.to_dict(), "exit_when": policy.exit_when, "test_frontier": frontier, "chosen_on": "test",
            "budget_table": frontier["budget_table"], "auc": frontier["auc"]}
+    if policy.task == "classification":
+        out["failure"] = failure_metrics(scores, preds, labels, policy.exit_when)
     if val is None:
         return out
     v_scores, v_preds = policy.scores(val[0])
@@ -125,19 +132,22 @@ def policy_curve(policy: Policy, logits, labels, costs: ExitCosts, *, thresholds
 
 
 def exit_table(logits, labels, costs: ExitCosts) -> list[dict]:
-    """Per exit: index, block, cumulative FLOPs/MACs/params, fraction of backbone FLOPs, accuracy, ECE (regression:
-    minus the mean squared error as the accuracy, no ECE)."""
+    """Per exit: index, block, cumulative FLOPs/MACs/params, fraction of backbone FLOPs, accuracy, ECE, and the
+    failure-prediction AUROC and AURC of the max softmax (:mod:`exitlab.evaluation.failure`; regression: minus the
+    mean squared error as the accuracy, and None for the rest)."""
     regression = labels.is_floating_point()
     accs = exit_accuracy(logits, labels)
     eces = [None] * len(accs) if regression else ece(logits, labels)
+    fails = [{"auroc": None, "aurc": None}] * len(accs) if regression else confidence_failure(logits, labels)
     return [{"exit": c.exit, "block": c.block, "flops": c.flops, "macs": c.macs, "params": c.params,
-             "fraction": c.fraction, "accuracy": a, "ece": e} for c, a, e in zip(costs.exits, accs, eces)]
+             "fraction": c.fraction, "accuracy": a, "ece": e, **f}
+            for c, a, e, f in zip(costs.exits, accs, eces, fails)]
 
 
 def split_costs(run: RunDir, model, split: str) -> tuple[ExitCosts, ExitCosts]:
     """The costs the evaluated split and the validation split are charged: the model's per-exit costs on one sample,
     or for a text encoder every sample's own cost at its token length (one measurement per length for both)."""
-    if model.spec.get("adapter") != "hf":
+    if not isinstance(model.spec, HFSpec):
         costs = exit_costs(model)
         return costs, costs
     n, nv = run.lengths(split), run.lengths("val")
@@ -175,7 +185,7 @@ def evaluate_run(run_dir: str | Path | RunDir, policy: str | None = None, split:
         raise ConfigError(f"n_thresholds must be >= 2, got {n_thresholds}")
     run = as_run(run_dir).require_model()
     model = run.model()
-    task = "regression" if model.spec.get("task") == "regression" else "classification"
+    task = model.task
     policy = policy or ("regression_patience" if task == "regression" else "confidence")
     if POLICIES.get(policy).task != task:
         raise ConfigError(f"policy {policy!r} is a {POLICIES.get(policy).task} policy but {run.path} is a {task} run; "
@@ -217,10 +227,15 @@ def format_report(result: dict) -> str:
              f"{c['backbone_flops'] / 1e6:.2f} MFLOPs ({c['backbone_macs'] / 1e6:.2f} MMACs; FLOPs = 2 x MACs)"
              + ("; text: the mean over the texts, each at its own length" if "per_sample" in c else ""),
              f"{'exit':>4} {'block':>5} {'MFLOPs':>9} {'backbone':>8} {'params':>9} "
-             + (f"{'MSE':>8}" if reg else f"{'acc':>7} {'ECE':>6}")]
+             + (f"{'MSE':>8}" if reg else f"{'acc':>7} {'ECE':>6} {'AUROC':>6} {'AURC':>6}")]
     for e in result["exits"]:
         lines.append(f"{e['exit']:>4} {e['block']:>5} {e['flops'] / 1e6:>9.3f} {e['fraction']:>8.1%} "
-                     f"{e['params']:>9,d} {score(e['accuracy'])}" + ("" if reg else f" {e['ece']:>6.3f}"))
+                     f"{e['params']:>9,d} {score(e['accuracy'])}"
+                     + ("" if reg else f" {e['ece']:>6.3f} {_num(e.get('auroc'))} {_num(e.get('aurc'))}"))
+    if not reg:
+        lines.append("  (ECE: calibration error of the max softmax; AUROC/AURC: how well it tells right from wrong "
+                     "answers, higher/lower is better, n/a = the exit is all right or all wrong)")
+    lines += _failure_lines(result)
     lines += _budget_lines(result, score)
     what = "MSE" if reg else "acc"
     if result.get("selected"):
@@ -241,6 +256,21 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _num(v: float | None, width: int = 6) -> str:
+    return f"{'n/a':>{width}}" if v is None else f"{v:>{width}.3f}"
+
+
+def _failure_lines(result: dict) -> list[str]:
+    """Per policy, the AUROC / AURC of its own score at every exit (what its threshold ranks samples by)."""
+    rows = {name: c["failure"] for name, c in result["policies"].items() if c.get("failure")}
+    if not rows:
+        return []
+    lines = [f"\nfailure prediction by each policy's score on {result['split']}, per exit (AUROC / AURC):"]
+    for name, per_exit in rows.items():
+        lines.append(f"  {name:<11} " + "  ".join(f"{_num(f['auroc'], 0)}/{_num(f['aurc'], 0)}" for f in per_exit))
+    return lines
+
+
 def _budget_lines(result: dict, score) -> list[str]:
     """The headline budget table (chosen on val) and the optimistic test frontier under it."""
     width = len(score(0.0))
@@ -258,5 +288,4 @@ def _budget_lines(result: dict, score) -> list[str]:
             row(tf["budget_table"], tf["auc"])]
 
 
-__all__ = ["as_run", "cached_logits", "compute_logits", "evaluate_run", "exit_table", "format_report",
-           "policy_curve"]
+__all__ = ["as_run", "cached_logits", "evaluate_run", "exit_table", "format_report", "policy_curve"]

@@ -19,8 +19,10 @@ from ..data.datasets import Dataset
 from ..data.loader import TensorLoader
 from ..data.sources import load_source
 from ..errors import ConfigError
-from ..runs.config import DataConfig, apply_overrides, from_dict, to_dict
+from ..runs.config import DataConfig
 from ..runs.rundir import RunDir, compute_logits
+from ..runs.typed import apply_overrides, from_dict, to_dict
+from .failure import mann_whitney
 from .policies import Policy
 from .sweep import exit_indices, score_thresholds
 
@@ -28,15 +30,10 @@ from .sweep import exit_indices, score_thresholds
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """Area under the ROC curve of scores ``pos`` ``[P]`` (positives) against ``neg`` ``[Q]``: the Mann-Whitney
     statistic ``P(s_pos > s_neg) + P(s_pos = s_neg) / 2``, from ranks with ties given their average rank."""
-    if len(pos) == 0 or len(neg) == 0:
+    value = mann_whitney(pos, neg)
+    if value is None:
         raise ConfigError("AUROC needs at least one in-distribution and one OOD sample")
-    s = torch.cat([pos, neg]).double()
-    values, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)  # values ascending
-    ends = counts.cumsum(0).double()  # rank of the last member of each tie group (1-based)
-    avg_rank = ends - (counts.double() - 1) / 2  # [U]
-    ranks = avg_rank[inverse]
-    P, Q = len(pos), len(neg)
-    return ((ranks[:P].sum() - P * (P + 1) / 2) / (P * Q)).item()
+    return value
 
 
 def _oriented(policy: Policy, scores: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,10 @@ class Policy:
     task: ClassVar[str] = "classification"  # or "regression": one output per exit (a model with num_classes 1)
 
     def __init__(self, threshold: float | None = None):
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not math.isfinite(threshold)):
+            raise ConfigError(f"policy {self.name!r}: threshold {threshold!r} is not a finite number; give a number "
+                              "in the policy's range, or None to sweep thresholds")
         self.threshold = threshold
 
     # ---------------------------------------------------------------- the decision, exit by exit

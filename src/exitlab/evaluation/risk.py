@@ -35,6 +35,29 @@ The procedure (Angelopoulos et al. 2021, "Learn then Test"): every candidate thr
 ``delta`` without assuming that ``R`` is monotone in ``t``: with probability ``>= 1 - delta`` every rejected
 threshold has ``R <= alpha``, so any of them may be used; exitlab takes the one with the lowest calibration cost
 (ties: the more conservative). When none is rejected, no threshold is certified and everyone takes the final exit.
+
+**Candidates from the data, ties included.** Learn-then-Test is stated for candidates fixed before the data are seen;
+exitlab's default candidates are every distinct running maximum of the calibration scores plus one beyond the
+largest (:func:`exitlab.sweep.score_thresholds`, never subsampled here). The guarantee still holds, atoms (many
+scores exactly 1.0) included, because this is the same as fixed-sequence testing over *every* real threshold:
+
+1. The empirical loss at ``t`` depends on ``t`` only through which running maxima are below it, so it is constant on
+   each interval between neighbouring candidates, ``(m_(j-1), m_j]`` (and ``(m_max, inf)``, where nobody leaves
+   early, represented by the candidate beyond the largest). So is every p-value. Testing the candidates in order
+   therefore rejects exactly the thresholds that the procedure over all reals, ``U = {t : p(t') <= delta for every
+   t' >= t}``, rejects, down to a candidate; the chosen threshold is in ``U``.
+2. Over all reals the family-wise error is at most ``delta``. Let ``V = {t : R(t) > alpha}`` (fixed: it depends on
+   the distribution only) and ``s = sup V``; take fixed ``t_1 <= t_2 <= ...`` in ``V`` converging to ``s`` (all
+   equal to ``s`` when ``s`` is in ``V``). ``U`` is an upper set, so if it holds some ``t`` of ``V`` it holds every
+   ``t_n >= t``, hence all ``t_n`` from some ``n`` on: ``{U meets V}`` is the increasing union of ``{t_n in U}``, and
+   ``P(U meets V) = lim P(t_n in U) <= sup_n P(p(t_n) <= delta) <= delta``, each ``t_n`` being a fixed threshold
+   whose losses are i.i.d. draws with mean ``R(t_n) > alpha`` whatever the ties.
+
+For ``"above"`` policies larger thresholds are more conservative; ``"below"`` ones are the mirror image. The same
+comparison (``score >= t`` in the scores' float32) is used here, in :func:`exitlab.sweep.simulate` and in real
+early exit, so the certified rule is the deployed rule exactly, atoms included. Quantile-subsampled candidates (what
+a sweep uses past 4096 distinct values) would break step 1 and are not used. Given ``thresholds`` (patience's
+``1..E``) are a fixed grid: Learn-then-Test's own argument.
 """
 
 from __future__ import annotations
@@ -152,11 +175,12 @@ def risk_threshold(scores: torch.Tensor, preds: torch.Tensor, labels: torch.Tens
     cheapest threshold certified to have risk at most ``alpha`` with probability ``1 - delta`` (module docstring).
 
     ``costs``: cumulative FLOPs per exit ``[E]`` (or ``[E, N]`` per sample, where :func:`simulate` takes them).
-    ``thresholds`` default to every distinct running maximum of the scores (:func:`exitlab.sweep.score_thresholds`).
+    ``thresholds`` default to every distinct running maximum of the scores and one beyond them (all of them, never
+    quantiles: the module docstring proves the guarantee for exactly these candidates, ties included).
     """
     check_risk_args(alpha, 1 - delta, kind, bound)
     E, N = scores.shape
-    cand = score_thresholds(scores, exit_when) if thresholds is None else thresholds
+    cand = score_thresholds(scores, exit_when, max_n=scores.numel() + 1) if thresholds is None else thresholds
     t = conservative_first(cand, exit_when)
     sums = loss_sums(scores, sample_losses(preds, labels, kind), t, exit_when)
     p = p_values(sums, N, alpha, bound, width=2.0 if kind == "drop" else 1.0)

@@ -103,7 +103,7 @@ def ztw_for_run(run_dir: str | Path | RunDir, *, steps: int = 200) -> ZTW:
     policy = load_ensemble(run / RunDir.ZTW, model_digest=digest)
     if policy is None:
         logits, labels = run.logits("train")
-        if not (run.model().spec.get("head_kwargs") or {}).get("cascade"):
+        if not run.model().head_kwargs.get("cascade"):
             log.info("ztw: the heads are not cascading (model.head_kwargs.cascade is off); fitting the ensemble alone")
         policy = fit_ensemble(logits, labels, steps=steps)
         save_ensemble(policy, run / RunDir.ZTW, model_digest=digest)

@@ -17,6 +17,7 @@ from .hf import from_hf, model_from_hf_spec
 from .msdnet import MSDNet, MSDNetHead
 from .placement import resolve_exits
 from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet
+from .spec import BuiltinSpec, CausalSpec, HFSpec, LibrarySpec, ModelSpec, ModuleSpec, SpecError, spec_from_json
 from .vgg_mobilenet import VGG, MobileNetV2
 from .vit import ViT
 
@@ -71,40 +72,42 @@ def build_model(backbone: str, *, num_classes: int, in_chans: int = 3, img_size:
     blocks = resolve_exits(exits, net, (in_chans, img_size, img_size))
     head = head or getattr(net, "default_head", "sdn")
     own = getattr(net, "default_head_kwargs", {}) if head == getattr(net, "default_head", None) else {}
-    spec = dict(backbone=backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size, exits=blocks,
-                head=head, head_kwargs=dict(head_kwargs or {}), backbone_kwargs=dict(backbone_kwargs or {}))
+    spec = BuiltinSpec(backbone=backbone, num_classes=num_classes, exits=tuple(blocks), head=head, in_chans=in_chans,
+                       img_size=img_size, head_kwargs=dict(head_kwargs or {}),
+                       backbone_kwargs=dict(backbone_kwargs or {}))
     return MultiExitModel(net, blocks, head, head_kwargs={**own, **(head_kwargs or {})}, spec=spec)
 
 
-def model_from_spec(spec: dict, module=None) -> MultiExitModel:
-    """Rebuild a model from the ``spec`` saved with it (weights are loaded separately). A model adapted from a user
-    module without a factory needs that ``module`` back."""
-    if "adapter" not in spec:
-        return build_model(**spec)
-    if spec["adapter"] == "hf":
+def model_from_spec(spec: ModelSpec, module=None) -> MultiExitModel:
+    """Build the model ``spec`` describes again (weights are loaded separately). A model adapted from a user module
+    without a factory needs that ``module`` back."""
+    if isinstance(spec, BuiltinSpec):
+        return build_model(spec.backbone, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                           img_size=spec.img_size, exits=list(spec.exits), head=spec.head,
+                           head_kwargs=spec.head_kwargs, backbone_kwargs=spec.backbone_kwargs)
+    if isinstance(spec, HFSpec):
         return model_from_hf_spec(spec)
-    if spec["adapter"] == "hf-causal":
+    if isinstance(spec, CausalSpec):
         return model_from_causal_spec(spec)
-    source = spec.get("source") or spec.get("factory")
+    source = spec.source if isinstance(spec, LibrarySpec) else spec.factory
+    kwargs = spec.kwargs if isinstance(spec, LibrarySpec) else spec.factory_kwargs
     if module is None and source:
-        return build_foreign(source, num_classes=spec["num_classes"], exits=spec["exits"], head=spec["head"],
-                             head_kwargs=spec.get("head_kwargs"), kwargs=spec.get("factory_kwargs"),
-                             input_shape=tuple(spec["input_shape"]))
+        return build_foreign(source, num_classes=spec.num_classes, exits=list(spec.exits), head=spec.head,
+                             head_kwargs=spec.head_kwargs, kwargs=kwargs, input_shape=spec.input_shape)
     if module is None:
         raise ConfigError("this model wraps a user module that exitlab cannot build again (from_module without "
                           "factory=); pass it back: exitlab.load(path, module=my_module)")
-    return from_module(module, spec["exits"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]),
-                       head=spec["head"], head_kwargs=spec.get("head_kwargs"), factory=spec.get("factory"),
-                       factory_kwargs=spec.get("factory_kwargs"))
+    return from_module(module, list(spec.exits), num_classes=spec.num_classes, input_shape=spec.input_shape,
+                       head=spec.head, head_kwargs=spec.head_kwargs, factory=spec.factory,
+                       factory_kwargs=spec.factory_kwargs)
 
 
 def rebuildable(model: MultiExitModel) -> bool:
     """Whether :func:`model_from_spec` can build ``model`` again from its spec alone."""
-    spec = model.spec
-    return bool(spec) and ("adapter" not in spec or spec["adapter"] in ("hf", "hf-causal") or
-                           bool(spec.get("source") or spec.get("factory")))
+    return model.spec is not None and model.spec.rebuildable
 
 
 __all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "HookedBackbone", "MultiExitModel",
            "build_backbone", "build_head", "build_model", "from_hf", "from_hf_causal", "from_module", "from_timm",
-           "from_torchvision", "model_from_spec", "rebuildable", "tap_candidates"]
+           "from_torchvision", "BuiltinSpec", "CausalSpec", "HFSpec", "LibrarySpec", "ModelSpec", "ModuleSpec",
+           "SpecError", "model_from_spec", "rebuildable", "spec_from_json", "tap_candidates"]

@@ -16,6 +16,7 @@ from ..errors import ConfigError, ExitlabError
 from .contract import ExitPoint, TapFn
 from .core import MultiExitModel, eval_mode
 from .flops import count_flops
+from .spec import ModuleSpec
 
 
 class _Stop(Exception):
@@ -31,7 +32,8 @@ class HookedBackbone(nn.Module):
     and refuses models where it fails. Training and simulated early exit work on every model.
     """
 
-    def __init__(self, module: nn.Module, tap_names: Sequence[str], num_classes: int, input_shape: tuple[int, ...]):
+    def __init__(self, module: nn.Module, tap_names: Sequence[str], num_classes: int | None,
+                 input_shape: tuple[int, ...]):
         super().__init__()
         names = dict(module.named_modules())
         missing = [n for n in tap_names if n not in names or not n]
@@ -45,7 +47,8 @@ class HookedBackbone(nn.Module):
         self.tap_names = list(tap_names)
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
-        self.feature_info = self._probe() + [ExitPoint(num_classes, 1, "logits")]
+        points = self._probe()  # sets num_classes from the module's output when it is None
+        self.feature_info = points + [ExitPoint(self.num_classes, 1, "logits")]
         self._compactable: bool | None = None
 
     def _probe(self) -> list[ExitPoint]:
@@ -59,9 +62,33 @@ class HookedBackbone(nn.Module):
             return h
 
         with torch.no_grad(), eval_mode(self):
-            self.run(torch.zeros(2, *self.input_shape), set(range(len(self.tap_names))), on_tap, strict=False)
+            try:
+                out = self.run(torch.zeros(2, *self.input_shape), set(range(len(self.tap_names))), on_tap,
+                               strict=False)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise ConfigError(f"a dry run of {type(self.module).__name__} on input_shape {self.input_shape} failed "
+                                  f"({first}); give input_shape as the shape of one sample that the module accepts, "
+                                  "e.g. (3, 224, 224)") from None
+        self._check_output(out)
         self._check_order(order)
         return [self._point(i, shapes[i]) for i in range(len(self.tap_names))]
+
+    def _check_output(self, out) -> None:
+        """The module's own output is the final exit: one tensor of logits ``[B, num_classes]``."""
+        name = type(self.module).__name__
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(f"{name}.forward returns a {type(out).__name__}, not a tensor; the module's output is "
+                              "the final exit, so wrap it so that forward returns the logits [B, num_classes]")
+        if out.dim() != 2:
+            raise ConfigError(f"{name}.forward returns shape {[2, *out.shape[1:]]} for a batch of 2; the final exit "
+                              "must be logits [B, num_classes]: wrap the module so that forward returns them")
+        if self.num_classes is None:
+            self.num_classes = out.shape[1]
+        elif out.shape[1] != self.num_classes:
+            raise ConfigError(f"{name}.forward gives {out.shape[1]} logits but num_classes is {self.num_classes}; "
+                              f"replace its classifier with one of {self.num_classes} outputs, or set num_classes "
+                              "to match")
 
     def _check_order(self, order: list[int]) -> None:
         names = self.tap_names
@@ -157,18 +184,20 @@ class HookedBackbone(nn.Module):
         return out
 
 
-def from_module(module: nn.Module, exit_after: Sequence[str], *, num_classes: int, input_shape: tuple[int, ...],
+def from_module(module: nn.Module, exit_after: Sequence[str], *, num_classes: int | None, input_shape: tuple[int, ...],
                 head: str = "pooled", head_kwargs: dict | None = None, factory: str | None = None,
                 factory_kwargs: dict | None = None) -> MultiExitModel:
     """Attach exits to a user model after the submodules named in ``exit_after``; the model's output is the final exit.
 
     ``input_shape`` is one sample's shape, e.g. ``(3, 32, 32)``; a dry run on it finds each exit's feature shape and
-    checks that every named module runs exactly once, in the order given. ``factory`` (``"package.module:function"``)
-    with ``factory_kwargs`` says how to build ``module`` again: with it, a run directory or a ``save_pretrained``
-    folder can be loaded by ``exitlab.load`` alone; without it, pass the module back: ``exitlab.load(dir, module=m)``.
+    checks that every named module runs exactly once, in the order given, and that the module returns logits
+    ``[B, num_classes]`` (``num_classes=None``: as many classes as the module's output has). ``factory``
+    (``"package.module:function"``) with ``factory_kwargs`` says how to build ``module`` again: with it, a run
+    directory or a ``save_pretrained`` folder can be loaded by ``exitlab.load`` alone; without it, pass the module
+    back: ``exitlab.load(dir, module=m)``.
     """
     backbone = HookedBackbone(module, list(exit_after), num_classes, tuple(input_shape))
-    spec = {"adapter": "module", "factory": factory, "factory_kwargs": dict(factory_kwargs or {}),
-            "exits": list(exit_after), "num_classes": num_classes, "input_shape": list(input_shape), "head": head,
-            "head_kwargs": dict(head_kwargs or {})}
+    spec = ModuleSpec(exits=tuple(exit_after), num_classes=backbone.num_classes, input_shape=tuple(input_shape),
+                      head=head, head_kwargs=dict(head_kwargs or {}), factory=factory,
+                      factory_kwargs=dict(factory_kwargs or {}))
     return MultiExitModel(backbone, list(range(len(exit_after))), head, head_kwargs=head_kwargs, spec=spec)

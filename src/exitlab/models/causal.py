@@ -30,6 +30,7 @@ from .core import MultiExitModel, eval_mode
 from .flops import count_flops
 from .heads import HEADS
 from .hf import require_transformers
+from .spec import CausalSpec
 
 CAUSAL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # decoder layers (h, mask, position embeddings, cache)
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta", "deberta-v2")
@@ -204,9 +205,8 @@ def from_hf_causal(model, *, exits="every:1", head: str = "shared", init: str = 
     module = untie(load_causal(model))
     backbone = HFCausal(module)
     blocks = exit_layers(exits, len(backbone.layers))
-    spec = {"adapter": "hf-causal", "config": module.config.to_dict(), "num_classes": backbone.num_classes,
-            "exits": blocks, "head": head, "head_kwargs": {}, "init": init,
-            "source": None if isinstance(model, nn.Module) else str(model)}
+    spec = CausalSpec(config=module.config.to_dict(), num_classes=backbone.num_classes, exits=tuple(blocks),
+                      head=head, init=init, source=None if isinstance(model, nn.Module) else str(model))
     multi = MultiExitModel(backbone, blocks, head, spec=spec)
     final = backbone.final.lm_head.weight
     multi.heads.to(device=final.device, dtype=final.dtype)
@@ -229,13 +229,13 @@ def untie(module: nn.Module) -> nn.Module:
     return module
 
 
-def model_from_causal_spec(spec: dict) -> MultiExitModel:
+def model_from_causal_spec(spec: CausalSpec) -> MultiExitModel:
     """Rebuild a :func:`from_hf_causal` model from its spec (random weights; a checkpoint's load after)."""
     tf = require_transformers()
-    d = dict(spec["config"])
+    d = dict(spec.config)
     cfg = tf.AutoConfig.for_model(d.pop("model_type"), **d)
     module = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
-    return from_hf_causal(module, exits=spec["exits"], head=spec["head"], init=spec.get("init", "copy"))
+    return from_hf_causal(module, exits=list(spec.exits), head=spec.head, init=spec.init)
 
 
 def exit_layers(exits, n: int) -> list[int]:

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .contract import BlocksBackbone, ExitPoint, MultiScaleFeature, TapFn, TextFeature  # noqa: F401  (re-exported)
+from .contract import MultiScaleFeature, TextFeature
 from .gpf import gpf_heads
 from .heads import build_head
+from .spec import ModelSpec
 
 # on_exit(exit j, its logits, the feature it read) -> what the walk does next: True goes on with every sample,
 # a [b] bool mask goes on with those samples only (their features and logits are compacted), None stops.
@@ -49,7 +50,7 @@ class MultiExitModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, exits: Sequence[int], head: str = "sdn", *,
-                 head_kwargs: dict | None = None, spec: dict | None = None):
+                 head_kwargs: dict | None = None, spec: ModelSpec | None = None):
         super().__init__()
         n_blocks = len(backbone.feature_info)
         exits = list(exits)
@@ -59,7 +60,7 @@ class MultiExitModel(nn.Module):
         self.head_name = head
         self.head_kwargs = dict(head_kwargs or {})
         self.heads = nn.ModuleList(_heads(head, backbone, exits, self.head_kwargs))
-        self.spec = dict(spec or {})  # how to rebuild this model (set by build_model); saved with checkpoints
+        self.spec = spec  # how to build this model again (set by its builder); saved in model.json
 
     @property
     def num_exits(self) -> int:
@@ -72,12 +73,12 @@ class MultiExitModel(nn.Module):
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         """One sample's shape (C, H, W) as recorded in the spec, or None when the spec does not say."""
-        spec = self.spec
-        if "input_shape" in spec:
-            return tuple(spec["input_shape"])
-        if "in_chans" in spec and "img_size" in spec:
-            return (spec["in_chans"], spec["img_size"], spec["img_size"])
-        return None
+        return None if self.spec is None else self.spec.input_shape
+
+    @property
+    def task(self) -> str:
+        """``"classification"``, or ``"regression"`` for a model with one output per exit trained on numbers."""
+        return "classification" if self.spec is None else self.spec.task
 
     def forward(self, x: torch.Tensor, *, grad_equilibrium: bool = False, feats: list | None = None
                 ) -> list[torch.Tensor]:

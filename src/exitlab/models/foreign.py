@@ -7,6 +7,7 @@ imported only here, when asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import logging
@@ -20,6 +21,7 @@ from ..errors import ConfigError
 from .adapter import HookedBackbone, from_module
 from .core import MultiExitModel
 from .placement import nearest_distinct
+from .spec import LibrarySpec
 
 log = logging.getLogger("exitlab")
 STAGE_LISTS = ("layers", "blocks", "stages", "features", "encoder.layers", "encoder.layer", "layer")  # in this order
@@ -90,7 +92,7 @@ def feature_modules(module: nn.Module, names: dict[str, nn.Module]) -> list[str]
     return listed if all(n in names for n in listed) else []
 
 
-def choose_taps(module: nn.Module, exits, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
+def choose_taps(module: nn.Module, exits, input_shape: tuple[int, ...], num_classes: int | None) -> list[str]:
     """Exit module names from ``exits``: names, indices into :func:`tap_candidates` (the last candidate feeds the
     final exit and takes no IC), ``"every:K"`` or ``"flops:N"`` (spread evenly by measured FLOPs)."""
     if isinstance(exits, (list, tuple)) and all(isinstance(e, str) for e in exits):
@@ -251,20 +253,27 @@ def build_foreign(source: str, *, num_classes: int, exits, head: str = "pooled",
         module, shape = call_factory(source, kwargs), None
         if isinstance(pretrained, str):
             load_weights(module, pretrained, num_classes)
+    # a user factory's network has as many classes as its output; the engine checks that against the data
+    classes = num_classes if kind in ("timm", "torchvision") else None
     shape = tuple(input_shape or shape or ())
     if not shape:
         raise ConfigError(f"{source}: give the input shape of one sample, e.g. input_shape=(3, 32, 32)")
     try:
-        taps = choose_taps(module, exits, shape, num_classes)
-        model = from_module(module, taps, num_classes=num_classes, input_shape=shape, head=head,
+        taps = choose_taps(module, exits, shape, classes)
+        model = from_module(module, taps, num_classes=classes, input_shape=shape, head=head,
                             head_kwargs=head_kwargs)
     except (RuntimeError, AssertionError, ValueError) as e:  # the model's own forward refused the dry run
         first = (str(e).splitlines() or [""])[0]
         raise ConfigError(f"{source}: a dry run on one sample of shape {list(shape)} failed ({type(e).__name__}: "
                           f"{first}); give the input shape the model was built for, or build it for yours (timm: "
                           "img_size=..., torchvision ViTs: image_size=...)") from None
-    model.spec.update(adapter=kind if kind in ("timm", "torchvision") else "module", source=source,
-                      factory=source if kind not in ("timm", "torchvision") else None, factory_kwargs=kwargs)
+    adapted = model.spec
+    if kind in ("timm", "torchvision"):
+        model.spec = LibrarySpec(library=kind, name=name, exits=adapted.exits, num_classes=num_classes,
+                                 input_shape=adapted.input_shape, head=head, head_kwargs=adapted.head_kwargs,
+                                 kwargs=kwargs)
+    else:
+        model.spec = dataclasses.replace(adapted, factory=source, factory_kwargs=kwargs)
     return model
 
 

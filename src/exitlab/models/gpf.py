@@ -89,20 +89,32 @@ def gpf_heads(points: list[ExitPoint], num_classes: int, **kwargs) -> list[GPFHe
     return [GPFHead(p, num_classes, index=j, shared=shared, **kwargs) for j, p in enumerate(points)]
 
 
-def is_gpf(heads: nn.ModuleList) -> bool:
-    return len(heads) > 0 and isinstance(heads[0], GPFHead)
+def gpf_imitation_terms(heads: nn.ModuleList, feats: list) -> list[torch.Tensor]:
+    """Each IC's part of GPF's imitation loss, from the ICs' input features (``feats[k]``, as the forward pass
+    collected them): for IC ``k`` (all but the last), the mean cosine distance between its imitators' predictions
+    of the later ICs' states and those states (detached, so IC ``k``'s term pulls on IC ``k`` alone). Empty with
+    fewer than two ICs."""
+    states = [head.state(h) for head, h in zip(heads, feats)]  # [B, D] each
+    K = len(states)
+    terms = []
+    for k in range(K - 1):
+        imitators = heads[0].gpf.imitators
+        pred = torch.cat([imitators[j](states[k]) for j in range(k + 1, K)]).float()  # [(K-k-1) B, D]
+        actual = torch.cat([states[j].detach() for j in range(k + 1, K)]).float()
+        terms.append((1 - F.cosine_similarity(pred, actual, dim=1)).mean())
+    return terms
+
+
+def imitation_total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """GPF's imitation loss from the per-IC terms: their mean (a 0-d zero without terms)."""
+    if not terms:
+        return torch.zeros(())
+    total = terms[0].new_zeros(()).float()
+    for t in terms:  # added one by one, in order: the loss is bit for bit what it always was
+        total = total + t
+    return total / len(terms)
 
 
 def gpf_imitation_loss(heads: nn.ModuleList, feats: list) -> torch.Tensor:
-    """GPF's imitation loss from the ICs' input features (``feats[k]``, as the forward pass collected them)."""
-    states = [head.state(h) for head, h in zip(heads, feats)]  # [B, D] each
-    K = len(states)
-    if K < 2:
-        return states[0].new_zeros(()) if states else torch.zeros(())
-    imitators = heads[0].gpf.imitators
-    total = states[0].new_zeros(()).float()
-    for k in range(K - 1):
-        pred = torch.cat([imitators[j](states[k]) for j in range(k + 1, K)]).float()  # [(K-k-1) B, D]
-        actual = torch.cat([states[j].detach() for j in range(k + 1, K)]).float()
-        total = total + (1 - F.cosine_similarity(pred, actual, dim=1)).mean()
-    return total / (K - 1)
+    """GPF's imitation loss from the ICs' input features: the mean of :func:`gpf_imitation_terms`."""
+    return imitation_total(gpf_imitation_terms(heads, feats))

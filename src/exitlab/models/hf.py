@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from .contract import ExitPoint, TapFn, TextFeature
 from .core import MultiExitModel
 from .heads import build_head
+from .spec import HFSpec
 
 # model_type -> (path of the base model's layer list, how the final exit reads the last layer)
 LAYOUTS = {
@@ -258,9 +259,9 @@ def from_hf(model, *, exits="every:1", num_labels: int | None = None, head: str 
     if (task == "regression") != (num_labels == 1):
         raise ConfigError(f"from_hf: a model with {num_labels} output(s) is not a {task} model; pass "
                           f"task={'regression' if num_labels == 1 else 'classification'!r}")
-    spec = {"adapter": "hf", "task": task, "config": module.config.to_dict(), "with_head": backbone.head is None,
-            "num_classes": num_labels, "exits": blocks, "head": kind, "head_kwargs": head_kwargs,
-            "source": str(model) if not isinstance(model, nn.Module) else None}
+    spec = HFSpec(config=module.config.to_dict(), num_classes=num_labels, exits=tuple(blocks), head=kind,
+                  head_kwargs=dict(head_kwargs), task=task, with_head=backbone.head is None,
+                  source=str(model) if not isinstance(model, nn.Module) else None)
     return MultiExitModel(backbone, blocks, kind, head_kwargs=head_kwargs, spec=spec)
 
 
@@ -347,11 +348,10 @@ def _exit_layers(exits, n: int) -> list[int]:
     return exits
 
 
-def model_from_hf_spec(spec: dict) -> MultiExitModel:
+def model_from_hf_spec(spec: HFSpec) -> MultiExitModel:
     """Rebuild a :func:`from_hf` model from its spec (random weights; the checkpoint's weights load after)."""
-    module = from_config(spec["config"], with_head=spec.get("with_head", True))
-    kw = spec.get("head_kwargs") or {}
+    module = from_config(spec.config, with_head=spec.with_head)
+    kw = spec.head_kwargs
     backbone_head = {"pool": kw.get("pool", "cls"), "layers": kw.get("layers", 1)}
-    backbone = HFEncoder(module, spec["num_classes"], final_head=backbone_head)
-    model = MultiExitModel(backbone, spec["exits"], spec.get("head", "text"), head_kwargs=kw, spec=dict(spec))
-    return model
+    backbone = HFEncoder(module, spec.num_classes, final_head=backbone_head)
+    return MultiExitModel(backbone, list(spec.exits), spec.head, head_kwargs=kw, spec=spec)

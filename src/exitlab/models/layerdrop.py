@@ -49,7 +49,7 @@ def depth_scale(kind: str, l: int, n: int) -> float:  # noqa: E741
         return math.exp(l * math.log(2) / (n - 1)) - 1
     if kind == "linear":
         return l / (n - 1)
-    raise ConfigError(f"layer_drop_scale: {kind!r}; choose exp, linear or uniform")
+    raise ConfigError(f"layerskip.depth_scale: {kind!r}; choose exp, linear or uniform")
 
 
 def block_rates(backbone: nn.Module, p_max: float, kind: str = "exp", time_scale: float = 1.0) -> list[float]:
@@ -79,7 +79,7 @@ def _hook(rate: float, per: str):
 def layer_dropout(backbone: nn.Module, rates: list[float], per: str = "sample") -> Iterator[None]:
     """Within the block, every block ``i`` with ``rates[i] > 0`` is skipped with that probability (in train mode)."""
     if per not in ("sample", "batch"):
-        raise ConfigError(f"layer_drop_per: {per!r}; choose sample or batch")
+        raise ConfigError(f"layerskip.per: {per!r}; choose sample or batch")
     blocks = droppable(backbone)[0]
     handles = [blocks[i].register_forward_hook(_hook(r, per)) for i, r in enumerate(rates) if r > 0]
     try:

@@ -13,7 +13,26 @@ def _bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c)
 
 
-class BasicBlock(nn.Module):
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """The residual branch's shortcut: the identity (an empty Sequential) when the shapes agree, else a strided 1x1
+    convolution and BatchNorm."""
+    if stride == 1 and cin == cout:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
+
+
+class _Residual(nn.Module):
+    """A post-activation residual block: ``relu(branch(x) + shortcut(x))``."""
+
+    shortcut: nn.Sequential
+
+    @property
+    def identity_skip(self) -> bool:
+        """Skipping the block is the identity (layer dropout): an identity shortcut, and the input is post-ReLU."""
+        return len(self.shortcut) == 0
+
+
+class BasicBlock(_Residual):
     expansion = 1
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
@@ -22,21 +41,14 @@ class BasicBlock(nn.Module):
         self.bn1 = _bn(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = _bn(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
-
-    @property
-    def identity_skip(self) -> bool:
-        """Skipping the block is the identity (layer dropout): an identity shortcut, and the input is post-ReLU."""
-        return len(self.shortcut) == 0
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=True)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int = 1):
@@ -48,13 +60,7 @@ class Bottleneck(nn.Module):
         self.bn2 = _bn(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = _bn(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
-
-    @property
-    def identity_skip(self) -> bool:
-        return len(self.shortcut) == 0
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)

@@ -10,8 +10,10 @@ import torch
 
 from ..errors import ExitlabError
 from ..models.costs import exit_costs
-from ..runs.config import RunConfig, from_dict
-from ..runs.rundir import RunDir, check_out_dir
+from ..runs.config import RunConfig
+from ..runs.files import check_out_dir
+from ..runs.rundir import RunDir
+from ..runs.typed import from_dict
 from ..training.loop import evaluate
 from ..training.phases import plan_phases
 from .grid import plan_grid, run_grid

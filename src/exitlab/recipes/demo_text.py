@@ -17,9 +17,11 @@ from ..data.text import TextLoader
 from ..data.textfiles import spam_assassin
 from ..errors import ExitlabError
 from ..models.hf import from_hf, require_transformers
-from ..runs.checkpoint import from_pretrained
-from ..runs.config import RunConfig, from_dict
-from ..runs.rundir import RunDir, check_out_dir
+from ..runs.checkpoint import load
+from ..runs.config import RunConfig
+from ..runs.files import check_out_dir
+from ..runs.rundir import RunDir
+from ..runs.typed import from_dict
 from ..training.loop import evaluate
 from .train import train
 
@@ -57,7 +59,7 @@ def run_text_demo(out: Path, root: str | None = None, budget: int = 4, seed: int
                              budget=budget, phase1=OPT, phase2=OPT, phase3=OPT, phase1_from=shared)
         echo(f"  {regime}: done ({time.perf_counter() - t0:.0f} s so far)")
     test = TextLoader(src.test_x, src.test_y, 256)
-    table = {r: evaluate(from_pretrained(p).eval(), test)[0] for r, p in runs.items()}
+    table = {r: evaluate(load(p).eval(), test)[0] for r, p in runs.items()}
     seconds = time.perf_counter() - t0
     (out / "demo.json").write_text(json.dumps({"budget": budget, "seconds": seconds, "test_acc": table}, indent=2))
     echo(format_table(table, seconds))

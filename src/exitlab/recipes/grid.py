@@ -17,11 +17,12 @@ import torch
 
 from ..errors import ConfigError, ExitlabError
 from ..runs import faults
-from ..runs.config import RunConfig, apply_overrides, from_dict, to_dict
-from ..runs.rundir import read_jsonl, read_status
-from ..training.engine import phase1_signature, run_signature
-from ..training.phases import phase_kinds, regime_label  # noqa: F401  (regime_label re-exported)
+from ..runs.config import RunConfig
+from ..runs.files import read_jsonl, read_status
+from ..runs.typed import apply_overrides, from_dict, to_dict
+from ..training.phases import phase_kinds, regime_label
 from ..training.planning import preflight
+from ..training.resume import phase1_signature, run_signature
 from .procs import worker_pool
 from .train import train
 
@@ -61,7 +62,7 @@ def plan_grid(base: RunConfig, regimes: list, seeds: list[int], out: Path, varia
             cfg = dataclasses.replace(base, regime=regime, seed=seed)
             changes = (overrides or {}).get(regime_label(regime), [])
             cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), changes))  # re-validate the combination
-            phases = preflight(cfg)  # every cell fails now, before any trains, if it can fail without data
+            phases = preflight(cfg).phases  # every cell fails now, before any trains, if it can fail without data
             label = f"{regime_label(regime)}{suffix}"
             job = Job(f"seed{seed}/{label}", cfg, out / f"seed{seed}" / label, epochs=sum(p.epochs for p in phases))
             kinds = phase_kinds(regime)

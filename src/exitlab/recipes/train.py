@@ -18,10 +18,11 @@ from pathlib import Path
 from ..analysis.gradients import gradient_logger
 from ..data import Source
 from ..errors import ConfigError
-from ..models import MultiExitModel, rebuildable
-from ..runs.config import RunConfig, from_dict, to_dict
-from ..training.engine import Probes
-from ..training.engine import train as run_training
+from ..models import BuiltinSpec, CausalSpec, HFSpec, LibrarySpec, MultiExitModel, rebuildable
+from ..runs.config import RunConfig
+from ..runs.typed import from_dict, to_dict
+from ..training import engine
+from ..training.probes import Probes
 
 log = logging.getLogger("exitlab")
 
@@ -37,20 +38,16 @@ def probes_for(cfg: RunConfig) -> Probes:
 def model_section(model: MultiExitModel) -> dict:
     """A config ``model`` section describing ``model``, from its spec (what config.yaml records)."""
     spec = model.spec
-    if "adapter" not in spec:
-        keys = ("backbone", "exits", "head", "head_kwargs", "backbone_kwargs")
-        return {k: spec[k] for k in keys if k in spec}
-    if spec["adapter"] == "hf-causal":
-        return {"backbone": "hf-causal", "exits": list(spec["exits"]), "head": spec["head"], "head_kwargs": {}}
-    if spec["adapter"] == "hf":
-        return {"backbone": "hf", "exits": list(spec["exits"]), "head": spec.get("head", "text"),
-                "head_kwargs": spec["head_kwargs"]}
-    source = spec.get("source") or ""
-    section = {"exits": list(spec["exits"]), "head": spec["head"], "head_kwargs": spec.get("head_kwargs") or {},
-               "backbone_kwargs": spec.get("factory_kwargs") or {}}
-    if source.startswith(("timm:", "torchvision:")):
-        return {"backbone": source, **section}
-    return {"backbone": "module", "factory": spec.get("factory"), **section}
+    common = {"exits": list(spec.exits), "head": spec.head, "head_kwargs": dict(spec.head_kwargs)}
+    if isinstance(spec, BuiltinSpec):
+        return {"backbone": spec.backbone, **common, "backbone_kwargs": dict(spec.backbone_kwargs)}
+    if isinstance(spec, HFSpec):
+        return {"backbone": "hf", **common}
+    if isinstance(spec, CausalSpec):
+        return {"backbone": "hf-causal", **common}
+    if isinstance(spec, LibrarySpec):
+        return {"backbone": spec.source, **common, "backbone_kwargs": dict(spec.kwargs)}
+    return {"backbone": "module", "factory": spec.factory, **common, "backbone_kwargs": dict(spec.factory_kwargs)}
 
 
 def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | dict | None = None,
@@ -73,6 +70,9 @@ def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | d
                               "or pass a model to train from components")
         cfg, model = what, None
     elif isinstance(what, MultiExitModel):
+        if what.spec is None:  # its run could never be loaded: refuse before training, not after
+            raise ConfigError("this model records no description to build it again (MultiExitModel built by hand); "
+                              "build it with build_model, from_module, from_timm, from_torchvision or from_hf")
         cfg, model = _component_config(what, config, options), what
     else:
         raise ConfigError(f"exitlab.train takes a RunConfig or a MultiExitModel, got {type(what).__name__}; wrap a "
@@ -81,17 +81,22 @@ def train(what: RunConfig | MultiExitModel, out: str | Path, *, data: Source | d
         log.warning(
             "this model wraps a module exitlab cannot build again (from_module without factory=): load the run with "
             "exitlab.load(dir, module=...); the CLI cannot load it")
-    return run_training(cfg, out, resume=resume, phase1_from=phase1_from, model=model, source=data,
+    return engine.train(cfg, out, resume=resume, phase1_from=phase1_from, model=model, data=data,
                         probes=probes_for(cfg))
 
 
 def _component_config(model: MultiExitModel, base: RunConfig | None, options: dict) -> RunConfig:
     """The run config of a component run: the base (or defaults), the options, and the model's own description."""
-    d = to_dict(base) if base is not None else to_dict(RunConfig())
-    for key, value in options.items():
-        if isinstance(value, dict) and isinstance(d.get(key), dict):
-            d[key] = {**d[key], **value}
-        else:
-            d[key] = value
+    d = _merge(to_dict(base) if base is not None else to_dict(RunConfig()), options)
     d["model"] = {**to_dict(RunConfig().model), **model_section(model)}
     return from_dict(RunConfig, d)
+
+
+def _merge(base: dict, options: dict) -> dict:
+    """``base`` with ``options``' keys replaced; a dict option changes only the keys it names, in sections too
+    (``phase2={"layerskip": {"rate": 0.1}}`` keeps the base's other ``layerskip`` keys)."""
+    out = dict(base)
+    for key, value in options.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out

@@ -11,8 +11,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ExitlabError
-from ..models import model_from_spec
-from .files import atomic_write, read_json  # noqa: F401  (atomic_write re-exported)
+from ..models import MultiExitModel, SpecError, model_from_spec, spec_from_json
+from .files import atomic_write, read_json
 
 FORMAT = "exitlab-checkpoint-1"
 
@@ -84,8 +84,8 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
-def save_pretrained(model, directory: str | Path, *, extra: dict | None = None, classes: list[str] | None = None,
-                    policy=None, normalize: dict | None = None) -> None:
+def save_pretrained(model: MultiExitModel, directory: str | Path, *, extra: dict | None = None,
+                    classes: list[str] | None = None, policy=None, normalize: dict | None = None) -> None:
     """Write ``model.safetensors`` and ``model.json`` (how to rebuild the model, class names, policy) to a folder.
 
     ``classes``: class names in label order. ``policy``: an :class:`exitlab.policies.Policy` with its threshold, or
@@ -93,7 +93,10 @@ def save_pretrained(model, directory: str | Path, *, extra: dict | None = None, 
     ``extra``: any other JSON-able metadata. All of it lands in model.json, readable as ``model.info`` after loading.
     """
     d = Path(directory)
-    info = {"spec": model.spec, "exitlab_format": 1, **(extra or {})}
+    if model.spec is None:
+        raise CheckpointError("this model records no description to build it again; build it with build_model, "
+                              "from_module, from_timm, from_torchvision or from_hf")
+    info = {"spec": model.spec.to_json(), "exitlab_format": 1, **(extra or {})}
     named = {"classes": list(classes) if classes is not None else None,
              "policy": policy.to_dict() if hasattr(policy, "to_dict") else policy, "normalize": normalize}
     info.update({k: v for k, v in named.items() if v is not None})
@@ -105,9 +108,9 @@ def save_pretrained(model, directory: str | Path, *, extra: dict | None = None, 
     atomic_write(d / "model.json", lambda p: p.write_text(json.dumps(info, indent=2, sort_keys=True)))
 
 
-def from_pretrained(directory: str | Path, map_location: str = "cpu", *, module=None):
-    """Rebuild a model saved by :func:`save_pretrained`, in eval mode. Reads JSON and safetensors only; nothing is
-    unpickled.
+def load(directory: str | Path, map_location: str = "cpu", *, module=None) -> MultiExitModel:
+    """The trained model of a finished run directory, or of any folder written by :func:`save_pretrained`, in eval
+    mode. Reads JSON and safetensors only; nothing is unpickled.
 
     ``module``: for a model adapted from a user module with no factory, that module (fresh or not: its weights
     are replaced by the saved ones)."""
@@ -119,10 +122,12 @@ def from_pretrained(directory: str | Path, map_location: str = "cpu", *, module=
         info = read_json(d / "model.json", "model description", fix)
     except ExitlabError as e:
         raise CheckpointError(str(e)) from None
-    if not isinstance(info.get("spec"), dict):
+    if "spec" not in info:
         raise CheckpointError(f"{d / 'model.json'} has no model spec; {fix}")
     try:
-        model = model_from_spec(info["spec"], module=module)
+        model = model_from_spec(spec_from_json(info["spec"]), module=module)
+    except SpecError as e:
+        raise CheckpointError(f"{d / 'model.json'}: {e}; {fix}") from None
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{d / 'model.json'} has a malformed model spec ({_short(e)}); {fix}") from None
     tensors, _ = load_tensors(d / "model.safetensors")

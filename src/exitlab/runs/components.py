@@ -22,7 +22,7 @@ REGIMES.register("layerskip", (2,))  # joint training with LayerSkip's layer dro
 
 # A regime's preset: phase options it sets where the config leaves them at their defaults.
 REGIME_PRESETS: dict[str, dict[int, dict]] = {
-    "layerskip": {2: {"layer_drop": 0.2, "layer_drop_scale": "exp", "exit_curriculum": "rotational"}},
+    "layerskip": {2: {"layerskip": {"rate": 0.2, "depth_scale": "exp", "curriculum": "rotational"}}},
 }
 
 

@@ -28,19 +28,10 @@ from safetensors.torch import load_file, save_file
 from ..data import RunData, build_run_data
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.core import MultiExitModel, eval_mode
-from .checkpoint import from_pretrained
-from .config import RunConfig, load_config, to_dict
-from .files import (  # noqa: F401  (re-exported: this module's old contents)
-    RunLock,
-    append_jsonl,
-    atomic_write,
-    check_out_dir,
-    check_writable,
-    read_json,
-    read_jsonl,
-    read_status,
-    repair_jsonl,
-)
+from .checkpoint import load
+from .config import RunConfig, load_saved_config
+from .files import atomic_write, read_jsonl, read_status
+from .typed import to_dict
 from .version import __version__
 
 log = logging.getLogger("exitlab")
@@ -139,10 +130,11 @@ class RunDir:
         return read_status(self.path)
 
     def config(self) -> RunConfig:
+        """The run's resolved config (one written by an older exitlab is read in today's layout)."""
         if not (self / self.CONFIG).is_file():
             raise CheckpointError(f"{self.path} has no config.yaml, so its data and split are unknown; pass a "
                                   "directory written by `exitlab train`")
-        return load_config(self / self.CONFIG)
+        return load_saved_config(self / self.CONFIG)
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self / self.METRICS)
@@ -151,7 +143,7 @@ class RunDir:
         """The trained model, on the CPU, in eval mode."""
         if self._model is None:
             self.require_model()
-            self._model = from_pretrained(self.path, module=self._module).eval()
+            self._model = load(self.path, module=self._module).eval()
         return self._model
 
     def model_digest(self) -> str:

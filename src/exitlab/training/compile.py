@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.core import BlocksBackbone, MultiExitModel
+from ..models.contract import BlocksBackbone
+from ..models.core import MultiExitModel
 
 log = logging.getLogger("exitlab")
 

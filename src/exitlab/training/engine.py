@@ -13,36 +13,21 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..data import RunData, build_run_data
-from ..errors import CheckpointError, ConfigError, ExitlabError
-from ..models.core import MultiExitModel
+from ..data import RunData, Source, build_run_data
+from ..data.text import TextLoader
+from ..errors import CheckpointError, ConfigError
+from ..models.core import MultiExitModel, eval_mode
 from ..models.hf import vocab_size as hf_vocab_size
 from ..runs import checkpoint as ckpt
 from ..runs import faults
-from ..runs.config import RunConfig, dump_config, to_dict
-from ..runs.rundir import (
-    MEMORY,
-    RunDir,
-    RunLock,
-    append_jsonl,
-    check_out_dir,
-    check_writable,
-    checkpoints,
-    environment,
-    newest_valid,
-    read_jsonl,
-    read_status,
-    remove_partial_writes,
-    repair_jsonl,
-    signature,
-)
+from ..runs.config import RunConfig, dump_config
+from ..runs.files import RunLock, append_jsonl, read_jsonl, read_status, repair_jsonl
+from ..runs.rundir import MEMORY, RunDir, checkpoints, environment, newest_valid, remove_partial_writes
 from .accounting import compute_summary, shared_phase1
 from .compile import maybe_compile
 from .distributed import SINGLE, DistInfo, agree, barrier, check_batch, env_info, local_device, teardown, wrap
@@ -50,9 +35,9 @@ from .distributed import setup as dist_setup
 from .l2w import L2W
 from .loop import (
     CHECK_EVERY,
+    PhaseState,
     evaluate,
     make_optimizer,
-    phase_module,
     phase_score,
     set_modes,
     set_trainable,
@@ -60,51 +45,56 @@ from .loop import (
     train_epoch,
     trained_scores,
 )
+from .objective import phase_module
 from .phases import Phase, resolve_steps
-from .planning import model_from_config, preflight, resolve_device
+from .planning import Plan, model_from_config, preflight
+from .probes import ProbeContext, Probes
+from .resume import (
+    check_out,
+    checkpoint_name,
+    checkpoint_tensors,
+    phase1_signature,
+    phase1_source,
+    restore_best,
+    restore_l2w,
+    run_signature,
+)
 from .stopping import Stopper
 
 log = logging.getLogger("exitlab")
 
 
-@dataclass
-class ProbeContext:
-    """What a probe sees: the model mid-training, the phase, where in it the run is, the data and the run dir."""
-
-    model: MultiExitModel
-    phase: Phase
-    phase_index: int
-    epoch: int
-    step: int
-    data: RunData
-    run: RunDir
-
-
-@dataclass
-class Probes:
-    """Plain functions the training loop calls: ``on_step`` after every optimizer step, ``on_epoch`` after each
-    epoch's validation. They run on rank 0 only and must not change the model (see ``exitlab.analysis``)."""
-
-    on_step: list[Callable[[ProbeContext], None]] = field(default_factory=list)
-    on_epoch: list[Callable[[ProbeContext], None]] = field(default_factory=list)
-
-
 Data = RunData  # the name this module used to export
 
 
-def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, source=None) -> RunData:
-    """The run's data (see :func:`exitlab.data.build_run_data`): the data set ``cfg.data`` names, or ``source``.
+def prepare_data(cfg: RunConfig, device: torch.device, info: DistInfo = SINGLE, data: Source | None = None
+                 ) -> RunData:
+    """The run's data (see :func:`exitlab.data.build_run_data`): the data set ``cfg.data`` names, or ``data``.
     Under DDP every rank takes its slice of each global batch."""
     check_batch(cfg.data.batch_size, info)
     return build_run_data(cfg.data, cfg.seed_split, device, shard=(info.rank, info.world),
-                          channels_last=cfg.channels_last, source=source)
+                          channels_last=cfg.channels_last, data=data)
 
 
 def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
-    """A model passed in must predict the data's classes."""
+    """The model (passed in, or built by a factory whose network has its own classifier) must predict the data's
+    classes."""
     if model.num_classes != len(data.classes):
         raise ConfigError(f"the model predicts {model.num_classes} classes but the data has {len(data.classes)}; "
                           f"build it with num_classes={len(data.classes)}")
+    if isinstance(data.train, TextLoader):
+        top = max(int(loader.x[:, 0].max()) for loader in (data.train, data.val, data.test) if loader.num_samples)
+        if top >= hf_vocab_size(model):
+            raise ConfigError(f"the data holds token id {top} but the encoder's embedding table has "
+                              f"{hf_vocab_size(model)} rows; tokenize with the model's own tokenizer")
+        return model
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(2, *data.shape, dtype=data.input_dtype))
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"the model does not take the data's samples of shape {tuple(data.shape)} ({first}); build "
+                          f"it for that input (in_chans={data.shape[0]}, its image size)") from None
     return model
 
 
@@ -116,23 +106,6 @@ def make_model(cfg: RunConfig, data: RunData) -> MultiExitModel:
         raise ConfigError(f"the tokenizer has {vocab} tokens but the encoder's embedding table only "
                           f"{hf_vocab_size(model)}; use the model's own tokenizer (data.text.tokenizer)")
     return model
-
-
-def phase1_signature(cfg: RunConfig, phases: list[Phase]) -> str:
-    """What determines a phase-1 result: runs with equal signatures can share one phase-1 checkpoint."""
-    keep = {k: to_dict(cfg)[k] for k in ("model", "data", "seed", "phase1", "amp", "channels_last")}
-    keep["data"].pop("eval_batch_size", None)
-    keep["data"].pop("workers", None)  # how many processes load the data changes no batch
-    keep["phase1"].pop("epochs")  # the planned epochs below count, whether they come from budget or phase1.epochs
-    return signature({**keep, "epochs": phases[0].epochs, "flops": phases[0].flops})
-
-
-def run_signature(cfg: RunConfig) -> str:
-    d = to_dict(cfg)
-    for k in ("progress", "threads", "checkpoint_every", "keep_checkpoints", "device"):
-        d.pop(k)
-    d["data"].pop("workers", None)  # batches do not depend on it: a resume may use another count
-    return signature(d)
 
 
 def seed_epoch(seed: int, phase_index: int, epoch: int, rank: int = 0) -> int:
@@ -150,16 +123,16 @@ def seed_epoch(seed: int, phase_index: int, epoch: int, rank: int = 0) -> int:
 class _Run:
     """State of one training run. ``train()`` is the entry point; this class only keeps its pieces together."""
 
-    def __init__(self, cfg: RunConfig, out: Path, info: DistInfo = SINGLE, device: torch.device | None = None, *,
-                 model: MultiExitModel | None = None, source=None, probes: Probes | None = None):
+    def __init__(self, cfg: RunConfig, out: Path, plan: Plan, info: DistInfo = SINGLE, *,
+                 model: MultiExitModel | None = None, data: Source | None = None, probes: Probes | None = None):
         self.cfg, self.out, self.info = cfg, out, info
         self.rundir = RunDir(out)
         self.metrics = self.rundir / RunDir.METRICS
-        self.device = device or resolve_device(cfg.device)
-        self.phases = preflight(cfg, model)  # everything that can fail without data fails here, before any is read
+        self.device, self.phases = plan.device, plan.phases  # the preflight's: what it checked is what runs
         self.probes = probes or Probes()
-        self.data = prepare_data(cfg, self.device, info, source)
-        self.model = (make_model(cfg, self.data) if model is None else _fits(model, self.data)).to(self.device)
+        self.in_memory = data is not None  # data passed in: the run cannot read it again by name
+        self.data = prepare_data(cfg, self.device, info, data)
+        self.model = _fits(make_model(cfg, self.data) if model is None else model, self.data).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.flops_per_sample = self._measure_flops()  # before compiling: the counter sees the eager model
@@ -167,7 +140,7 @@ class _Run:
         planned, self.phases = self.phases, resolve_steps(self.phases, per_step, len(self.data.train))
         maybe_compile(self.model, cfg.compile)
         self.sig = run_signature(cfg)
-        self.p1sig = phase1_signature(cfg, planned) if planned[0].kind == 1 else None  # as _phase1_source sees it
+        self.p1sig = phase1_signature(cfg, planned) if planned[0].kind == 1 else None  # as phase1_source sees it
 
     def _measure_flops(self) -> dict[int, float]:
         """Training FLOPs per sample of each phase kind the run has: one measured step on a batch of zeros."""
@@ -183,21 +156,11 @@ class _Run:
              l2w: L2W | None = None) -> Path:
         """Rank 0 writes the checkpoint; the other ranks wait for it."""
         phase = self.phases[pi]
-        name = f"{pi:02d}-{phase.name}-{'end' if end else f'e{epochs_done:03d}'}.safetensors"
-        path = self.rundir / RunDir.CHECKPOINTS / name
+        path = self.rundir / RunDir.CHECKPOINTS / checkpoint_name(pi, phase, epochs_done, end)
         if not self.info.is_main:
             barrier(self.info)
             return path
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        opt_t, opt_info = ckpt.optimizer_tensors(opt) if opt is not None else ({}, None)
-        tensors.update(opt_t)
-        if best is not None:
-            tensors.update({f"best.{k}": v for k, v in best.items()})
-        l2w_info = None
-        if l2w is not None:  # L2W's weight net and its optimizer, so that a resumed run is exact
-            tensors.update({f"l2w.net.{k}": v for k, v in l2w.net.state_dict().items()})
-            l2w_t, l2w_info = ckpt.optimizer_tensors(l2w.opt)
-            tensors.update({f"l2w.{k}": v for k, v in l2w_t.items()})
+        tensors, opt_info, l2w_info = checkpoint_tensors(self.model, opt, best, l2w)
         meta = dict(phase_index=pi, phase=phase.kind, epochs_done=epochs_done, step=step, stopper=stop.state(),
                     best_score=stop.best_score, has_best=best is not None, optimizer=opt_info, run_signature=self.sig,
                     phase1_signature=self.p1sig if pi == 0 else None, metrics_lines=len(read_jsonl(self.metrics)),
@@ -221,69 +184,70 @@ class _Run:
     # ------------------------------------------------------------ phases
     def run_phase(self, pi: int, resume: tuple[dict, dict] | None) -> None:
         phase, cfg = self.phases[pi], self.cfg
-        opt = make_optimizer(set_trainable(self.model, phase), phase, self.model)
-        net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
-        self.l2w = self._l2w(phase, pi, resume)
-        start, step, best, stop = self._phase_state(phase, opt, resume)
+        state, start, best, stop = self._start_phase(pi, resume)
         for epoch in range(start, phase.epochs):
-            if stop.done or (phase.steps and step >= phase.steps):
+            if stop.done or (phase.steps and state.step >= phase.steps):
                 break
-            step, record = self._epoch(pi, epoch, net, opt, step, stop)
+            record = self._epoch(pi, epoch, state, stop)
             if stop.update(record["score"], trained_scores(phase, record["val_acc"])):
                 best = {k: v.detach().clone() for k, v in self.model.state_dict().items()} if stop.patience else None
             self.log(record)
             end_of_epoch = self._probe(self.probes.on_epoch, phase, pi, epoch + 1)
             if end_of_epoch is not None:
-                end_of_epoch(step)
+                end_of_epoch(state.step)
             faults.point("epoch")
             if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < phase.epochs:
-                self.save(pi, epoch + 1, step, opt, best, stop, end=False, l2w=self.l2w)
+                self.save(pi, epoch + 1, state.step, state.opt, best, stop, end=False, l2w=state.l2w)
         if best is not None:
             self.model.load_state_dict(best)
-        self.save(pi, phase.epochs, step, None, None, stop, end=True)
+        self.save(pi, phase.epochs, state.step, None, None, stop, end=True)
+
+    def _start_phase(self, pi: int, resume) -> tuple[PhaseState, int, dict | None, Stopper]:
+        """The phase's loop state, the epoch it starts at, the best weights so far and the stopping state: fresh,
+        or from the checkpoint resumed."""
+        phase, loader = self.phases[pi], self.data.train
+        opt = make_optimizer(set_trainable(self.model, phase), phase, self.model)
+        net = wrap(phase_module(self.model, phase), self.info, self.device)  # re-wrapped at every phase
+        l2w = self._l2w(phase, pi, resume)
+        if resume is None:
+            start, step, best, stop = 0, 0, None, Stopper.for_phase(phase.options)
+        else:
+            tensors, meta = resume
+            best = restore_best(opt, tensors, meta, self.device)
+            start, step, stop = meta["epochs_done"], meta["step"], Stopper.from_state(meta["stopper"])
+        state = PhaseState(net, phase, loader, opt, total_steps=phase.steps or phase.epochs * len(loader), step=step,
+                           amp=self.cfg.amp, warmup_steps=round(phase.options.warmup_epochs * len(loader)),
+                           info=self.info, l2w=l2w,
+                           check_every=1 if self.probes.on_step else CHECK_EVERY)  # the same on every rank
+        return state, start, best, stop
 
     def _l2w(self, phase: Phase, pi: int, resume) -> L2W | None:
-        """L2W's state for the phase (None without ``l2w_epsilon``): fresh, or from the checkpoint resumed."""
-        l2w = L2W.for_phase(phase.options, self.model.num_exits, self.device, self.cfg.seed_init * 1_009 + pi)
+        """L2W's state for the phase (None without ``l2w.epsilon``): fresh, or from the checkpoint resumed."""
+        l2w = L2W.for_phase(phase.options.l2w, self.model.num_exits, self.device, self.cfg.seed_init * 1_009 + pi)
         if l2w is None:
             return None
         if self.info.world > 1:
-            raise ConfigError(f"{phase.name}.l2w_epsilon: L2W's weight net is not synchronised across ranks yet; "
+            raise ConfigError(f"{phase.name}.l2w.epsilon: L2W's weight net is not synchronised across ranks yet; "
                               "train it in one process")
         if resume is not None:
-            tensors, meta = resume
-            l2w.net.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("l2w.net.")})
-            ckpt.restore_optimizer(l2w.opt, {k[4:]: v for k, v in tensors.items() if k.startswith("l2w.optim.")},
-                                   meta["l2w_optimizer"])
+            restore_l2w(l2w, *resume)
         return l2w
 
-    def _phase_state(self, phase: Phase, opt, resume) -> tuple[int, int, dict | None, Stopper]:
-        """Where a phase starts: epoch, step, best weights so far and the stopping state (fresh, or resumed)."""
-        if resume is None:
-            return 0, 0, None, Stopper.for_phase(phase.options)
-        tensors, meta = resume
-        ckpt.restore_optimizer(opt, tensors, meta["optimizer"])
-        best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")} or None
-        return meta["epochs_done"], meta["step"], best, Stopper.from_state(meta["stopper"])
-
-    def _epoch(self, pi: int, epoch: int, net, opt, step: int, stop: Stopper) -> tuple[int, dict]:
-        """One training epoch and its validation pass; returns the step count and the epoch's metrics record."""
-        phase, cfg = self.phases[pi], self.cfg
+    def _epoch(self, pi: int, epoch: int, state: PhaseState, stop: Stopper) -> dict:
+        """One training epoch (advancing ``state.step``) and its validation pass; returns the epoch's metrics."""
+        phase, cfg = state.phase, self.cfg
         self.data.train.set_epoch_seed(seed_epoch(cfg.seed_data_order, pi, epoch, self.info.rank))
         set_modes(self.model, phase)
         t0 = time.perf_counter()
         where = f"{phase.name} (phase {pi + 1} of {len(self.phases)}) epoch {epoch + 1}"
-        stats, step = train_epoch(
-            net, phase, self.data.train, opt, step=step, total_steps=phase.steps or phase.epochs * len(self.data.train),
-            amp=cfg.amp, where=where, progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"), info=self.info,
-            on_step=self._probe(self.probes.on_step, phase, pi, epoch),
-            check_every=1 if self.probes.on_step else CHECK_EVERY,  # the same on every rank: they stop together
-            warmup_steps=round(phase.options.warmup_epochs * len(self.data.train)),
-            max_steps=phase.steps - step if phase.steps else None, lr_scale=stop.lr_scale, l2w=self.l2w)
+        state.lr_scale, state.on_step = stop.lr_scale, self._probe(self.probes.on_step, phase, pi, epoch)
+        stats = train_epoch(state, max_steps=phase.steps - state.step if phase.steps else None, where=where,
+                            progress=self._bar(f"{phase.name} {epoch + 1}/{phase.epochs}"))
+        step = state.step
         accs, _ = evaluate(self.model, self.data.val, cfg.amp, self.info)
         samples = stats.samples * self.info.world
         log.info("%s: loss %.4f, val acc per exit %s", where, stats.loss, " ".join(f"{a:.3f}" for a in accs))
-        return step, dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step, train_loss=stats.loss,
+        return dict(phase=phase.kind, phase_index=pi, epoch=epoch + 1, step=step, train_loss=stats.loss,
                           train_exit_losses=stats.exit_losses, val_acc=accs, score=phase_score(phase, accs),
                           samples=samples, train_flops=samples * self.flops_per_sample[phase.kind],
                           lr_scale=stop.lr_scale, seconds=time.perf_counter() - t0)
@@ -314,27 +278,11 @@ class _Run:
         return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _preflight(out: Path, cfg: RunConfig, resume: bool) -> None:
-    check_out_dir(out)
-    status = read_status(out)
-    if not status and not checkpoints(out):
-        foreign = [p.name for p in sorted(out.iterdir()) if not p.name.startswith(".")] if out.is_dir() else []
-        if foreign:
-            raise ExitlabError(f"{out} is not empty and holds no exitlab run ({', '.join(foreign[:3])}"
-                               f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty --out")
-    elif not resume:
-        raise ExitlabError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    if status.get("run_signature") not in (None, run_signature(cfg)):
-        raise ExitlabError(f"{out} holds a run with a different config; resume it with its own config "
-                           f"({out / 'config.yaml'}), or choose another --out")
-    check_writable(out)
-
-
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from: str | Path | None = None,
-          model: MultiExitModel | None = None, source=None, probes: Probes | None = None) -> Path:
+          model: MultiExitModel | None = None, data: Source | None = None, probes: Probes | None = None) -> Path:
     """Train ``cfg`` into run directory ``out`` and return it.
 
-    ``model`` trains that model (in place) instead of building the one ``cfg.model`` describes; ``source`` uses
+    ``model`` trains that model (in place) instead of building the one ``cfg.model`` describes; ``data`` uses
     that data source instead of the data set ``cfg.data`` names (its split and batching settings still apply);
     ``probes`` are called during training. ``cfg.grad_log_every`` needs the gradient probe that
     ``exitlab.train`` adds.
@@ -348,31 +296,30 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, phase1_from:
     if cfg.grad_log_every and probes is None:
         raise ConfigError("grad_log_every is set but no probes were given; call exitlab.train, which adds the "
                           "gradient logger, or pass probes=exitlab.recipes.probes_for(cfg)")
-    phases = preflight(cfg, model)  # a config that can never work fails before anything is created, locked or read
-    p1 = _phase1_source(cfg, phases, phase1_from) if phase1_from is not None else None
+    plan = preflight(cfg, model)  # a config that can never work fails before anything is created, locked or read
+    p1 = phase1_source(cfg, plan.phases, phase1_from) if phase1_from is not None else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = env_info()
-    device = local_device(resolve_device(cfg.device), info)
-    info = dist_setup(device)
+    plan = dataclasses.replace(plan, device=local_device(plan.device, info))  # this rank's GPU under torchrun
+    info = dist_setup(plan.device)
     try:
-        agree(info, lambda: _preflight(out, cfg, resume))
+        agree(info, lambda: check_out(out, cfg, resume))
         with RunLock(out) if info.is_main else contextlib.nullcontext():
-            return _train(cfg, out, resume, p1, info, device, model=model, source=source, probes=probes)
+            return _train(_Run(cfg, out, plan, info, model=model, data=data, probes=probes), resume, p1)
     finally:
         teardown(info)
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo, device: torch.device,
-           **components) -> Path:
-    run = _Run(cfg, out, info, device, **components)
+def _train(run: _Run, resume: bool, phase1_from) -> Path:
+    cfg, out, info = run.cfg, run.out, run.info
     status = read_status(out)
     if status.get("status") == "done":
         log.info("%s is already finished; nothing to do", out)
         return out
     if not status:  # run.json first: from here on the directory is recognisably a run
         status = {"status": "starting", "run_signature": run.sig}
-        if components.get("source") is not None:
+        if run.in_memory:
             status["data_source"] = MEMORY
         run.write_status(status)
     if info.is_main:
@@ -390,26 +337,14 @@ def _train(cfg: RunConfig, out: Path, resume: bool, phase1_from, info: DistInfo,
         run.run_phase(pi, resume_state if pi == first else None)
         faults.point("phase")
     if info.is_main:
-        normalize = run.data.normalize
         ckpt.save_pretrained(run.model, out, extra={"dataset": cfg.data.name, "regime": cfg.regime},
-                             classes=run.data.classes, normalize=normalize)
+                             classes=run.data.classes, normalize=run.data.normalize)
     status.update(status="done", seconds=status.get("seconds", 0) + time.perf_counter() - t0,
                   compute=compute_summary(run.rundir.metrics(), run.phases, run.flops_per_sample, cfg,
                                           shared=shared_phase1(status)))
     run.write_status(status)
     barrier(info)
     return out
-
-
-def _phase1_source(cfg: RunConfig, phases: list[Phase], source: str | Path) -> tuple[Path, dict, dict]:
-    """Load and check another run's phase-1 checkpoint (before anything is written): its path, tensors and meta."""
-    if phases[0].kind != 1:
-        raise ConfigError(f"regime {cfg.regime!r} has no phase 1 to share; drop phase1_from")
-    tensors, meta = ckpt.load_tensors(source)
-    if meta.get("phase1_signature") != phase1_signature(cfg, phases) or not meta.get("end"):
-        raise CheckpointError(f"{source} is not a finished phase 1 with this run's model, data, seed and "
-                              "phase-1 settings; train phase 1 here instead")
-    return Path(source), tensors, meta
 
 
 def _starting_point(run: _Run, resume: bool, phase1_from, status: dict) -> tuple[int, tuple | None]:

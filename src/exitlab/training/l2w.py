@@ -18,7 +18,7 @@ reference's behaviour: a sample given to one exit's meta subset is not offered t
 whole batch; ``record_used=False`` reproduces that. The look-ahead is plain SGD (the reference loads the optimizer's
 state into its look-ahead SGD, momentum included).
 
-In ``exitlab train`` (phase 2, ``phase2.l2w_epsilon > 0``; :class:`L2W`): every ``l2w_meta_interval`` steps the
+In ``exitlab train`` (phase 2, ``phase2.l2w.epsilon > 0``; :class:`L2W`): every ``l2w.meta_interval`` steps the
 batch's halves take the look-ahead and meta roles (swapped at the next meta step), then the model trains on the whole
 batch with ``sum_j lambda_j mean_b w_bj l_bj`` (``lambda``: the phase's per-exit weights; ``uniform`` gives the
 reference's objective divided by the number of exits). The reference instead makes two half-batch steps per batch,
@@ -36,7 +36,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..runs.config import PhaseConfig
+from ..runs.phase_config import L2WConfig
 
 
 class WeightNet(nn.Module):
@@ -141,38 +141,39 @@ class L2W:
     net: WeightNet
     opt: torch.optim.Optimizer
     shares: torch.Tensor
-    options: PhaseConfig
+    options: L2WConfig
 
     @classmethod
-    def for_phase(cls, o: PhaseConfig, num_exits: int, device: torch.device, seed: int) -> L2W | None:
-        """A fresh state for a phase with ``l2w_epsilon > 0`` (seeded: the same net on every run), else None."""
-        if not o.l2w_epsilon:
+    def for_phase(cls, o: L2WConfig, num_exits: int, device: torch.device, seed: int) -> L2W | None:
+        """A fresh state for a phase whose ``l2w`` section has ``epsilon > 0`` (seeded: the same net on every run),
+        else None."""
+        if not o.on:
             return None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = WeightNet(num_exits, o.l2w_hidden).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=o.l2w_meta_lr)
-        return cls(net, opt, target_shares(num_exits, o.l2w_target).to(device), o)
+            net = WeightNet(num_exits, o.hidden).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=o.meta_lr)
+        return cls(net, opt, target_shares(num_exits, o.target).to(device), o)
 
     def before_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, step: int) -> None:
-        """The meta step of training step ``step`` (every ``l2w_meta_interval``-th step)."""
+        """The meta step of training step ``step`` (every ``meta_interval``-th step)."""
         o = self.options
-        if step % o.l2w_meta_interval:
+        if step % o.meta_interval:
             return
         if not torch.is_tensor(x) or len(y) < 2:
             raise ConfigError("L2W splits each batch into a look-ahead half and a meta half: it needs tensor inputs "
                               "and batches of at least 2 samples")
         half = len(y) // 2
         a, b = slice(0, half), slice(half, None)
-        if (step // o.l2w_meta_interval) % 2:
+        if (step // o.meta_interval) % 2:
             a, b = b, a
-        meta_step(model, self.net, self.opt, (x[a], y[a]), (x[b], y[b]), lr=lr, epsilon=o.l2w_epsilon,
-                  shares=self.shares, constraint=o.l2w_constraint, record_used=o.l2w_meta_subsets == "disjoint")
+        meta_step(model, self.net, self.opt, (x[a], y[a]), (x[b], y[b]), lr=lr, epsilon=o.epsilon,
+                  shares=self.shares, constraint=o.constraint, record_used=o.meta_subsets == "disjoint")
 
     @torch.no_grad()
     def weigh(self, losses: torch.Tensor) -> torch.Tensor:
         """The training weights ``[B, E]`` for per-sample losses ``[B, E]`` (no gradient)."""
-        return sample_weights(self.net, losses, self.options.l2w_epsilon, self.options.l2w_constraint)
+        return sample_weights(self.net, losses, self.options.epsilon, self.options.constraint)
 
     def state(self) -> dict:
         return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}

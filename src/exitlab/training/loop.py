@@ -1,26 +1,25 @@
-"""The one training loop for a phase, the per-exit loss, and the all-exits evaluation pass."""
+"""The one training loop for a phase (its objective is :mod:`exitlab.training.objective`), and the all-exits
+evaluation pass."""
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, TrainingError
+from ..data import Loader
+from ..errors import TrainingError
 from ..models.core import MultiExitModel, eval_mode
 from ..models.flops import count_flops
-from ..models.gpf import gpf_imitation_loss
 from ..runs import faults
 from ..runs.components import OPTIMIZERS, SCHEDULES
 from .distributed import SINGLE, DistInfo, all_sum
-from .l2w import L2W, per_sample_losses
-from .layerskip import curriculum_weights, dropout_for, exit_mask
-from .phases import Phase, exit_weights
+from .l2w import L2W
+from .objective import phase_loss, phase_module
+from .phases import Phase
 
 
 def set_trainable(model: MultiExitModel, phase: Phase) -> list[nn.Parameter]:
@@ -39,88 +38,6 @@ def set_modes(model: MultiExitModel, phase: Phase) -> None:
     model.train()
     if phase.trains == "heads":
         model.backbone.eval()
-
-
-def exit_losses(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of every exit at once: ``[E]``. Float targets are a regression (one output per exit, as for
-    STS-B): the mean squared error of every exit instead."""
-    logits = torch.stack(outs).float()  # [E, B, C]; a causal LM's [E, B, T, V] with next-token targets y [B, T]
-    if logits.ndim == 4:
-        E, B, T, V = logits.shape
-        ce = F.cross_entropy(logits.reshape(E * B * T, V), y.repeat(E, 1).reshape(-1), reduction="none",
-                             label_smoothing=label_smoothing)
-        return ce.view(E, B * T).mean(1)
-    E, B, C = logits.shape
-    if y.is_floating_point():
-        if C != 1:
-            raise ConfigError(f"float labels are regression targets, but the model has {C} outputs per exit; build "
-                              "it with one output (exitlab.from_hf(..., task='regression')) or give integer labels")
-        return (logits[..., 0] - y.float()[None]).pow(2).mean(1)
-    ce = F.cross_entropy(logits.reshape(E * B, C), y.repeat(E), reduction="none", label_smoothing=label_smoothing)
-    return ce.view(E, B).mean(1)
-
-
-def distill_loss(outs: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """KL from the (detached) final exit to each IC, scaled by T^2 (Hinton et al.); ``[E-1]``."""
-    t = temperature
-    target = F.softmax(outs[-1].detach().float() / t, dim=-1)
-    ics = torch.stack(outs[:-1]).float() / t  # [E-1, B, C]
-    kl = (target * (target.clamp_min(1e-12).log() - F.log_softmax(ics, -1))).sum(-1).mean(-1)
-    return kl * t * t
-
-
-def phase_loss(net: nn.Module, phase: Phase, x: torch.Tensor, y: torch.Tensor, *, step: int = 0, total: int = 1,
-               weigh: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The phase's objective and the per-exit losses it was built from, at 0-based ``step`` of the phase's ``total``
-    (which layer-dropout rates and curriculum exits apply; see :mod:`exitlab.layerskip`). ``weigh`` maps per-sample
-    losses ``[B, E]`` to sample weights ``[B, E]`` (L2W, :mod:`exitlab.l2w`).
-
-    ``net`` is what the phase runs (see :func:`phase_module`): the bare backbone in phase 1, so the heads are not
-    even evaluated, and the multi-exit model otherwise. Either may be wrapped in DDP. The per-exit weights are the
-    phase's own (:attr:`Phase.weights`, resolved when the phases were planned; a Phase built by hand without them
-    gets them from :func:`exitlab.phases.exit_weights`, the same resolution).
-    """
-    opts = phase.options
-    feats: list | None = [] if opts.gpf_imitation else None
-    with dropout_for(net, opts, step, total):
-        if phase.kind == 1:
-            per_exit = exit_losses([net(x)], y, opts.label_smoothing)
-            return per_exit[0], per_exit
-        extra = {} if feats is None else {"feats": feats}
-        outs = net(x, grad_equilibrium=opts.grad_equilibrium, **extra) if phase.kind == 2 else net(x, **extra)
-    per_exit = exit_losses(outs, y, opts.label_smoothing)
-    weights = phase.weights or exit_weights(phase.kind, opts, len(per_exit))  # a hand-built Phase: resolve here
-    if len(weights) != len(per_exit):
-        raise ConfigError(f"{phase.name} was planned for {len(weights)} exits but the model has {len(per_exit)}; "
-                          "plan the phases with plan_phases(cfg, model.num_exits)")
-    if opts.exit_curriculum != "none":
-        weights = curriculum_weights(weights, exit_mask(opts, len(per_exit), step, total))
-    weighted = per_exit if weigh is None else _weighted(outs, y, opts.label_smoothing, weigh)
-    loss = (_on_device(tuple(weights), per_exit.device) * weighted).sum()
-    if opts.distill > 0 and len(outs) > 1:
-        loss = loss + opts.distill * distill_loss(outs, opts.distill_temperature).mean()
-    if feats is not None:
-        loss = loss + opts.gpf_imitation * gpf_imitation_loss(getattr(net, "module", net).heads, feats)
-    return loss, per_exit
-
-
-def _weighted(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float, weigh) -> torch.Tensor:
-    """Per exit, the mean over the batch of the sample-weighted losses: ``[E]``."""
-    losses = per_sample_losses(outs, y, label_smoothing)  # [B, E]
-    return (weigh(losses) * losses).mean(0)
-
-
-@functools.lru_cache(maxsize=64)
-def _on_device(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """``values`` as a float32 tensor on ``device``, copied once: a fresh host-to-device copy every step would make
-    the host wait for the device (a pageable copy synchronises the stream). Callers must not modify it."""
-    with torch.inference_mode(False):  # a normal tensor even if first asked for under inference mode
-        return torch.tensor(values, device=device)
-
-
-def phase_module(model: MultiExitModel, phase: Phase) -> nn.Module:
-    """The module a phase calls: the backbone alone in phase 1, the whole model in phases 2 and 3."""
-    return model.backbone if phase.kind == 1 else model
 
 
 def lr_at(phase: Phase, step: int, total: int, warmup: int = 0, scale: float = 1.0) -> float:
@@ -252,13 +169,34 @@ def _finish_epoch(pending: _Pending, stats: EpochStats, phase: Phase, where: str
     return stats
 
 
-def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimizer, *, step: int, total_steps: int,
-                amp: str = "none", where: str = "", progress: Callable | None = None, info: DistInfo = SINGLE,
-                on_step: Callable[[int], None] | None = None, warmup_steps: int = 0, max_steps: int | None = None,
-                lr_scale: float = 1.0, l2w: L2W | None = None, check_every: int = CHECK_EVERY
-                ) -> tuple[EpochStats, int]:
-    """One pass over ``loader``. Raises TrainingError on a non-finite loss or gradient, naming the step, phase and
-    exit of the first one. With ``l2w`` every step starts with L2W's meta step and weights the per-sample losses.
+@dataclass
+class PhaseState:
+    """What one phase's training loop works with, built once per phase: what runs (``net``, see
+    :func:`~exitlab.training.objective.phase_module`, possibly DDP-wrapped), the phase, its training batches and
+    optimizer, the learning-rate schedule's length and warm-up, and the step reached (advanced by
+    :func:`train_epoch`). ``lr_scale`` (plateau cuts) and ``on_step`` (the step probe point) may change between
+    epochs. ``check_every``: steps between finiteness checks (each one host sync); ``l2w``: L2W's state, if any."""
+
+    net: nn.Module
+    phase: Phase
+    loader: Loader
+    opt: torch.optim.Optimizer
+    total_steps: int  # the schedule's length in steps
+    step: int = 0  # optimizer steps taken in the phase so far
+    amp: str = "none"
+    warmup_steps: int = 0
+    lr_scale: float = 1.0
+    info: DistInfo = SINGLE
+    l2w: L2W | None = None
+    on_step: Callable[[int], None] | None = None
+    check_every: int = CHECK_EVERY
+
+
+def train_epoch(state: PhaseState, *, max_steps: int | None = None, where: str = "",
+                progress: Callable | None = None) -> EpochStats:
+    """One pass over ``state.loader`` (at most ``max_steps`` steps: a FLOPs-budgeted phase ends mid-epoch); advances
+    ``state.step``. Raises TrainingError on a non-finite loss or gradient, naming the step, phase (``where``) and exit
+    of the first one. With ``state.l2w`` every step starts with L2W's meta step and weights the per-sample losses.
 
     No step waits for the device: losses stay on it and are read back every ``check_every`` steps and at the end
     of the epoch (``on_step`` probes read the model, so with one the check runs after every step). A bad step is
@@ -266,34 +204,35 @@ def train_epoch(model: nn.Module, phase: Phase, loader, opt: torch.optim.Optimiz
     ever holds its weights. Under DDP the losses are summed over ranks every step (asynchronously on NCCL) and
     every rank checks at the same steps, so every rank stops together instead of hanging.
     """
+    s, phase = state, state.phase
     stats, pending = EpochStats(), _Pending()
-    every = 1 if on_step is not None else max(1, check_every)
-    device_type = loader.device.type
-    for x, y in progress(loader) if progress else loader:
+    every = 1 if s.on_step is not None else max(1, s.check_every)
+    device_type = s.loader.device.type
+    for x, y in progress(s.loader) if progress else s.loader:
         if max_steps is not None and stats.steps >= max_steps:
             break  # a FLOPs-budgeted phase ends mid-epoch
-        lr = lr_at(phase, step, total_steps, warmup_steps, lr_scale)
-        for g in opt.param_groups:
+        lr = lr_at(phase, s.step, s.total_steps, s.warmup_steps, s.lr_scale)
+        for g in s.opt.param_groups:
             g["lr"] = lr
-        if l2w is not None:
-            l2w.before_step(model, x, y, lr, step)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            loss, per_exit = phase_loss(model, phase, x, y, step=step, total=total_steps,
-                                        weigh=l2w.weigh if l2w is not None else None)
-        synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), info) / info.world
-        opt.zero_grad(set_to_none=True)
+        if s.l2w is not None:
+            s.l2w.before_step(s.net, x, y, lr, s.step)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=s.amp == "bf16"):
+            loss, per_exit = phase_loss(s.net, phase, x, y, step=s.step, total=s.total_steps,
+                                        weigh=s.l2w.weigh if s.l2w is not None else None)
+        synced = all_sum(torch.cat([loss.detach().view(1).float(), per_exit.detach()]), s.info) / s.info.world
+        s.opt.zero_grad(set_to_none=True)
         loss.backward()
-        pending.add(step, synced, _clip_and_check(opt, phase.options.grad_clip))
-        opt.step()
-        step += 1
+        pending.add(s.step, synced, _clip_and_check(s.opt, phase.options.grad_clip))
+        s.opt.step()
+        s.step += 1
         stats.steps += 1
         stats.samples += len(y)
         if stats.steps % every == 0:
             _check_pending(pending, stats, phase, where)
         faults.point("step")
-        if on_step is not None:  # probe point: e.g. gradient-contribution logging
-            on_step(step)
-    return _finish_epoch(pending, stats, phase, where), step
+        if s.on_step is not None:  # probe point: e.g. gradient-contribution logging
+            s.on_step(s.step)
+    return _finish_epoch(pending, stats, phase, where)
 
 
 def _clip_and_check(opt: torch.optim.Optimizer, max_norm: float) -> torch.Tensor | None:

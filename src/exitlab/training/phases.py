@@ -14,7 +14,8 @@ import torch
 
 from ..errors import ConfigError
 from ..runs.components import LOSS_WEIGHTS, REGIME_PRESETS, REGIMES
-from ..runs.config import PhaseConfig, RunConfig
+from ..runs.config import RunConfig
+from ..runs.phase_config import PhaseConfig
 
 log = logging.getLogger("exitlab")
 
@@ -149,9 +150,18 @@ def resolve_steps(phases: list[Phase], step_flops: dict[int, float], batches_per
 def regime_options(regime: str | list[int], kind: int, o: PhaseConfig) -> PhaseConfig:
     """Phase ``kind``'s options under ``regime``: its preset (``layerskip``) fills the keys left at their defaults."""
     preset = REGIME_PRESETS.get(regime, {}).get(kind, {}) if isinstance(regime, str) else {}
-    default = PhaseConfig()
-    keep = {k: v for k, v in preset.items() if getattr(o, k) == getattr(default, k)}
-    return dataclasses.replace(o, **keep) if keep else o
+    return _fill(o, preset, PhaseConfig())
+
+
+def _fill(obj, preset: dict, default):
+    """``obj`` with ``preset``'s values where ``obj`` holds ``default``'s; a dict fills a section key by key."""
+    changes = {}
+    for k, v in preset.items():
+        if isinstance(v, dict):
+            changes[k] = _fill(getattr(obj, k), v, getattr(default, k))
+        elif getattr(obj, k) == getattr(default, k):
+            changes[k] = v
+    return dataclasses.replace(obj, **changes) if changes else obj
 
 
 def _label(regime: str | list[int]) -> str:
@@ -170,40 +180,23 @@ def check_head(kind: int, o: PhaseConfig, head: str) -> None:
     if kind == 3 and head == "shared":
         raise ConfigError("model.head=shared: the ICs are the backbone's final classifier, which phase 3 keeps frozen, "
                           "so phase 3 would train nothing; use regime joint, mixed or layerskip, or another head")
-    if o.gpf_imitation and head != "gpf":
-        raise ConfigError(f"phase{kind}.gpf_imitation is set, but model.head is {head!r}; set model.head=gpf (GPF's "
-                          "past-future heads), or drop gpf_imitation")
+    if o.gpf.on and head != "gpf":
+        raise ConfigError(f"phase{kind}.gpf.imitation is set, but model.head is {head!r}; set model.head=gpf (GPF's "
+                          "past-future heads), or drop gpf.imitation")
 
 
 def check_probes(kind: int, o: PhaseConfig, grad_log_every: int) -> None:
-    """The gradient-contribution logger models the weighted per-exit losses, not the LayerSkip or GPF terms."""
-    extra = [k for k in ("layer_drop", "gpf_imitation", "l2w_epsilon") if getattr(o, k)] + \
-        (["exit_curriculum"] if o.exit_curriculum != "none" else [])
-    if grad_log_every and extra:
-        raise ConfigError(f"grad_log_every is set, but phase{kind}.{extra[0]} changes the objective in a way the "
+    """The gradient-contribution logger models the weighted per-exit losses, not the training methods' terms."""
+    methods = o.methods_on()
+    if grad_log_every and methods:
+        raise ConfigError(f"grad_log_every is set, but phase{kind}.{methods[0]} changes the objective in a way the "
                           "gradient-contribution logger does not model yet; drop one of them")
 
 
 def check_used(kind: int, o: PhaseConfig) -> None:
-    """Refuse settings that phase ``kind`` would silently ignore."""
-    default = PhaseConfig()
-    ignored = []
-    if kind == 1:
-        ignored = [("loss_weights", "it trains one exit, the final one"),
-                   ("exit_curriculum", "it trains one exit, the final one"),
-                   ("gpf_imitation", "it trains the backbone alone, without GPF's heads"),
-                   ("l2w_epsilon", "L2W weights the losses of several exits; phase 1 trains one"),
-                   ("grad_equilibrium", "it trains the backbone alone, without ICs"),
-                   ("distill", "it trains the backbone alone, with no ICs to distil into")]
-    elif kind == 3:
-        ignored = [("grad_equilibrium", "its backbone is frozen, and gradient equilibrium rescales the backbone's "
-                                        "gradients"),
-                   ("layer_drop", "its backbone is frozen (in eval mode), so no block is dropped"),
-                   ("exit_curriculum", "the exit curriculum is implemented for phase 2 (joint training) only"),
-                   ("l2w_epsilon", "L2W is implemented for phase 2 (joint training) only")]
-    for key, why in ignored:
-        if getattr(o, key) != getattr(default, key):
-            raise ConfigError(f"phase{kind}.{key} is set, but phase {kind} ignores it: {why}; remove it")
+    """Refuse settings that phase ``kind`` would silently ignore (each config section lists them: ``IGNORED``)."""
+    for key, why in o.ignored_in(kind):
+        raise ConfigError(f"phase{kind}.{key} is set, but phase {kind} ignores it: {why}; remove it")
 
 
 def exit_weights(kind: int, o: PhaseConfig, num_exits: int, regime="") -> tuple[float, ...]:

@@ -1,9 +1,10 @@
 """Pre-flight: every check of a run that needs no data, made before any data is read or any work starts.
 
-:func:`preflight` resolves the device, checks the data options that can be checked without reading the data,
-builds the model on the side (on the CPU) and runs it forward and backward on a tiny batch, so bad names, head and
-backbone options and exit placements fail at once. Then it plans the phases with their per-exit loss weights, so
-a weight list of the wrong length or a regime that needs ICs where there are none fails before phase 1 trains.
+:func:`preflight` resolves the device (once: the run trains on the device it returns), checks the data options
+that can be checked without reading the data, builds the model on the side (on the CPU) and runs it forward and
+backward on a tiny batch, so bad names, head and backbone options and exit placements fail at once. Then it plans
+the phases with their per-exit loss weights, so a weight list of the wrong length or a regime that needs ICs where
+there are none fails before phase 1 trains.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import functools
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..data.catalog import is_text_data
 from ..errors import ConfigError, ExitlabError
 from ..models import MultiExitModel, build_model
 from ..models.hf import build_hf, check_hf_source
 from ..models.layerdrop import skippable_blocks
-from ..runs.config import ModelConfig, RunConfig, from_dict, to_dict
+from ..runs.config import ModelConfig, RunConfig
+from ..runs.typed import from_dict, to_dict
 from .phases import Phase, plan_phases
 
 
@@ -42,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
 def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
     """The image shape a dataset yields, known without reading it (text: 3 rows of 8 tokens, for the check)."""
     d = cfg.data
-    if d.name in ("text", "spam_assassin"):
+    if is_text_data(d.name):
         return (3, 8, 8)
     if d.name in ("fashion_mnist", "mnist"):
         return (1, 28, 28)
@@ -65,15 +69,10 @@ def check_data_options(cfg: RunConfig) -> None:
                           f"the {cfg.data.name} files, or unset it to use the default locations")
 
 
-def check_model(cfg: RunConfig) -> int:
-    """Build the model on the side and run one forward and backward pass; returns its number of exits."""
-    return _model_facts(cfg)[0]
-
-
 def _model_facts(cfg: RunConfig) -> tuple[int, int]:
     """The number of exits and of skippable blocks (layer dropout) of the model ``cfg.model`` describes."""
     m = cfg.model
-    text = cfg.data.name in ("text", "spam_assassin")
+    text = is_text_data(cfg.data.name)
     if text != m.backbone.startswith("hf:"):
         raise ConfigError(f"model.backbone {m.backbone!r} with data.name {cfg.data.name!r}: text data needs a text "
                           "encoder (model.backbone hf:...) and an encoder needs text data (data.name text or "
@@ -145,13 +144,21 @@ def _short(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
-def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase]:
-    """Run every check that needs no data; returns the planned phases with their per-exit loss weights.
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`preflight` found: the phases, planned with their per-exit loss weights, and the device."""
+
+    phases: list[Phase]
+    device: torch.device
+
+
+def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> Plan:
+    """Run every check that needs no data; returns the plan the run follows (the phases and the device).
     With ``model`` (a model passed in, not built from ``cfg.model``) its exits are planned for instead."""
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     check_data_options(cfg)
     exits, skippable = _model_facts(cfg) if model is None else (model.num_exits, len(skippable_blocks(model.backbone)))
-    regression = (model.spec.get("task") if model is not None else cfg.data.text.task) == "regression"
+    regression = (model.task if model is not None else cfg.data.text.task) == "regression"
     for key in ("phase1", "phase2", "phase3") if regression else ():
         p = getattr(cfg, key)
         for opt in ("distill", "label_smoothing"):
@@ -160,8 +167,8 @@ def preflight(cfg: RunConfig, model: MultiExitModel | None = None) -> list[Phase
                                   f"{'distil' if opt == 'distill' else 'smooth'}; set {key}.{opt}=0")
     phases = plan_phases(cfg, exits)
     for p in phases:
-        if p.options.layer_drop and not skippable:
-            raise ConfigError(f"{p.name}.layer_drop is set, but this backbone has no block that can be skipped (no "
-                              "residual block with an identity shortcut: VGG and adapted models have none); drop "
-                              "layer_drop, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
-    return phases
+        if p.options.layerskip.rate and not skippable:
+            raise ConfigError(f"{p.name}.layerskip.rate is set, but this backbone has no block that can be skipped "
+                              "(no residual block with an identity shortcut: VGG and adapted models have none); drop "
+                              "layerskip.rate, or use a ResNet, WRN, MobileNetV2, ViT or Hugging Face encoder")
+    return Plan(phases, device)

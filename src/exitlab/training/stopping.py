@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..runs.config import PhaseConfig
+from ..runs.phase_config import PhaseConfig
 
 
 @dataclass

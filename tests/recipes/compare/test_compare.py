@@ -118,3 +118,61 @@ def test_overthinking_and_improvability_tables_match_the_evaluations(compared):
 
     page = build_report(out).read_text()
     assert "<h2>Overthinking (SDN)</h2>" in page and "<h2>Hindsight improvability (ZTW)</h2>" in page
+
+
+def test_failure_table_has_ece_auroc_and_aurc_per_exit_from_the_evaluations(compared):
+    out, summary = compared
+    md = (out / "tables" / "failure.md").read_text().splitlines()
+    assert md[0].startswith("| regime: metric | exit 0 (") and "final (" in md[0]
+    assert "AUROC (probability that a right answer is more confident" in md[-1] and "n/a:" in md[-1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:11]]
+    for i, regime in enumerate(["joint", "disjoint", "mixed"]):
+        exits = json.loads((out / "seed0" / regime / "eval.json").read_text())["exits"]
+        for j, metric in enumerate(["ece", "auroc", "aurc"]):
+            cells = rows[3 * i + j]
+            assert cells[0] == f"{regime}: {metric.upper()}"
+            assert cells[1:] == [f"{e[metric]:.3f} ± 0.000" if e[metric] is not None else "n/a" for e in exits]
+    for ext in ("csv", "tex"):
+        assert (out / "tables" / f"failure.{ext}").read_text().count("mixed: AURC") == 1
+    from exitlab.recipes.compare.report import build_report
+
+    page = build_report(out).read_text()
+    assert "<h2>Calibration and failure prediction per exit</h2>" in page and "mixed: AUROC" in page
+
+
+def test_failure_table_over_seeds_shows_n_a_where_an_exit_has_nothing_to_rank():
+    """Two seeds: mean ± sample std to three decimals; a seed whose exit got everything right has no AUROC, so the
+    cell is n/a, never NaN; a regression summary has no failure table."""
+    from exitlab.recipes.compare.tables import failure_table, has_failure, markdown
+
+    row = {"row": "joint", "exit_ece": [[0.1, 0.02], [0.3, 0.04]], "exit_auroc": [[0.7, None], [0.8, 0.9]],
+           "exit_aurc": [[0.2, 0.0], [0.1, 0.01]]}
+    summary = {"rows": [{**row, "exit_fraction_flops": [0.4, 1.0]}]}
+    header, body = failure_table(summary)
+    assert header == ["regime: metric", "exit 0 (40% FLOPs)", "final (100%)"]
+    text = markdown(header, body)
+    assert "| joint: ECE | 0.200 ± 0.141 | 0.030 ± 0.014 |" in text
+    assert "| joint: AUROC | 0.750 ± 0.071 | n/a |" in text
+    assert "| joint: AURC | 0.150 ± 0.071 | 0.005 ± 0.007 |" in text
+    assert "nan" not in text.lower()
+    assert has_failure(summary) and not has_failure({**summary, "task": "regression"})
+    assert not has_failure({"rows": [{"row": "old"}]})  # summaries from before the metrics
+
+
+def test_tables_state_the_budget_the_runs_recorded(compared):
+    out, summary = compared
+    assert summary["budget_matched"]["matched"] == "epochs" and summary["budget_matched"]["value"] == 2
+    assert "Budget matched across regimes, as every run recorded: epochs" in (out / "tables" / "paper.md").read_text()
+
+
+def test_a_budget_override_for_one_regime_is_reported_as_not_matched(tmp_path):
+    """regime_overrides may give one regime another budget: the tables must say so, from what the runs recorded."""
+    cfg = write_config(tmp_path / "unfair.yaml", regimes=["joint", "disjoint"],
+                       regime_overrides={"joint": {"budget": 4}})
+    summary = run_compare(load_compare_config(cfg), tmp_path / "out")
+    fact = summary["budget_matched"]
+    assert fact["matched"] == "differs"
+    assert fact["rows"] == {"joint": [["epochs", 4]], "disjoint": [["epochs", 2]]}
+    text = (tmp_path / "out" / "tables" / "paper.md").read_text()
+    assert "Budget NOT matched: the runs recorded different budgets (joint: epochs 4; disjoint: epochs 2)." in text
+    assert "Budget matched across regimes" not in text

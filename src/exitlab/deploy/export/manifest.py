@@ -52,7 +52,7 @@ class Manifest:
     classes: list[str] = field(default_factory=list)
     normalize: dict | None = None  # {"mean": [...], "std": [...]} on the [0, 1] pixel scale, for raw images
     policy: dict | None = None  # {"name": ..., "thresholds": [...], ...} as saved with the model
-    model: dict = field(default_factory=dict)  # the model spec (architecture, exits, head)
+    model: dict = field(default_factory=dict)  # the model spec as model.json saves it (architecture, exits, head)
     opset: int | None = None
     format: str = FORMAT
 

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ...errors import ExitlabError
+from ...models import HFSpec
 from ...models.flops import count_flops
-from ...runs.checkpoint import from_pretrained
+from ...runs.checkpoint import load
 from ...runs.rundir import RunDir
 from .folder import check_target, publish, staging
 from .manifest import LAYOUTS, MANIFEST_NAME, ExportError, GraphEntry, Manifest, file_sha256, read_manifest
@@ -255,8 +256,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
     require_export_deps()
     if layout not in LAYOUTS:
         raise ExitlabError(f"unknown export layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    spec = dict(getattr(model, "spec", {}) or {})
-    if spec.get("adapter") == "hf":
+    if isinstance(model.spec, HFSpec):
         raise ExitlabError("ONNX export of text encoders is not supported yet (their stages pass token states with an "
                            "attention mask, at a dynamic length); serve them from PyTorch with exitlab.early_exit "
                            "(docs/text.md)")
@@ -275,7 +275,8 @@ def export_onnx(model: nn.Module, out_dir: str | Path, *, input_shape: tuple[int
         entries, exit_flops = run(model, tmp, tuple(input_shape), opset, verify)
         man = Manifest(layout=layout, input_shape=list(input_shape), num_classes=model.num_classes,
                        num_exits=model.num_exits, graphs=entries, exit_flops=[int(f) for f in exit_flops],
-                       classes=list(classes or []), normalize=normalize, policy=policy, model=spec,
+                       classes=list(classes or []), normalize=normalize, policy=policy,
+                       model=model.spec.to_json() if model.spec is not None else {},
                        opset=_check_opsets(tmp, entries, opset))
         (tmp / MANIFEST_NAME).write_text(man.to_json())
         read_manifest(tmp)  # as a loader will read it: names, files, checksums
@@ -304,7 +305,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, layout
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "onnx"
     check_target(out)  # before loading the model and its data: fail fast on a bad --out
-    model = from_pretrained(run, module=module)
+    model = load(run, module=module)
     info = getattr(model, "info", {}) or {}
     if policy is not None:
         if policy.threshold is None:

@@ -10,8 +10,9 @@ from typing import Union
 import yaml
 
 from ...errors import ConfigError
-from ...runs.config import RunConfig, apply_overrides, check_range, from_dict, read_yaml, to_dict
-from ...training.phases import REGIMES
+from ...runs.components import REGIMES
+from ...runs.config import RunConfig, upgrade_config, upgrade_key
+from ...runs.typed import apply_overrides, check_range, from_dict, read_yaml, to_dict
 
 # Named variants: a few overrides each. A config may also define its own as {name: {dotted.key: value}}.
 VARIANTS: dict[str, dict] = {
@@ -115,6 +116,22 @@ class CompareConfig:
         for k in ("progress", "threads", "device", "checkpoint_every", "keep_checkpoints"):
             d["base"].pop(k)
         return d
+
+
+def upgrade_compare(data: dict) -> dict:
+    """A comparison config as an older exitlab saved it (compare.yaml), in today's layout: the base's and the
+    overrides' flat method keys moved into their sections (see :func:`exitlab.runs.config.upgrade_config`)."""
+    def keys(overrides):
+        return {upgrade_key(k): v for k, v in overrides.items()} if isinstance(overrides, dict) else overrides
+
+    out = dict(data)
+    if isinstance(out.get("base"), dict):
+        out["base"] = upgrade_config(out["base"])
+    if isinstance(out.get("variants"), list):
+        out["variants"] = [{n: keys(o) for n, o in v.items()} if isinstance(v, dict) else v for v in out["variants"]]
+    if isinstance(out.get("regime_overrides"), dict):
+        out["regime_overrides"] = {r: keys(o) for r, o in out["regime_overrides"].items()}
+    return out
 
 
 def load_compare_config(path: str | Path | None, overrides: list[str] | None = None) -> CompareConfig:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...evaluation.sweep import accuracy_at, pareto_frontier
-from ...runs.rundir import read_jsonl
+from ...runs.files import read_jsonl
 
 
 def _plt():

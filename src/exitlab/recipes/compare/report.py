@@ -8,14 +8,15 @@ import json
 from pathlib import Path
 
 from ...errors import ExitlabError
-from ...runs.checkpoint import atomic_write
-from ...runs.rundir import read_json
+from ...runs.files import atomic_write, read_json
 from .tables import (
     BUDGET_COLS,
     EXTRA_CAPTIONS,
     caption,
     cell_text,
     exit_table,
+    failure_table,
+    has_failure,
     improvability_table,
     metric,
     overthinking_table,
@@ -88,13 +89,18 @@ def build_report(directory: str | Path) -> Path:
 
 
 def _extras_html(summary: dict) -> list[str]:
-    """Overthinking and hindsight improvability per regime (absent from summaries written before them)."""
-    if "overthinking" not in summary["rows"][0]:
-        return []
-    return ["<h2>Overthinking (SDN)</h2>", _table_html(*overthinking_table(summary)),
-            f"<p class='note'>{html.escape(EXTRA_CAPTIONS['overthinking'])}</p>",
-            "<h2>Hindsight improvability (ZTW)</h2>", _table_html(*improvability_table(summary)),
-            f"<p class='note'>{html.escape(EXTRA_CAPTIONS['improvability'])}</p>"]
+    """Overthinking and hindsight improvability per regime, and calibration and failure prediction per exit (each
+    absent from summaries written before it, the latter from regression ones)."""
+    parts = []
+    if "overthinking" in summary["rows"][0]:
+        parts += ["<h2>Overthinking (SDN)</h2>", _table_html(*overthinking_table(summary)),
+                  f"<p class='note'>{html.escape(EXTRA_CAPTIONS['overthinking'])}</p>",
+                  "<h2>Hindsight improvability (ZTW)</h2>", _table_html(*improvability_table(summary)),
+                  f"<p class='note'>{html.escape(EXTRA_CAPTIONS['improvability'])}</p>"]
+    if has_failure(summary):
+        parts += ["<h2>Calibration and failure prediction per exit</h2>", _table_html(*failure_table(summary)),
+                  f"<p class='note'>{html.escape(EXTRA_CAPTIONS['failure'])}</p>"]
+    return parts
 
 
 def _page(d: Path, summary: dict) -> str:

@@ -13,16 +13,16 @@ import yaml
 
 from ...errors import ExitlabError
 from ...evaluation.evaluate import evaluate_run
-from ...runs.checkpoint import atomic_write
-from ...runs.config import from_dict
-from ...runs.rundir import check_out_dir, environment, read_jsonl, read_status, signature
+from ...runs.files import atomic_write, check_out_dir, read_jsonl, read_status
+from ...runs.rundir import environment, signature
+from ...runs.typed import from_dict
 from ..grid import Job, plan_grid, run_grid
 from ..procs import worker_pool
 from .analyses import run_analyses
-from .config import CompareConfig
+from .config import CompareConfig, upgrade_compare
 from .layout import rows, run_dir
 from .plots import write_plots
-from .tables import write_tables
+from .tables import FAILURE_METRICS, write_tables
 
 
 def plan(cc: CompareConfig, out: Path) -> list[Job]:
@@ -42,7 +42,7 @@ def check_out(cc: CompareConfig, out: Path) -> None:
     if saved.exists():
         try:
             old = yaml.safe_load(saved.read_text())
-            old_sig = signature(from_dict(CompareConfig, old).signature_dict())
+            old_sig = signature(from_dict(CompareConfig, upgrade_compare(old)).signature_dict())
         except (yaml.YAMLError, ExitlabError, TypeError):
             old_sig = None
         if old_sig != signature(cc.signature_dict()):
@@ -100,6 +100,24 @@ def _curve(ev: dict, policy: str) -> dict:
     return {"fraction": c["fraction"], "accuracy": c["accuracy"]}
 
 
+def recorded_budget(table: list[dict]) -> dict:
+    """Which budget the runs were matched on, from what each run recorded (never from the config's intent).
+
+    ``matched`` is the kind every run recorded ("flops", "epochs" or "none") when all runs recorded the same kind and
+    value; otherwise "differs", with each row's budgets in ``rows``. ``flops_spread``: the largest relative difference
+    of the measured training FLOPs between runs (compute-matched runs agree within one step)."""
+    per_row = {r["row"]: sorted({(c.get("budget", {}).get("matched", "unknown"), c.get("budget", {}).get("value"))
+                                 for c in r["compute"]}, key=str) for r in table}
+    kinds = {kv for budgets in per_row.values() for kv in budgets}
+    flops = [f for r in table for f in r["train_flops"] if f]
+    spread = (max(flops) - min(flops)) / max(flops) if flops else None
+    if len(kinds) == 1:
+        kind, value = next(iter(kinds))
+        return {"matched": kind, "value": value, "flops_spread": spread}
+    return {"matched": "differs", "rows": {k: [list(kv) for kv in v] for k, v in per_row.items()},
+            "flops_spread": spread}
+
+
 def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
     """Per row: the per-seed values of every reported number (tables take mean and std from these)."""
     key = f"budget_{round(cc.distribution_budget * 100)}"
@@ -120,6 +138,7 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "compute": compute,
             "exit_accuracy": [[x["accuracy"] for x in e["exits"]] for e in seeds],
             "exit_fraction_flops": [x["fraction"] for x in seeds[0]["exits"]],
+            **{f"exit_{m}": [[x.get(m) for x in e["exits"]] for e in seeds] for m in FAILURE_METRICS},
             **({"overthinking": [e["extras"]["overthinking"]["per_exit"] for e in seeds],
                 "improvability": [e["extras"]["improvability"] for e in seeds]}
                if "overthinking" in seeds[0].get("extras", {}) else {}),  # classification only
@@ -128,7 +147,7 @@ def aggregate(cc: CompareConfig, out: Path, evals: dict[Path, dict]) -> dict:
             "training": [read_jsonl(run_dir(out, s, regime, variant) / "metrics.jsonl") for s in cc.seeds],
             "phase1_from": [read_status(run_dir(out, s, regime, variant)).get("phase1_from") for s in cc.seeds],
         })
-    matched = "flops" if cc.base.budget_flops else "epochs" if cc.base.budget else "none"
+    matched = recorded_budget(table)
     policy = next(iter(evals.values()))["policy"]  # cc.policy, or the task's default
     return {"config": dataclasses.asdict(cc), "policy": policy, "distribution_budget": cc.distribution_budget,
             "rows": table, "samples": next(iter(evals.values()))["samples"], "budget_matched": matched,

@@ -14,6 +14,7 @@ from .models import (
     build_backbone,
     build_model,
     from_hf,
+    from_hf_causal,
     from_module,
     from_timm,
     from_torchvision,
@@ -27,6 +28,6 @@ from .runs.version import __version__
 from .training.phases import Phase, plan_phases
 
 __all__ = ["BACKBONES", "HEADS", "REGIMES", "ExitlabError", "MultiExitModel", "Phase", "RunConfig", "RunDir",
-           "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_hf", "from_module",
-           "from_timm", "from_torchvision", "load", "load_config", "make_policy", "plan_phases",
+           "build_backbone", "build_model", "data", "early_exit", "evaluate_run", "from_hf", "from_hf_causal",
+           "from_module", "from_timm", "from_torchvision", "load", "load_config", "make_policy", "plan_phases",
            "save_pretrained", "train", "__version__"]

@@ -81,6 +81,13 @@ def test_every_head_kind_builds_where_it_applies(head):
         m = from_hf(tiny("bert"), exits=[0, 1], head="mean")
         assert len(m(pack(*batch()))) == m.num_exits
         return
+    if head == "lm":  # causal LMs' per-exit LM heads (the nlp extra)
+        pytest.importorskip("transformers")
+        from exitlab.models.causal import from_hf_causal, tiny_llama
+
+        m = from_hf_causal(tiny_llama(vocab_size=11, layers=3, hidden=32, heads=2), exits=[0, 1], head="lm")
+        assert [o.shape for o in m(torch.randint(0, 11, (2, 5)))] == [(2, 5, 11)] * 3
+        return
     name = "vit" if head in ("cls", "shared") else "resnet20"
     m = _model(name, head)
     assert len(m(torch.randn(2, 3, 16, 16))) == m.num_exits

@@ -68,3 +68,27 @@ class Batching:
             b = order[self.window(i)]
             out.append(b[self.rank_slice(len(b))])
         return out
+
+
+class Batched:
+    """What every loader shares: its :class:`Batching`, the number of samples a pass visits, and the epoch seed that
+    fixes the next pass's order (and augmentation). A loader sets ``batching`` and ``seed`` and says how many
+    samples its split holds (``num_samples``)."""
+
+    batching: Batching
+    seed: int
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def batch_size(self) -> int:
+        return self.batching.batch_size
+
+    def __len__(self) -> int:
+        return self.batching.count(self.num_samples)
+
+    def set_epoch_seed(self, seed: int) -> None:
+        """Fix the order (and augmentation) of the next pass: exact resume depends on it."""
+        self.seed = seed

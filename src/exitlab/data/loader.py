@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import ConfigError
-from .batching import Batching, draw_positions, seeded
+from .batching import Batched, Batching, draw_positions, seeded
 from .datasets import Dataset
 
 
@@ -80,7 +80,7 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) 
     return x
 
 
-class TensorLoader:
+class TensorLoader(Batched):
     """Batches from images on ``device`` (uint8, or float used as given), normalised on the fly; shuffling and
     augmentation are seeded (one generator per pass: the order, then the augmentation)."""
 
@@ -99,10 +99,6 @@ class TensorLoader:
         self.device = self.x.device
 
     @property
-    def batch_size(self) -> int:
-        return self.batching.batch_size
-
-    @property
     def num_samples(self) -> int:
         return len(self.y)
 
@@ -117,13 +113,6 @@ class TensorLoader:
         """The same split in order, without augmentation or sharding (for evaluation passes)."""
         return TensorLoader(self.x, self.y, batch_size or self.batch_size, mean=self.mean.flatten(),
                             std=self.std.flatten(), device=self.device, channels_last=self.channels_last)
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Fix the order and augmentation of the next pass (exact resume depends on it)."""
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.batching.count(len(self.y))
 
     def batch_indices(self) -> list[torch.Tensor]:
         """Positions in the split of every batch this rank gets in the next pass (for checks; nothing is read)."""

@@ -21,6 +21,7 @@ from .catalog import is_text_data
 from .datasets import Dataset
 from .debian import debian_source
 from .lee import lee_source
+from .lm import LMLoader, LMSource
 from .loader import TensorLoader, channel_stats, stratified_split, stratified_subset
 from .sources import StreamSource, as_stream, check_labels, load_source
 from .stream import StreamLoader, StreamOptions, resolve_workers, stream_stats
@@ -90,6 +91,8 @@ class RunData:
     normalize: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} applied to [0, 1] pixels
     tokenizer: Any = None  # text: the tokenizer that made the ids (a run saves it beside its model)
     fingerprint: str = ""  # SHA-256 of the built data set, when its source computes one (debian_sections, lee)
+    input_dtype: torch.dtype = torch.float32  # a batch's inputs (token ids: int64)
+    target_shape: tuple[int, ...] = ()  # one sample's target (a language model's: the next token at each position)
 
     def split(self, name: str) -> Loader:
         if name not in ("train", "val", "test"):
@@ -116,6 +119,8 @@ def build_run_data(d: DataSettings, seed: int, device: torch.device, *, shard: t
     each global batch."""
     read_text = {"debian_sections": debian_source, "lee": lee_source}.get(d.name, text_source)
     src = data if data is not None else read_text(d) if is_text_data(d.name) else load_source(d)
+    if isinstance(src, LMSource):
+        return _lm_data(src, d, device, shard)
     if isinstance(src, TextSource):
         return _text_data(src, d, seed, device, shard)
     if isinstance(src, Dataset) and d.augment == "crop_flip":
@@ -157,6 +162,24 @@ def _text_data(src: TextSource, d: DataSettings, seed: int, device: torch.device
         shape=src.shape,
         tokenizer=src.tokenizer,
         fingerprint=src.fingerprint,
+    )
+
+
+def _lm_data(src: LMSource, d: DataSettings, device: torch.device, shard: tuple[int, int]) -> RunData:
+    """Language-model chunks in memory; the source's own splits (whole documents held out)."""
+    (tx, ty), (vx, vy), (sx, sy) = (src.splits[k] for k in ("train", "val", "test"))
+    if d.train_subset:
+        tx, ty = tx[: d.train_subset], ty[: d.train_subset]
+    return RunData(
+        train=LMLoader(tx, ty, d.batch_size, device=device, shuffle=True, drop_last=len(tx) > d.batch_size,
+                       shard=shard),
+        val=LMLoader(vx, vy, d.eval_batch_size, device=device, shard=shard),
+        test=LMLoader(sx, sy, d.eval_batch_size, device=device, shard=shard),
+        classes=[str(i) for i in range(src.vocab_size)],
+        shape=(src.context,),
+        tokenizer=src.tokenizer,
+        input_dtype=torch.long,
+        target_shape=(src.context,),
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import DataError
-from .batching import Batching, draw_positions, seeded
+from .batching import Batched, Batching, draw_positions, seeded
 from .transforms import Recipe, sample_rng, view
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -148,7 +148,7 @@ class StreamOptions:
     num_classes: int = 0  # labels must be 0..num_classes-1 (0: the largest label + 1)
 
 
-class StreamLoader:
+class StreamLoader(Batched):
     """Batches of ``samples[indices]`` read in DataLoader workers through ``recipe``, cut by ``batching``, normalised
     on the options' device; follows ``Loader``."""
 
@@ -164,19 +164,8 @@ class StreamLoader:
         self._dl: torch.utils.data.DataLoader | None = None
 
     @property
-    def batch_size(self) -> int:
-        return self.batching.batch_size
-
-    @property
     def num_samples(self) -> int:
         return len(self.indices)
-
-    def __len__(self) -> int:
-        return self.batching.count(len(self.indices))
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Fix the order and augmentation of the next pass (exact resume depends on it)."""
-        self.seed = seed
 
     def _order(self) -> torch.Tensor:
         """Positions in the split, in the order of the next pass."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, DataError
-from .batching import Batching, draw_positions, seeded
+from .batching import Batched, Batching, draw_positions, seeded
 from .sources import resolve_classes
 
 
@@ -96,7 +96,7 @@ def from_token_tensors(train_ids, train_y, test_ids, test_y, *, train_mask=None,
     return TextSource(name, tx, ty, vx, vy, names, length_buckets)
 
 
-class TextLoader:
+class TextLoader(Batched):
     """Batches of packed tokens on ``device``, each cut to its longest sequence; the order is seeded (see the
     ``Loader`` protocol in :mod:`exitlab.data.run`)."""
 
@@ -110,19 +110,8 @@ class TextLoader:
         self.device = self.x.device
 
     @property
-    def batch_size(self) -> int:
-        return self.batching.batch_size
-
-    @property
     def num_samples(self) -> int:
         return len(self.y)
-
-    def __len__(self) -> int:
-        return self.batching.count(len(self.y))
-
-    def set_epoch_seed(self, seed: int) -> None:
-        """Fix the order of the next pass (exact resume depends on it)."""
-        self.seed = seed
 
     def _order(self) -> torch.Tensor:
         g = seeded(self.seed)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ..errors import ConfigError
 from ..registry import Registry
 from .adapter import HookedBackbone, from_module
+from .causal import from_hf_causal, model_from_causal_spec
 from .contract import BlocksBackbone, ExitPoint
 from .core import MultiExitModel
 from .foreign import build_foreign, from_timm, from_torchvision, tap_candidates
@@ -16,7 +17,7 @@ from .hf import from_hf, model_from_hf_spec
 from .msdnet import MSDNet, MSDNetHead
 from .placement import resolve_exits
 from .resnet import WideResNet, cifar_resnet, imagenet_style_resnet
-from .spec import BuiltinSpec, HFSpec, LibrarySpec, ModelSpec, ModuleSpec, SpecError, spec_from_json
+from .spec import BuiltinSpec, CausalSpec, HFSpec, LibrarySpec, ModelSpec, ModuleSpec, SpecError, spec_from_json
 from .vgg_mobilenet import VGG, MobileNetV2
 from .vit import ViT
 
@@ -86,6 +87,8 @@ def model_from_spec(spec: ModelSpec, module=None) -> MultiExitModel:
                            head_kwargs=spec.head_kwargs, backbone_kwargs=spec.backbone_kwargs)
     if isinstance(spec, HFSpec):
         return model_from_hf_spec(spec)
+    if isinstance(spec, CausalSpec):
+        return model_from_causal_spec(spec)
     source = spec.source if isinstance(spec, LibrarySpec) else spec.factory
     kwargs = spec.kwargs if isinstance(spec, LibrarySpec) else spec.factory_kwargs
     if module is None and source:
@@ -105,6 +108,6 @@ def rebuildable(model: MultiExitModel) -> bool:
 
 
 __all__ = ["BACKBONES", "HEADS", "BlocksBackbone", "ExitPoint", "HookedBackbone", "MultiExitModel",
-           "build_backbone", "build_head", "build_model", "from_hf", "from_module", "from_timm", "from_torchvision",
-           "BuiltinSpec", "HFSpec", "LibrarySpec", "ModelSpec", "ModuleSpec", "SpecError", "model_from_spec",
-           "rebuildable", "spec_from_json", "tap_candidates"]
+           "build_backbone", "build_head", "build_model", "from_hf", "from_hf_causal", "from_module", "from_timm",
+           "from_torchvision", "BuiltinSpec", "CausalSpec", "HFSpec", "LibrarySpec", "ModelSpec", "ModuleSpec",
+           "SpecError", "model_from_spec", "rebuildable", "spec_from_json", "tap_candidates"]

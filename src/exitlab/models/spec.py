@@ -8,6 +8,7 @@ reads every file exitlab has written, checking each field: a damaged one is a :c
 - :class:`ModuleSpec`: ``from_module`` (with a ``factory`` to build the module again, or without one).
 - :class:`LibrarySpec`: a timm or torchvision model, by name.
 - :class:`HFSpec`: a Hugging Face encoder, rebuilt from its saved configuration.
+- :class:`CausalSpec`: a Hugging Face causal LM (decoder), rebuilt from its saved configuration.
 """
 
 from __future__ import annotations
@@ -122,7 +123,29 @@ class HFSpec:
                 "head_kwargs": dict(self.head_kwargs), "source": self.source}
 
 
-ModelSpec = BuiltinSpec | ModuleSpec | LibrarySpec | HFSpec
+@dataclass(frozen=True)
+class CausalSpec:
+    """A Hugging Face causal LM with exits after the layers in ``exits``, rebuilt from its configuration."""
+
+    config: dict  # the LM's configuration (PretrainedConfig.to_dict())
+    num_classes: int  # the vocabulary size
+    exits: tuple[int, ...]  # layer indices
+    head: str = "shared"  # "shared" (LayerSkip) or "lm" (a norm and LM head per exit)
+    init: str = "copy"  # how per-exit heads started: "copy" of the final ones or "random"
+    source: str | None = None  # the folder it came from, if any
+    head_kwargs: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "hf-causal"
+    task: ClassVar[str] = "language-model"
+    input_shape: ClassVar[None] = None  # token ids of any length
+    rebuildable: ClassVar[bool] = True
+
+    def to_json(self) -> dict:
+        return {"adapter": "hf-causal", "config": dict(self.config), "num_classes": self.num_classes,
+                "exits": list(self.exits), "head": self.head, "init": self.init, "source": self.source,
+                "head_kwargs": dict(self.head_kwargs)}
+
+
+ModelSpec = BuiltinSpec | ModuleSpec | LibrarySpec | HFSpec | CausalSpec
 
 
 def _adapted_json(spec: ModuleSpec | LibrarySpec) -> dict:
@@ -231,20 +254,32 @@ def _read_hf(f: _Fields) -> HFSpec:
                   source=f.get("source", _text, "a folder or model name", None))
 
 
+def _read_causal(f: _Fields) -> CausalSpec:
+    return CausalSpec(config=f.get("config", _mapping, "an object (the LM's configuration)"),
+                      num_classes=f.get("num_classes", _count, "a positive integer"),
+                      exits=tuple(f.get("exits", _list_of(_index), "a list of layer indices")),
+                      head=f.get("head", lambda v: v in ("shared", "lm"), "'shared' or 'lm'", "shared"),
+                      init=f.get("init", lambda v: v in ("copy", "random"), "'copy' or 'random'", "copy"),
+                      source=f.get("source", _text, "a folder", None),
+                      head_kwargs=dict(f.get("head_kwargs", _mapping, "an object", None) or {}))
+
+
 def spec_from_json(raw) -> ModelSpec:
     """The description saved as ``raw`` (a ``to_json()`` dict, from this version or an older one). Raises
     :class:`SpecError` naming the first missing, mistyped or unknown field."""
     if not isinstance(raw, dict):
         raise SpecError(f"spec must be an object, got {_show(raw)}")
     f = _Fields(raw)
-    adapter = f.get("adapter", lambda v: v in ("module", "timm", "torchvision", "hf"),
-                    "one of module, timm, torchvision, hf", None)
+    adapter = f.get("adapter", lambda v: v in ("module", "timm", "torchvision", "hf", "hf-causal"),
+                    "one of module, timm, torchvision, hf, hf-causal", None)
     if adapter is None:
         spec = _read_builtin(f)
     elif adapter == "module":
         spec = _read_module(f)
     elif adapter == "hf":
         spec = _read_hf(f)
+    elif adapter == "hf-causal":
+        spec = _read_causal(f)
     else:
         spec = _read_library(f, adapter)
     f.done()

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..analysis.gradients import gradient_logger
 from ..data import Source
 from ..errors import ConfigError
-from ..models import BuiltinSpec, HFSpec, LibrarySpec, MultiExitModel, rebuildable
+from ..models import BuiltinSpec, CausalSpec, HFSpec, LibrarySpec, MultiExitModel, rebuildable
 from ..runs.config import RunConfig
 from ..runs.typed import from_dict, to_dict
 from ..training import engine
@@ -43,6 +43,8 @@ def model_section(model: MultiExitModel) -> dict:
         return {"backbone": spec.backbone, **common, "backbone_kwargs": dict(spec.backbone_kwargs)}
     if isinstance(spec, HFSpec):
         return {"backbone": "hf", **common}
+    if isinstance(spec, CausalSpec):
+        return {"backbone": "hf-causal", **common}
     if isinstance(spec, LibrarySpec):
         return {"backbone": spec.source, **common, "backbone_kwargs": dict(spec.kwargs)}
     return {"backbone": "module", "factory": spec.factory, **common, "backbone_kwargs": dict(spec.factory_kwargs)}

@@ -91,7 +91,7 @@ def _fits(model: MultiExitModel, data: RunData) -> MultiExitModel:
         return model
     try:
         with torch.no_grad(), eval_mode(model):
-            model(torch.zeros(2, *data.shape))
+            model(torch.zeros(2, *data.shape, dtype=data.input_dtype))
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"the model does not take the data's samples of shape {tuple(data.shape)} ({first}); build "
@@ -146,10 +146,10 @@ class _Run:
     def _measure_flops(self) -> dict[int, float]:
         """Training FLOPs per sample of each phase kind the run has: one measured step on a batch of zeros."""
         b = self.cfg.data.batch_size // self.info.world
-        x = torch.zeros(b, *self.data.shape, device=self.device)
+        x = torch.zeros(b, *self.data.shape, dtype=self.data.input_dtype, device=self.device)
         if self.cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.zeros(b, dtype=torch.long, device=self.device)
+        y = torch.zeros(b, *self.data.target_shape, dtype=torch.long, device=self.device)
         return {p.kind: step_flops(self.model, p, x, y) / b for p in {p.kind: p for p in self.phases}.values()}
 
     # ------------------------------------------------------------ checkpoints

@@ -285,6 +285,8 @@ def _hits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     squared errors, so the "accuracy" that validation reports is then the negative mean squared error."""
     if y.is_floating_point():
         return -(logits[..., 0].double() - y.double()[None]).pow(2).sum(1)
+    if logits.ndim == 4:  # a causal LM: per sequence, the fraction of next tokens right (top-1)
+        return (logits.argmax(-1) == y).double().mean(2).sum(1)
     return (logits.argmax(-1) == y).sum(1)
 
 

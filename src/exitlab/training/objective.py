@@ -29,7 +29,12 @@ from .phases import Phase, exit_weights
 def exit_losses(outs: list[torch.Tensor], y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of every exit at once: ``[E]``. Float targets are a regression (one output per exit, as for
     STS-B): the mean squared error of every exit instead."""
-    logits = torch.stack(outs).float()  # [E, B, C]
+    logits = torch.stack(outs).float()  # [E, B, C]; a causal LM's [E, B, T, V] with next-token targets y [B, T]
+    if logits.ndim == 4:
+        E, B, T, V = logits.shape
+        ce = F.cross_entropy(logits.reshape(E * B * T, V), y.repeat(E, 1).reshape(-1), reduction="none",
+                             label_smoothing=label_smoothing)
+        return ce.view(E, B * T).mean(1)
     E, B, C = logits.shape
     if y.is_floating_point():
         if C != 1:

@@ -26,8 +26,8 @@ def cfg_file(tmp_path):
     ("regime=jont", "error: regime: unknown regime 'jont'; choose one of: disjoint, joint, layerskip, mixed"),
     ("regime=[1, 5]", "error: regime: phase list [1, 5] must be non-empty and use only phases 1, 2 and 3"),
     ("model.backbone=resnet9", "error: unknown backbone 'resnet9'; choose one of: mobilenetv2, msdnet, resnet110"),
-    ("model.head=sdnn", "error: unknown head 'sdnn'; choose one of: cls, gpf, mlp, mlp1, mlp2, mlp3, msdnet, pooled, "
-                        "sdn, shared, text"),
+    ("model.head=sdnn", "error: unknown head 'sdnn'; choose one of: cls, gpf, lm, mlp, mlp1, mlp2, mlp3, msdnet, "
+                        "pooled, sdn, shared, text"),
     ("model.exits=[0, 5]", "error: model.exits [5] out of range: this backbone has blocks 0..2"),
     ("model.exits=[1, 0]", "error: model.exits must be sorted and unique, got [1, 0]; e.g. [0, 1]"),
     ("phase2.epochs=-2", "error: phase2.epochs must be >= 0, got -2"),

@@ -21,8 +21,8 @@ CONFIG_CASES = {
                          "resnet18_cifar, resnet20, resnet32, resnet34_cifar, resnet50_cifar, resnet56, resnet8, "
                          "vgg16_bn, vit, vit_small, vit_tiny, wrn28"),
     "unknown head": (T + ["--set", "model.head=sdnn"],
-                     "error: unknown head 'sdnn'; choose one of: cls, gpf, mlp, mlp1, mlp2, mlp3, msdnet, pooled, sdn, "
-                     "shared, text"),
+                     "error: unknown head 'sdnn'; choose one of: cls, gpf, lm, mlp, mlp1, mlp2, mlp3, msdnet, pooled, "
+                     "sdn, shared, text"),
     "head for the wrong feature kind": (T + ["--set", "model.head=cls"],
                                         "error: head 'cls' reads a CLS token and needs a token exit (ViT); for CNNs "
                                         "use 'sdn' or 'pooled'"),

@@ -9,7 +9,7 @@ from exitlab.errors import ConfigError
 from exitlab.runs.config import load_config
 
 EXPECTED = {"fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "webdataset", "text",
-            "spam_assassin"}
+            "spam_assassin", "debian_sections", "lee"}
 
 
 def _listing(capsys, kind: str) -> list[str]:
@@ -51,14 +51,14 @@ def test_unknown_name_is_one_line_listing_the_registered_ones(key, registry):
 
 def test_every_registered_name_is_accepted_by_the_config():
     for name in DATASETS.names():
-        extra = ["data.text.train=train.csv"] if name == "text" else []
+        extra = {"text": ["data.text.train=train.csv"], "lee": ["data.text.task=regression"]}.get(name, [])
         assert load_config(None, [f"data.name={name}", "data.synthetic={}"] + extra).data.name == name
     for aug in AUGMENTS.names():
         assert load_config(None, ["data.name=cifar10", f"data.augment={aug}"]).data.augment == aug
 
 
 def test_text_sources_are_those_of_kind_text_and_names_register_once():
-    assert {n for n in DATASETS.names() if is_text_data(n)} == {"text", "spam_assassin"}
+    assert {n for n in DATASETS.names() if is_text_data(n)} == {"text", "spam_assassin", "debian_sections", "lee"}
     assert not is_text_data("nonesuch")
     with pytest.raises(ValueError, match="dataset 'mnist' is already registered"):
         DATASETS.register("mnist", DataSourceInfo("memory", "a second MNIST"))
